@@ -1,0 +1,257 @@
+"""Data stage: source documents, QA pairs and instruction examples, each validated
+by Great Expectations, quarantined row by row, and versioned with DVC."""
+
+
+import os
+from collections import Counter
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from driftloop.assets.common import OWNERS, json_meta, load_dataset, publish_dataset, suite_check_results
+from driftloop.data.corpus import SourceError, ingest, resolve_source
+from driftloop.data.instructions import build_examples
+from driftloop.data.qa import derive_qa_pairs
+from driftloop.data.records import Document, Rejected, excerpt
+from driftloop.data.suites import (
+    Limits,
+    document_frame,
+    document_rules,
+    instruction_frame,
+    instruction_rules,
+    pii_rule,
+    qa_frame,
+    qa_rules,
+)
+from driftloop.data.validation import DatasetError, run_suite, screen
+from driftloop.prompts import load_prompt
+from driftloop.resources.dvc import DvcStore
+
+SOURCE_DOCUMENTS = dg.AssetKey(["data", "source_documents"])
+QA_PAIRS = dg.AssetKey(["data", "qa_pairs"])
+INSTRUCTION_DATASET = dg.AssetKey(["data", "instruction_dataset"])
+BLOCKING = ("schema", "text_quality", "duplicates", "leakage")
+KINDS = {"dvc", "great_expectations", "pandas"}
+
+
+class SourceDocumentsConfig(dg.Config):
+    source: str | None = Field(
+        default=None,
+        description="A folder of .md/.rst/.txt/.html files or a .jsonl file (fields id, text; optional title, uri, format). "
+        "Unset: $DRIFTLOOP_SOURCE_DIR, else 'python-docs' (the interpreter's own documentation).",
+    )
+    max_file_bytes: int = Field(default=5_000_000, gt=0, description="Larger files are quarantined as too_large.")
+    min_chars: int = Field(default=20, ge=1)
+    max_chars: int = Field(default=500_000, gt=0)
+    near_duplicate_threshold: float = Field(default=0.9, gt=0.0, le=1.0, description="Jaccard similarity of 5-word shingles.")
+    max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0, description="Fail the run when a larger share of rows is bad.")
+    pii_action: Literal["report", "quarantine"] = "report"
+
+
+class QAPairsConfig(dg.Config):
+    eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="Share of documents whose questions form the eval split.")
+    min_answer_chars: int = Field(default=40, ge=1)
+    max_answer_chars: int = Field(default=600, gt=0)
+    max_context_chars: int = Field(default=2000, gt=0)
+    max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+
+
+class InstructionDatasetConfig(dg.Config):
+    prompt_version: str = Field(default="rag.v1", description="A template under driftloop/prompts/.")
+    max_example_chars: int = Field(default=8000, gt=0)
+    max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+
+
+def _pii_summary(frame) -> dict:
+    flagged = frame[frame["pii_types"].notna()]
+    kinds = Counter(k for value in flagged["pii_types"] for k in value.split(","))
+    return {"documents_with_pii": len(flagged), "by_type": dict(kinds), "doc_ids": flagged["doc_id"].head(20).tolist()}
+
+
+def _changes(previous: list[dict], current: list[dict]) -> dict:
+    before = {r["doc_id"]: r["content_hash"] for r in previous}
+    after = {r["doc_id"]: r["content_hash"] for r in current}
+    return {
+        "added": sorted(set(after) - set(before)),
+        "changed": sorted(k for k in set(after) & set(before) if after[k] != before[k]),
+        "removed": sorted(set(before) - set(after)),
+    }
+
+
+@dg.asset(
+    key=SOURCE_DOCUMENTS,
+    group_name="data",
+    kinds=KINDS,
+    owners=OWNERS,
+    code_version="1",
+    tags={"stage": "data"},
+)
+def source_documents(context: dg.AssetExecutionContext, config: SourceDocumentsConfig, dvc: DvcStore) -> dg.MaterializeResult:
+    """The corpus, one row per document: stable id, source URI, SHA-256 content hash and
+    text normalised to markdown. Downstream stages key their caches by content hash, so
+    adding or changing documents only recomputes what changed."""
+    source = resolve_source(config.source, os.environ.get("DRIFTLOOP_SOURCE_DIR"))
+    try:
+        result = ingest(source, max_file_bytes=config.max_file_bytes)
+    except SourceError as err:
+        raise dg.Failure(description=str(err)) from err
+    context.log.info(f"ingested {len(result.documents)} documents from {source}; {len(result.rejected)} rejected at ingest")
+    if result.ignored_files:
+        context.log.warning(f"{len(result.ignored_files)} files with unsupported extensions ignored, e.g. {result.ignored_files[:5]}")
+
+    limits = Limits(min_chars=config.min_chars, max_chars=config.max_chars, near_duplicate_threshold=config.near_duplicate_threshold)
+    rows = [d.to_row() for d in result.documents]
+    rejected: list[Rejected] = list(result.rejected)
+    frame = document_frame(rows, limits)
+    suites = document_rules(limits)
+    if config.pii_action == "quarantine":
+        suites["pii"] = [pii_rule()]
+    try:
+        screened = screen(rows, frame, suites, "doc_id", "source_documents")
+    except DatasetError as err:
+        raise dg.Failure(description=str(err)) from err
+    rejected += screened.rejected
+
+    previous_path = dvc.dataset_path("source_documents")
+    previous = load_dataset(dvc, "source_documents") if previous_path.is_file() else []
+    changes = _changes(previous, screened.kept)
+    return publish_dataset(
+        context, dvc, "source_documents", screened.kept, rejected,
+        seen=result.seen, max_bad_fraction=config.max_bad_fraction,
+        preview_columns=["doc_id", "title", "format", "n_chars", "content_hash"],
+        extra_metadata={
+            "source": dg.MetadataValue.text(source),
+            "ignored_files": dg.MetadataValue.json({"count": len(result.ignored_files), "examples": result.ignored_files[:20]}),
+            "pii": json_meta(_pii_summary(frame)),
+            "total_chars": dg.MetadataValue.int(sum(r["n_chars"] for r in screened.kept)),
+            "changes": json_meta({k: {"count": len(v), "examples": v[:10]} for k, v in changes.items()}),
+        },
+    )
+
+
+@dg.asset(
+    key=QA_PAIRS,
+    deps=[SOURCE_DOCUMENTS],
+    group_name="data",
+    kinds=KINDS,
+    owners=OWNERS,
+    code_version="1",
+    tags={"stage": "data"},
+)
+def qa_pairs(context: dg.AssetExecutionContext, config: QAPairsConfig, dvc: DvcStore) -> dg.MaterializeResult:
+    """Evaluation questions with reference answers and reference contexts, one per
+    documented heading (API, module or topic), split train/eval by document so that no
+    document feeds both sides."""
+    documents = [
+        Document(r["doc_id"], r["uri"], r["title"], r["format"], r["text"], r["content_hash"])
+        for r in load_dataset(dvc, "source_documents")
+    ]
+    pairs = derive_qa_pairs(
+        documents, eval_fraction=config.eval_fraction, min_answer_chars=config.min_answer_chars,
+        max_answer_chars=config.max_answer_chars, max_context_chars=config.max_context_chars,
+    )
+    rows = [p.to_row() for p in pairs]
+    if not rows:
+        raise dg.Failure(description="qa_pairs: no document has a heading with prose under it; no questions can be derived")
+    try:
+        screened = screen(rows, qa_frame(rows), qa_rules(Limits(max_answer_chars=config.max_answer_chars)), "qa_id", "qa_pairs")
+    except DatasetError as err:
+        raise dg.Failure(description=str(err)) from err
+    splits = Counter(r["split"] for r in screened.kept)
+    return publish_dataset(
+        context, dvc, "qa_pairs", screened.kept, screened.rejected,
+        seen=len(rows), max_bad_fraction=config.max_bad_fraction,
+        preview_columns=["split", "question", "answer", "doc_id"],
+        extra_metadata={
+            "splits": json_meta(dict(splits)),
+            "eval_documents": dg.MetadataValue.int(len({r["doc_id"] for r in screened.kept if r["split"] == "eval"})),
+            "train_documents": dg.MetadataValue.int(len({r["doc_id"] for r in screened.kept if r["split"] == "train"})),
+        },
+    )
+
+
+@dg.asset(
+    key=INSTRUCTION_DATASET,
+    deps=[QA_PAIRS],
+    group_name="data",
+    kinds=KINDS,
+    owners=OWNERS,
+    code_version="1",
+    tags={"stage": "data"},
+)
+def instruction_dataset(context: dg.AssetExecutionContext, config: InstructionDatasetConfig, dvc: DvcStore) -> dg.MaterializeResult:
+    """Chat-format fine-tuning examples (system, user question + context, assistant
+    answer) built from the train split only, with the prompt template version recorded."""
+    qa_rows = load_dataset(dvc, "qa_pairs")
+    try:
+        prompt = load_prompt(config.prompt_version)
+    except FileNotFoundError as err:
+        raise dg.Failure(description=str(err)) from err
+    rows = build_examples(qa_rows, prompt)
+    eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
+    limits = Limits(max_example_chars=config.max_example_chars)
+    try:
+        screened = screen(rows, instruction_frame(rows, eval_docs), instruction_rules(limits), "example_id", "instruction_dataset")
+    except DatasetError as err:
+        raise dg.Failure(description=str(err)) from err
+    user_turns = [r["messages"][1]["content"] for r in screened.kept[:10]]
+    return publish_dataset(
+        context, dvc, "instruction_dataset", screened.kept, screened.rejected,
+        seen=len(rows), max_bad_fraction=config.max_bad_fraction,
+        preview_columns=["example_id", "doc_id", "prompt_version"],
+        extra_metadata={
+            "prompt_version": dg.MetadataValue.text(prompt.version),
+            "example_user_turns": dg.MetadataValue.md("\n\n".join(f"- {excerpt(t, 200)}" for t in user_turns)),
+        },
+    )
+
+
+def _check_specs(key: dg.AssetKey, names: tuple[str, ...], warn_only: tuple[str, ...] = ()) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(name, asset=key, blocking=name not in warn_only, description=f"Great Expectations suite '{name}'")
+        for name in names
+    ]
+
+
+@dg.multi_asset_check(
+    specs=_check_specs(SOURCE_DOCUMENTS, ("schema", "text_quality", "duplicates", "pii"), warn_only=("pii",)),
+    name="source_documents_expectations",
+)
+def source_documents_checks(dvc: DvcStore):
+    """The stored corpus passes its suites; PII is reported (WARN), not blocking."""
+    rows = load_dataset(dvc, "source_documents")
+    frame = document_frame(rows, Limits())
+    suites = document_rules(Limits())
+    reports = {name: run_suite(frame, f"check.source_documents.{name}", rules) for name, rules in suites.items()}
+    reports["pii"] = run_suite(frame, "check.source_documents.pii", [pii_rule()])
+    yield from suite_check_results(reports, SOURCE_DOCUMENTS, BLOCKING)
+
+
+@dg.multi_asset_check(
+    specs=_check_specs(QA_PAIRS, ("schema", "text_quality", "duplicates", "leakage")),
+    name="qa_pairs_expectations",
+)
+def qa_pairs_checks(dvc: DvcStore):
+    """The stored QA pairs pass their suites, including no train/eval leakage."""
+    rows = load_dataset(dvc, "qa_pairs")
+    frame = qa_frame(rows)
+    reports = {name: run_suite(frame, f"check.qa_pairs.{name}", rules) for name, rules in qa_rules(Limits()).items()}
+    yield from suite_check_results(reports, QA_PAIRS, BLOCKING)
+
+
+@dg.multi_asset_check(
+    specs=_check_specs(INSTRUCTION_DATASET, ("schema", "text_quality", "duplicates", "leakage")),
+    name="instruction_dataset_expectations",
+)
+def instruction_dataset_checks(dvc: DvcStore):
+    """The stored examples are well-formed chats and none comes from an eval document."""
+    rows = load_dataset(dvc, "instruction_dataset")
+    eval_docs = {r["doc_id"] for r in load_dataset(dvc, "qa_pairs") if r["split"] == "eval"}
+    frame = instruction_frame(rows, eval_docs)
+    reports = {name: run_suite(frame, f"check.instruction_dataset.{name}", rules) for name, rules in instruction_rules(Limits()).items()}
+    yield from suite_check_results(reports, INSTRUCTION_DATASET, BLOCKING)
+
+
+data_assets = [source_documents, qa_pairs, instruction_dataset]
+data_checks = [source_documents_checks, qa_pairs_checks, instruction_dataset_checks]

@@ -1,0 +1,1 @@
+"""Data stage: ingest, validate, derive QA pairs and instruction examples."""

@@ -1,0 +1,29 @@
+"""Versioned prompt templates: a file per version, so a report can name the one it used."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    version: str
+    system: str
+    user: str
+
+    def messages(self, question: str, context: str) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": self.user.format(question=question, context=context)},
+        ]
+
+
+def load_prompt(version: str = "rag.v1") -> PromptTemplate:
+    path = resources.files(__package__) / f"{version}.json"
+    if not path.is_file():
+        available = sorted(p.name.removesuffix(".json") for p in resources.files(__package__).iterdir() if p.name.endswith(".json"))
+        raise FileNotFoundError(f"prompt template {version!r} not found; available: {available}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return PromptTemplate(version=data["version"], system=data["system"], user=data["user"])

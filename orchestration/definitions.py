@@ -1,0 +1,17 @@
+"""The one Definitions object of the driftloop code location."""
+
+import dagster as dg
+
+from driftloop.assets.data import data_assets, data_checks
+from driftloop.orchestration.jobs import data_job, pipeline_job
+from driftloop.resources.dvc import DvcStore
+from driftloop.sensors.run_failures import record_run_failures
+
+defs = dg.Definitions(
+    assets=[*data_assets],
+    asset_checks=[*data_checks],
+    jobs=[pipeline_job, data_job],
+    sensors=[record_run_failures],
+    resources={"dvc": DvcStore()},
+    executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+)

@@ -1,0 +1,16 @@
+"""Jobs: the main pipeline materializes the whole lineage with its checks."""
+
+import dagster as dg
+
+pipeline_job = dg.define_asset_job(
+    name="driftloop_pipeline",
+    selection=dg.AssetSelection.all(),
+    description="Materialize the whole lineage on the configured corpus, checks included.",
+    tags={"driftloop/trigger": "manual"},
+)
+
+data_job = dg.define_asset_job(
+    name="data_refresh",
+    selection=dg.AssetSelection.groups("data"),
+    description="Ingest, validate and version the datasets only.",
+)
