@@ -1,0 +1,53 @@
+"""`driftloop` command line: dataset versions recorded by Dagster, restored by DVC."""
+
+import argparse
+import sys
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from driftloop.resources.dvc import DvcStore
+
+DATASETS = ("source_documents", "qa_pairs", "instruction_dataset")
+
+
+def _versions(name: str, limit: int) -> int:
+    instance = dg.DagsterInstance.get()
+    records = instance.fetch_materializations(dg.AssetKey(["data", name]), limit=limit).records
+    if not records:
+        print(f"no materializations of data/{name} in {instance.root_directory}")
+        return 1
+    print(f"{'materialized at (UTC)':<22} {'dvc md5':<34} {'rows':>7}  run")
+    for record in records:
+        meta = record.asset_materialization.metadata
+        md5 = meta["dvc_md5"].value if "dvc_md5" in meta else "-"
+        rows = meta["dagster/row_count"].value if "dagster/row_count" in meta else "-"
+        when = datetime.fromtimestamp(record.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{when:<22} {md5:<34} {rows:>7}  {record.run_id}")
+    return 0
+
+
+def _restore(name: str, md5: str) -> int:
+    path = DvcStore().restore(name, md5)
+    print(f"restored data/{name} at DVC md5 {md5} to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="dataset versions").add_subparsers(dest="action", required=True)
+    versions = data.add_parser("versions", help="list recorded versions of a dataset")
+    versions.add_argument("name", choices=DATASETS)
+    versions.add_argument("--limit", type=int, default=20)
+    restore = data.add_parser("restore", help="bring a dataset file back to a recorded DVC version")
+    restore.add_argument("name", choices=DATASETS)
+    restore.add_argument("md5")
+    args = parser.parse_args(argv)
+    if args.action == "versions":
+        return _versions(args.name, args.limit)
+    return _restore(args.name, args.md5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from driftloop.offline import enforce_offline
+
+enforce_offline()
+
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo "
+    "sierra tango uniform victor whiskey xray yankee zulu river mountain valley ocean forest desert canyon meadow "
+    "glacier island harbor bridge tower castle garden market village engine turbine sensor module kernel buffer "
+    "socket thread packet router cipher ledger parser lexer token vector matrix tensor gradient optimizer"
+).split()
+
+
+def prose(rng: random.Random, sentences: int = 4) -> str:
+    return " ".join(
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 14))).capitalize() + "." for _ in range(sentences)
+    )
+
+
+def write_corpus(root: Path, n_docs: int = 16, seed: int = 0) -> Path:
+    """A folder with one document per format family, each with headings and prose."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        kind = ("md", "rst", "txt", "html")[i % 4]
+        title = f"Topic {i} {rng.choice(WORDS)}"
+        sections = [(f"Part {j} of {title}", prose(rng)) for j in range(3)]
+        if kind == "md":
+            body = f"# {title}\n\n{prose(rng)}\n\n" + "\n\n".join(f"## {h}\n\n{p}" for h, p in sections)
+        elif kind in {"rst", "txt"}:
+            body = f"{title}\n{'=' * len(title)}\n\n{prose(rng)}\n\n" + "\n\n".join(f"{h}\n{'-' * len(h)}\n\n{p}" for h, p in sections)
+        else:
+            body = f"<html><head><title>x</title><style>p{{}}</style></head><body><h1>{title}</h1><p>{prose(rng)}</p>" + "".join(
+                f"<h2>{h}</h2><p>{p}</p>" for h, p in sections
+            ) + "</body></html>"
+        (root / f"doc{i:02d}.{kind}").write_text(body, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def dvc_store(tmp_path: Path):
+    from driftloop.resources.dvc import DvcStore
+
+    return DvcStore(workspace_dir=str(tmp_path / "workspace"), remote_url=str(tmp_path / "remote"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DRIFTLOOP_SOURCE_DIR", raising=False)
+    yield
+    os.environ.pop("DAGSTER_HOME_TEST", None)
