@@ -30,7 +30,7 @@ $(DAGSTER_HOME)/dagster.yaml: orchestration/dagster.yaml
 	cp orchestration/dagster.yaml $@
 
 pipeline: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster job execute -w workspace.yaml -j driftloop_pipeline
+	$(BIN)/dagster job execute -f orchestration/definitions.py -j driftloop_pipeline
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	@PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh

@@ -15,7 +15,7 @@ for _ in $(seq 1 120); do
 done
 echo "Dagster UI: http://127.0.0.1:$port  (log: $DAGSTER_HOME/dagster-dev.log)"
 
-if dagster job execute -w workspace.yaml -j driftloop_pipeline; then
+if dagster job execute -f orchestration/definitions.py -j driftloop_pipeline; then
   echo "Pipeline materialized. Lineage: http://127.0.0.1:$port/asset-groups  Ctrl-C to stop."
 else
   echo "Pipeline run failed; the UI shows why: http://127.0.0.1:$port/runs  Ctrl-C to stop."

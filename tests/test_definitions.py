@@ -1,0 +1,58 @@
+"""The code location loads, and its asset keys, groups and checks are pinned."""
+
+import dagster as dg
+
+from driftloop.orchestration.definitions import defs
+
+EXPECTED_ASSETS = {
+    "data/source_documents": "data",
+    "data/qa_pairs": "data",
+    "data/instruction_dataset": "data",
+}
+EXPECTED_CHECKS = {
+    ("data/source_documents", "schema", True),
+    ("data/source_documents", "text_quality", True),
+    ("data/source_documents", "duplicates", True),
+    ("data/source_documents", "pii", False),
+    ("data/qa_pairs", "schema", True),
+    ("data/qa_pairs", "text_quality", True),
+    ("data/qa_pairs", "duplicates", True),
+    ("data/qa_pairs", "leakage", True),
+    ("data/instruction_dataset", "schema", True),
+    ("data/instruction_dataset", "text_quality", True),
+    ("data/instruction_dataset", "duplicates", True),
+    ("data/instruction_dataset", "leakage", True),
+}
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_asset_keys_and_groups_snapshot():
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == EXPECTED_ASSETS
+
+
+def test_every_asset_describes_itself():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description and node.owners and node.code_version, key
+        assert {"dvc", "great_expectations"} <= set(node.kinds), key
+
+
+def test_checks_snapshot():
+    graph = defs.resolve_asset_graph()
+    checks = {
+        (spec.asset_key.to_user_string(), spec.name, spec.blocking)
+        for key in graph.asset_check_keys
+        for spec in [graph.get_check_spec(key)]
+    }
+    assert checks == EXPECTED_CHECKS
+
+
+def test_main_job_selects_the_whole_lineage():
+    job = defs.resolve_job_def("driftloop_pipeline")
+    assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey.from_user_string(k) for k in EXPECTED_ASSETS}
