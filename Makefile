@@ -33,7 +33,7 @@ pipeline: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster job execute -f orchestration/definitions.py -j driftloop_pipeline
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	@PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
+	$(BIN)/python -m driftloop.orchestration.demo
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

@@ -1,0 +1,88 @@
+"""`make demo`: bring up the Dagster UI (webserver + daemon), materialize the main job,
+and keep everything up until Ctrl-C, which stops every process this started."""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+class Group:
+    """A child in its own process group, so stopping it stops its code servers too."""
+
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            # A shell that started us in the background may have left SIGINT ignored; the
+            # child must take it, or Ctrl-C could only end it by SIGKILL.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace: float = 30.0) -> None:
+        if not self.alive():
+            return
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def wait_http(url: str, group: Group, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not group.alive():
+            raise SystemExit(f"{url} never answered: the process exited; see {group.log}")
+        try:
+            urllib.request.urlopen(url, timeout=3)
+            return
+        except OSError:
+            time.sleep(1)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f}s; see {group.log}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DRIFTLOOP_UI_PORT", "3000")))
+    parser.add_argument("--job", default="driftloop_pipeline")
+    args = parser.parse_args()
+    home = Path(os.environ["DAGSTER_HOME"])
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    ui = Group([_bin("dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)], home / "dagster-dev.log")
+    try:
+        # The UI starts first: it creates the instance's SQLite schema before the job writes to it.
+        wait_http(f"http://127.0.0.1:{args.port}/server_info", ui, timeout=180)
+        print(f"Dagster UI: http://127.0.0.1:{args.port}  (log: {ui.log})", flush=True)
+        run = subprocess.run([_bin("dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", args.job], cwd=ROOT)
+        if run.returncode == 0:
+            print(f"Lineage materialized: http://127.0.0.1:{args.port}/asset-groups   Ctrl-C stops everything.", flush=True)
+        else:
+            print(f"The run failed; the UI shows why: http://127.0.0.1:{args.port}/runs   Ctrl-C stops everything.", flush=True)
+        while ui.alive():
+            time.sleep(1)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        ui.stop()
+        print("stopped the Dagster UI and daemon", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
