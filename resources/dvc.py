@@ -34,7 +34,7 @@ class DvcStore(dg.ConfigurableResource):
     """Where datasets live, and the DVC remote they are pushed to."""
 
     workspace_dir: str = Field(default="", description="DVC workspace; default <DRIFTLOOP_HOME>/data/workspace")
-    remote_url: str = Field(default="", description="DVC remote URL or path; default <DRIFTLOOP_HOME>/data/dvc-remote")
+    remote_url: str = Field(default="", description="DVC remote URL or path; default $DRIFTLOOP_DVC_REMOTE, else <DRIFTLOOP_HOME>/data/dvc-remote")
     remote_name: str = "driftloop"
 
     @property
@@ -43,7 +43,7 @@ class DvcStore(dg.ConfigurableResource):
 
     @property
     def remote(self) -> str:
-        return self.remote_url or str(default_data_dir() / "dvc-remote")
+        return self.remote_url or os.environ.get("DRIFTLOOP_DVC_REMOTE") or str(default_data_dir() / "dvc-remote")
 
     @property
     def quarantine_dir(self) -> Path:
