@@ -3,15 +3,18 @@
 import dagster as dg
 
 from driftloop.assets.data import data_assets, data_checks
+from driftloop.assets.retrieval import retrieval_assets
 from driftloop.orchestration.jobs import data_job, pipeline_job
 from driftloop.resources.dvc import DvcStore
+from driftloop.resources.models import ModelCatalog
+from driftloop.resources.vector_store import VectorStore
 from driftloop.sensors.run_failures import record_run_failures
 
 defs = dg.Definitions(
-    assets=[*data_assets],
+    assets=[*data_assets, *retrieval_assets],
     asset_checks=[*data_checks],
     jobs=[pipeline_job, data_job],
     sensors=[record_run_failures],
-    resources={"dvc": DvcStore()},
+    resources={"dvc": DvcStore(), "models": ModelCatalog(), "vector_store": VectorStore()},
     executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
 )

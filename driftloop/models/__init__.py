@@ -1,0 +1,1 @@
+"""Model loading: resolve names to local files, pick precision from the hardware."""

@@ -1,0 +1,1 @@
+"""Retrieval: token-aware chunks, cached embeddings, FAISS indexes and their quality."""
