@@ -60,3 +60,27 @@ def _isolated_home(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("DRIFTLOOP_SOURCE_DIR", raising=False)
     yield
     os.environ.pop("DAGSTER_HOME_TEST", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding_model(tmp_path_factory) -> str:
+    """A random 2-layer BERT with the real MiniLM tokenizer: same interfaces, 1/100 the cost."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from driftloop.models.embedding import resolve_embedding_model
+
+    real = resolve_embedding_model("all-MiniLM-L6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(real)
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=256))
+    raw = tmp_path_factory.mktemp("tiny-bert-raw")
+    bert.save_pretrained(raw)
+    tokenizer.save_pretrained(raw)
+    transformer = models.Transformer(str(raw), max_seq_length=128)
+    model = SentenceTransformer(modules=[transformer, models.Pooling(32, "mean")])
+    out = tmp_path_factory.mktemp("tiny-st")
+    model.save(str(out))
+    return str(out)

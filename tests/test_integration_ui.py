@@ -1,6 +1,7 @@
 """`make demo`, reduced: the real webserver and daemon come up on a project-local
-instance, the main job materializes the default corpus through the CLI, and the UI's
-GraphQL API shows the lineage with DVC versions and passing checks."""
+instance, the main job materializes the default corpus with the real embedding model
+through the CLI, and the UI's GraphQL API shows the lineage with DVC versions and
+passing checks, the retrieval quality gate included."""
 
 import json
 import os
@@ -77,6 +78,9 @@ def test_demo_brings_up_ui_with_the_data_stage_materialized(instance_env):
             statuses = {c["name"]: c["executionForLatestMaterialization"]["status"] for c in nodes[name]["assetChecksOrError"]["checks"]}
             blocking = {k: v for k, v in statuses.items() if k != "pii"}
             assert set(blocking.values()) == {"SUCCEEDED"}, (name, statuses)
+        index_checks = {c["name"]: c["executionForLatestMaterialization"]["status"] for c in nodes["retrieval/vector_index"]["assetChecksOrError"]["checks"]}
+        assert index_checks == {"retrieval_quality": "SUCCEEDED"}
+        assert nodes["retrieval/vector_index"]["groupName"] == "retrieval"
         deadline = time.time() + 90
         while True:
             health = graphql(port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")

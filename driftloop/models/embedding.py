@@ -69,7 +69,8 @@ class Embedder:
             torch.set_num_threads(physical_cores())
         self.model = SentenceTransformer(path, device=self.device, model_kwargs={"torch_dtype": dtype}, local_files_only=True)
         self.fingerprint = model_fingerprint(path)
-        self.dimension = int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = int(dimension())
         self.max_seq_length = int(self.model.max_seq_length)
 
     @property

@@ -1,0 +1,58 @@
+"""The retrieval stage materialized in process on a tiny model and corpus."""
+
+import dagster as dg
+
+from driftloop.assets.data import data_assets, data_checks
+from driftloop.assets.retrieval import EMBEDDINGS, VECTOR_INDEX, retrieval_assets
+from driftloop.resources.models import ModelCatalog
+from driftloop.resources.vector_store import VectorStore
+
+
+def run(corpus, dvc_store, catalog, vector_store, select=None, **index_config):
+    config = {
+        "ops": {
+            "data__source_documents": {"config": {"source": str(corpus)}},
+            "data__qa_pairs": {"config": {"eval_fraction": 0.4}},
+            "retrieval__chunks": {"config": {"chunk_tokens": 48, "overlap_tokens": 8}},
+            "retrieval__vector_index": {"config": {"min_recall": 0.0, "min_mrr": 0.0, **index_config}},
+        }
+    }
+    return dg.materialize(
+        [*data_assets, *data_checks, *retrieval_assets],
+        resources={"dvc": dvc_store, "models": catalog, "vector_store": vector_store},
+        run_config=config, selection=select, raise_on_error=False,
+    )
+
+
+def meta(result, key):
+    return next(iter(result.asset_materializations_for_node(key.to_python_identifier()))).metadata
+
+
+def test_retrieval_is_incremental_and_gated(corpus, dvc_store, tiny_embedding_model, tmp_path):
+    catalog = ModelCatalog(embedding_model=tiny_embedding_model, device="cpu", embedding_precision="fp32")
+    vector_store = VectorStore(root=str(tmp_path / "retrieval"))
+    store = vector_store.store()
+
+    first = run(corpus, dvc_store, catalog, vector_store)
+    assert first.success
+    embedded = meta(first, EMBEDDINGS)
+    assert embedded["reused_from_cache"].value == 0 and embedded["embedded"].value == embedded["dagster/row_count"].value
+    index_meta = meta(first, VECTOR_INDEX)
+    assert index_meta["served"].value is True and index_meta["eval_questions"].value > 0
+    served = store.current_index_folder()
+    assert served.name == index_meta["version"].value
+
+    (corpus / "added.md").write_text("# Lanterns\n\n" + "Paper lanterns float over quiet rivers at dusk. " * 12)
+    second = run(corpus, dvc_store, catalog, vector_store)
+    assert second.success
+    again = meta(second, EMBEDDINGS)
+    assert 0 < again["embedded"].value < 5
+    assert again["reused_from_cache"].value == embedded["dagster/row_count"].value
+    assert store.current_index_folder() != served
+
+    kept = store.current_index_folder()
+    (corpus / "more.md").write_text("# Kites\n\n" + "Box kites climb on steady coastal winds. " * 12)
+    gated = run(corpus, dvc_store, catalog, vector_store, min_recall=1.0, min_mrr=1.0)
+    evaluation = next(e for e in gated.get_asset_check_evaluations() if e.check_name == "retrieval_quality")
+    assert not evaluation.passed and "previous index keeps serving" in evaluation.description
+    assert store.current_index_folder() == kept, "an index that failed its gate must not be served"
