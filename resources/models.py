@@ -1,9 +1,13 @@
 """The model catalog: which models the pipeline uses, loaded once per process."""
 
+import os
+from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
 from driftloop.models.embedding import Embedder, load_embedder
+from driftloop.models.generator import BaseModel, resolve_base_model
 
 
 class ModelCatalog(dg.ConfigurableResource):
@@ -13,7 +17,13 @@ class ModelCatalog(dg.ConfigurableResource):
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     embedding_precision: str = Field(default="auto", description="auto (bf16 on AMX/AVX512-BF16 CPUs, fp16 on CUDA, else fp32), fp32, bf16, fp16")
     embedding_batch_size: int = Field(default=16, gt=0)
+    generator_model: str = Field(default="SmolLM2-135M-Instruct", description="Packaged name, a local model directory, a .gguf file, or a cached hub id.")
+    cache_dir: str = Field(default="", description="Converted base models; default <DRIFTLOOP_HOME>/artifacts/base_models")
 
     def embedder(self) -> Embedder:
         # lru_cache inside load_embedder: every asset in this process shares one model.
         return load_embedder(self.embedding_model, self.device, self.embedding_precision)
+
+    def base_model(self) -> BaseModel:
+        cache = Path(self.cache_dir) if self.cache_dir else Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()) / "artifacts" / "base_models"
+        return resolve_base_model(self.generator_model, cache.resolve())

@@ -84,3 +84,39 @@ def tiny_embedding_model(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny-st")
     model.save(str(out))
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A random 2-layer Llama with SmolLM2's real tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from driftloop.models.generator import PACKAGED_GGUF, _packaged_gguf
+
+    gguf = _packaged_gguf(next(iter(PACKAGED_GGUF)))
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def chat_examples(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        word = rng.choice(WORDS)
+        examples.append({
+            "example_id": f"ex{i}",
+            "messages": [
+                {"role": "system", "content": "Answer from the context."},
+                {"role": "user", "content": f"Context: the code word is {word}.\\n\\nQuestion: what is the code word?"},
+                {"role": "assistant", "content": f"The code word is {word}."},
+            ],
+        })
+    return examples

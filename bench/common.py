@@ -1,0 +1,37 @@
+"""Shared by the benchmarks: the default corpus chunked as the pipeline chunks it."""
+
+import time
+from contextlib import contextmanager
+
+from driftloop.data.pydocs import python_docs
+from driftloop.data.qa import derive_qa_pairs
+from driftloop.models.hardware import cpu_flags, cpu_has_fast_bf16, physical_cores
+from driftloop.retrieval.chunking import chunk_document
+
+
+def corpus_chunks(tokenizer, limit_docs: int | None = None, chunk_tokens: int = 200, overlap: int = 40):
+    docs = [d.to_row() for d in python_docs()][:limit_docs]
+    chunks = []
+    for doc in docs:
+        cs, _ = chunk_document(doc, tokenizer, chunk_tokens, overlap)
+        chunks += [c.to_row() for c in cs]
+    return docs, chunks
+
+
+def eval_questions(docs, limit: int = 300):
+    from driftloop.data.records import Document
+
+    pairs = derive_qa_pairs(Document(d["doc_id"], d["uri"], d["title"], d["format"], d["text"], d["content_hash"]) for d in docs)
+    return [p.to_row() for p in pairs if p.split == "eval"][:limit]
+
+
+def machine() -> str:
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
+    return f"{physical_cores()} cores, {' '.join(simd) or 'no AVX2'}, fast bf16: {cpu_has_fast_bf16()}"
+
+
+@contextmanager
+def timer(out: dict, key: str):
+    start = time.perf_counter()
+    yield
+    out[key] = time.perf_counter() - start

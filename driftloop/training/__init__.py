@@ -1,0 +1,1 @@
+"""LoRA fine-tuning: tokenised chat data, length-grouped batches, a resumable loop."""

@@ -1,0 +1,231 @@
+"""The LoRA training loop: length-grouped batches, optional bf16 autocast, checkpoints
+every N steps that a restarted run resumes from, and a hard stop on a NaN loss."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from driftloop.models.hardware import cpu_has_fast_bf16, physical_cores
+from driftloop.training.data import Encoded, collate, length_grouped_batches
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; no adapter is saved from such a run."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 2e-4
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 5
+    epochs: int = 1
+    max_steps: int = 0  # 0: run the epochs
+    max_seq_length: int = 1024
+    batch_size: int = 8  # examples per step at the longest length; the token budget is batch_size * max_seq_length
+    token_budget: int = 0  # 0: batch_size * max_seq_length
+    gradient_accumulation: int = 1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    tokens: int
+    seconds: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens_seen: int
+    seconds: float
+    final_loss: float
+    best_loss: float
+    trainable_params: int
+    total_params: int
+    precision: str
+    device: str
+    resumed_from_step: int
+    history: list[StepLog] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_seen / self.seconds if self.seconds else 0.0
+
+
+def resolve_training_precision(precision: str, device: str) -> str:
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def attach_lora(model, settings: LoraSettings):
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in settings.target_modules if m not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if type(mod).__name__ == "Linear"})
+        raise ValueError(f"target modules {missing} do not exist in the model; its linear layers are {linear}")
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _lr_lambda(settings: LoraSettings, total_steps: int):
+    def factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / (settings.warmup_steps + 1)
+        if settings.schedule == "constant":
+            return 1.0
+        progress = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
+        if settings.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    done = sorted((p for p in folder.glob("step-*") if (p / "state.json").is_file()), key=lambda p: int(p.name.split("-")[1]))
+    return done[-1] if done else None
+
+
+def _save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, history: list[StepLog], keep: int) -> None:
+    import torch
+
+    target = folder / f"step-{step:06d}"
+    staging = folder / f".step-{step:06d}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save_pretrained(staging / "adapter")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}, staging / "trainer.pt")
+    # state.json last: a folder without it is an interrupted save and is never resumed from.
+    (staging / "state.json").write_text(json.dumps({"step": step, "history": [asdict(h) for h in history]}))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    for old in sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_plan(items: Sequence[Encoded], budget: int, settings: LoraSettings, total_steps: int) -> list[list[list[int]]]:
+    """Every step's micro-batches, epoch after epoch, fixed by the seed."""
+    plan: list[list[list[int]]] = []
+    epoch = 0
+    while len(plan) < total_steps:
+        batches = length_grouped_batches(items, budget, settings.seed, epoch)
+        usable = len(batches) - len(batches) % settings.gradient_accumulation
+        if usable == 0:
+            raise ValueError("fewer batches than gradient_accumulation: lower gradient_accumulation or batch_size")
+        for i in range(0, usable, settings.gradient_accumulation):
+            plan.append(batches[i : i + settings.gradient_accumulation])
+        epoch += 1
+    return plan[:total_steps]
+
+
+def train_lora(
+    base_path: str,
+    items: Sequence[Encoded],
+    settings: LoraSettings,
+    checkpoint_dir: Path,
+    device: str = "cpu",
+    progress: Callable[[StepLog, int], None] | None = None,
+    model=None,
+):
+    """Train and return (peft model, result). Resumes from checkpoint_dir when it holds a checkpoint."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+    if device == "cpu":
+        torch.set_num_threads(physical_cores())
+    precision = resolve_training_precision(settings.precision, device)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    base = model if model is not None else AutoModelForCausalLM.from_pretrained(base_path, torch_dtype=torch.float32)
+    peft_model = attach_lora(base, settings).to(device)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+
+    budget = settings.token_budget or settings.batch_size * settings.max_seq_length
+    steps_per_epoch = max(1, len(length_grouped_batches(items, budget, settings.seed, 0)) // settings.gradient_accumulation)
+    total_steps = settings.max_steps or steps_per_epoch * settings.epochs
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=settings.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings, total_steps))
+
+    history: list[StepLog] = []
+    step = 0
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    latest = _latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        set_peft_model_state_dict(peft_model, load_file(str(latest / "adapter" / "adapter_model.safetensors")))
+        state = torch.load(latest / "trainer.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        saved = json.loads((latest / "state.json").read_text())
+        step, history = saved["step"], [StepLog(**h) for h in saved["history"]]
+    resumed_from = step
+
+    autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    peft_model.train()
+    started = time.perf_counter()
+    plan = _step_plan(items, budget, settings, total_steps)
+    # A resumed run continues the same plan where its checkpoint left off, so it sees the same data.
+    for micro in plan[step:]:
+        t0 = time.perf_counter()
+        tokens, loss_sum = 0, 0.0
+        for group in micro:
+            inputs = {k: v.to(device) for k, v in collate([items[i] for i in group], pad_id).items()}
+            with autocast:
+                loss = peft_model(**inputs).loss / len(micro)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss became {loss.item()} at step {step + 1}; lower learning_rate or check the data")
+            loss.backward()
+            loss_sum += loss.item()
+            tokens += int(inputs["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        log = StepLog(step, loss_sum, tokens, time.perf_counter() - t0, scheduler.get_last_lr()[0])
+        history.append(log)
+        if progress:
+            progress(log, total_steps)
+        if step % settings.checkpoint_every == 0 and step < total_steps:
+            _save_checkpoint(checkpoint_dir, step, peft_model, optimizer, scheduler, history, settings.keep_checkpoints)
+    elapsed = time.perf_counter() - started
+    tokens_seen = sum(h.tokens for h in history)
+    result = TrainResult(
+        steps=step, tokens_seen=tokens_seen, seconds=sum(h.seconds for h in history) or elapsed,
+        final_loss=history[-1].loss if history else float("nan"), best_loss=min((h.loss for h in history), default=float("nan")),
+        trainable_params=trainable, total_params=total, precision=precision, device=device, resumed_from_step=resumed_from,
+        history=history,
+    )
+    return peft_model, result

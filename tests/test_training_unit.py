@@ -1,0 +1,104 @@
+"""The training loop on a tiny random Llama with the real SmolLM2 tokenizer."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from transformers import AutoTokenizer
+
+from conftest import chat_examples
+from driftloop.registry import AdapterRegistry
+from driftloop.training.data import IGNORE, TrainingDataError, encode_dataset, encode_example, length_grouped_batches
+from driftloop.training.loop import LoraSettings, NonFiniteLossError, train_lora
+
+
+def test_only_answer_tokens_carry_loss(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    item = encode_example(chat_examples(1)[0], tokenizer)
+    target = tokenizer.decode([t for t in item.labels if t != IGNORE])
+    assert "The code word is" in target and "Question" not in target
+    assert item.labels[0] == IGNORE
+
+
+def test_bad_training_data_is_refused_before_training(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    with pytest.raises(TrainingDataError, match="at least 4"):
+        encode_dataset(chat_examples(2), tokenizer, 512, "error", min_examples=4)
+    with pytest.raises(TrainingDataError, match="exceed max_seq_length=20"):
+        encode_dataset(chat_examples(8), tokenizer, 20, "error", min_examples=4)
+    kept, skipped = encode_dataset(chat_examples(8), tokenizer, 20, "skip", min_examples=0)
+    assert not kept and len(skipped) == 8
+
+
+def test_length_grouped_batches_cover_every_example_once(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    items, _ = encode_dataset(chat_examples(100), tokenizer, 512, "error", 1)
+    batches = length_grouped_batches(items, token_budget=400, seed=1, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(100))
+    assert all(max(len(items[i].input_ids) for i in b) * len(b) <= 400 for b in batches)
+    assert batches == length_grouped_batches(items, 400, 1, 0) != length_grouped_batches(items, 400, 1, 1)
+
+
+def test_loss_goes_down_and_adapter_is_registered(tiny_llama, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    items, _ = encode_dataset(chat_examples(32), tokenizer, 256, "error", 4)
+    settings = LoraSettings(rank=16, alpha=32, learning_rate=3e-2, max_steps=30, batch_size=8, max_seq_length=128, warmup_steps=2,
+                            checkpoint_every=10, target_modules=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"))
+    model, result = train_lora(tiny_llama, items, settings, tmp_path / "ckpt")
+    first, last = sum(h.loss for h in result.history[:5]) / 5, sum(h.loss for h in result.history[-5:]) / 5
+    assert last < first - 0.3, (first, last)
+    assert result.steps == 30 and 0 < result.trainable_params < result.total_params
+    model.save_pretrained(tmp_path / "adapter")
+    registry = AdapterRegistry(tmp_path / "registry")
+    version = registry.publish(tmp_path / "adapter", {"seed": 0})
+    assert registry.publish(tmp_path / "adapter", {"seed": 0}).version == version.version
+    assert registry.get(version.version).lineage == {"seed": 0}
+
+
+def test_unknown_target_modules_and_nan_loss_are_clear_errors(tiny_llama, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    items, _ = encode_dataset(chat_examples(8), tokenizer, 256, "error", 1)
+    with pytest.raises(ValueError, match=r"target modules \['attn_qkv'\] do not exist.*q_proj"):
+        train_lora(tiny_llama, items, LoraSettings(target_modules=("attn_qkv",), max_steps=1), tmp_path / "a")
+    with pytest.raises(NonFiniteLossError, match="loss became"):
+        train_lora(tiny_llama, items, LoraSettings(learning_rate=1e30, max_steps=20, batch_size=2, max_seq_length=128, warmup_steps=0), tmp_path / "b")
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from transformers import AutoTokenizer
+    sys.path.insert(0, {tests!r})
+    from conftest import chat_examples
+    from driftloop.training.data import encode_dataset
+    from driftloop.training.loop import LoraSettings, train_lora
+    tokenizer = AutoTokenizer.from_pretrained({model!r})
+    items, _ = encode_dataset(chat_examples(32), tokenizer, 256, "error", 4)
+    settings = LoraSettings(max_steps=24, batch_size=4, max_seq_length=128, checkpoint_every=4, learning_rate=1e-3)
+    def progress(log, total):
+        print("STEP", log.step, flush=True)
+    _, result = train_lora({model!r}, items, settings, Path({ckpt!r}), progress=progress)
+    print("RESULT", json.dumps({{"resumed_from": result.resumed_from_step, "steps": result.steps, "history": len(result.history)}}), flush=True)
+    """
+)
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tiny_llama, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(RESUME_SCRIPT.format(tests=os.path.dirname(__file__), model=tiny_llama, ckpt=str(tmp_path / "ckpt")))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("STEP") and int(line.split()[1]) >= 10:
+            proc.kill()  # SIGKILL mid-run: no chance to clean up
+            break
+    proc.wait()
+    assert proc.returncode == -9
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*"))[-1] == "step-000008"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
+    assert '"resumed_from": 8' in result and '"steps": 24' in result and '"history": 24' in result
