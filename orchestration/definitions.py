@@ -4,17 +4,19 @@ import dagster as dg
 
 from driftloop.assets.data import data_assets, data_checks
 from driftloop.assets.retrieval import retrieval_assets
+from driftloop.assets.training import training_assets
 from driftloop.orchestration.jobs import data_job, pipeline_job
 from driftloop.resources.dvc import DvcStore
 from driftloop.resources.models import ModelCatalog
+from driftloop.resources.registry import ModelRegistry
 from driftloop.resources.vector_store import VectorStore
 from driftloop.sensors.run_failures import record_run_failures
 
 defs = dg.Definitions(
-    assets=[*data_assets, *retrieval_assets],
+    assets=[*data_assets, *retrieval_assets, *training_assets],
     asset_checks=[*data_checks],
     jobs=[pipeline_job, data_job],
     sensors=[record_run_failures],
-    resources={"dvc": DvcStore(), "models": ModelCatalog(), "vector_store": VectorStore()},
+    resources={"dvc": DvcStore(), "models": ModelCatalog(), "vector_store": VectorStore(), "model_registry": ModelRegistry()},
     executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
 )

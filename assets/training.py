@@ -1,0 +1,167 @@
+"""Training stage: the base generator and a LoRA adapter trained on the instruction dataset."""
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field, model_validator
+
+import driftloop.training.loop as training_loop
+from driftloop.assets.common import OWNERS, json_meta, load_dataset
+from driftloop.assets.data import INSTRUCTION_DATASET
+from driftloop.models.generator import model_summary
+from driftloop.models.hardware import resolve_device
+from driftloop.resources.dvc import DvcStore
+from driftloop.resources.models import ModelCatalog
+from driftloop.resources.registry import ModelRegistry
+from driftloop.training.data import TrainingDataError, encode_dataset
+from driftloop.training.loop import LoraSettings, NonFiniteLossError, train_lora
+from driftloop.training.plots import loss_curve_png, markdown_image
+
+BASE_MODEL = dg.AssetKey(["training", "base_model"])
+LORA_ADAPTER = dg.AssetKey(["training", "lora_adapter"])
+# Read by the Kubernetes executor (dagster-k8s) when a run goes to a cluster; ignored locally.
+GPU_POD = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}}
+
+
+class LoraAdapterConfig(dg.Config):
+    rank: int = Field(default=8, ge=1, le=256)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default=["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+    learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(default=3, ge=0)
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=24, ge=0, description="0 trains the full epochs; the default keeps a CPU demo to minutes.")
+    max_seq_length: int = Field(default=1024, ge=32)
+    batch_size: int = Field(default=2, ge=1, description="Examples per step at max_seq_length; shorter examples pack more per batch.")
+    gradient_accumulation: int = Field(default=1, ge=1)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: int = Field(default=8, ge=1)
+    max_examples: int = Field(default=0, ge=0, description="0: every example; otherwise a seeded sample.")
+    min_examples: int = Field(default=8, ge=1)
+    long_examples: Literal["error", "skip"] = Field(default="skip", description="Examples over max_seq_length: fail, or skip and report them.")
+
+    @model_validator(mode="after")
+    def _warmup_below_steps(self):
+        if self.warmup_steps and self.max_steps and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        return self
+
+    def settings(self) -> LoraSettings:
+        data = self.model_dump(exclude={"max_examples", "min_examples", "long_examples"})
+        data["target_modules"] = tuple(data["target_modules"])
+        return LoraSettings(**data)
+
+
+def _code_version() -> str:
+    """Content hash of the training code, so an adapter names the code that made it."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(training_loop.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@dg.asset(key=BASE_MODEL, group_name="training", kinds={"pytorch", "transformers"}, owners=OWNERS, code_version="1", tags={"stage": "training"})
+def base_model(context: dg.AssetExecutionContext, models: ModelCatalog) -> dg.MaterializeResult:
+    """The base generator, resolved from the catalog: a packaged GGUF is converted once
+    to a cached safetensors copy; a local directory or cached hub id is used as is. Its
+    weights' content hash is the data version."""
+    try:
+        base = models.base_model()
+    except FileNotFoundError as err:
+        raise dg.Failure(description=str(err)) from err
+    size = sum(p.stat().st_size for p in Path(base.path).glob("*.safetensors")) if Path(base.path).is_dir() else 0
+    context.log.info(f"base model {base.name} at {base.path} (version {base.version})")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(base.version),
+        metadata={
+            "model": dg.MetadataValue.text(base.name), "version": dg.MetadataValue.text(base.version),
+            "path": dg.MetadataValue.path(base.path), "source": dg.MetadataValue.text(base.source),
+            "bytes": dg.MetadataValue.int(size), "architecture": json_meta(model_summary(base.path)),
+        },
+    )
+
+
+@dg.asset(
+    key=LORA_ADAPTER, deps=[BASE_MODEL, INSTRUCTION_DATASET], group_name="training", kinds={"pytorch", "peft"}, owners=OWNERS,
+    code_version="1", tags={"stage": "training", "driftloop/gpu": "preferred"}, op_tags=GPU_POD,
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext, config: LoraAdapterConfig, dvc: DvcStore, models: ModelCatalog, model_registry: ModelRegistry
+) -> dg.MaterializeResult:
+    """A LoRA adapter trained with peft on the instruction dataset, checkpointed every
+    N steps (a retried run resumes), then stored in the model registry under a version
+    derived from its weights, with its full lineage."""
+    from transformers import AutoTokenizer
+
+    base = models.base_model()
+    dataset = dvc.version("instruction_dataset")
+    examples = load_dataset(dvc, "instruction_dataset")
+    if config.max_examples and len(examples) > config.max_examples:
+        examples = random.Random(config.seed).sample(examples, config.max_examples)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    try:
+        items, skipped = encode_dataset(examples, tokenizer, config.max_seq_length, config.long_examples, config.min_examples)
+    except TrainingDataError as err:
+        raise dg.Failure(description=f"training/lora_adapter: {err}") from err
+    if skipped:
+        context.log.warning(f"{len(skipped)} examples longer than max_seq_length={config.max_seq_length} skipped, e.g. {skipped[:3]}")
+
+    settings = config.settings()
+    device = resolve_device(models.device)
+    key = hashlib.sha256(json.dumps([base.version, dataset.md5, config.model_dump(), _code_version()], sort_keys=True).encode()).hexdigest()[:16]
+    checkpoints = model_registry.registry().root / "checkpoints" / key
+
+    def progress(log, total):
+        eta = log.seconds * (total - log.step)
+        context.log.info(f"step {log.step}/{total} loss {log.loss:.4f} {log.tokens / log.seconds:.0f} tokens/s lr {log.lr:.2e} about {eta:.0f}s left")
+
+    try:
+        model, result = train_lora(base.path, items, settings, checkpoints, device=device, progress=progress)
+    except (NonFiniteLossError, ValueError) as err:
+        raise dg.Failure(description=f"training/lora_adapter: {err}; no adapter was saved") from err
+    if result.resumed_from_step:
+        context.log.info(f"resumed from the checkpoint at step {result.resumed_from_step}")
+
+    staging = checkpoints / "final-adapter"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    lineage = {
+        "base_model": base.name, "base_model_version": base.version, "dataset": "data/instruction_dataset",
+        "dataset_dvc_md5": dataset.md5, "code_version": _code_version(), "config": config.model_dump(), "seed": config.seed,
+        "train_seconds": round(result.seconds, 1), "tokens_seen": result.tokens_seen, "steps": result.steps,
+        "final_loss": result.final_loss, "best_loss": result.best_loss, "precision": result.precision, "device": result.device,
+        "examples": len(items), "skipped_examples": len(skipped), "run_id": context.run.run_id,
+    }
+    adapter = model_registry.registry().publish(staging, lineage)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    png = loss_curve_png([h.step for h in result.history], [h.loss for h in result.history], f"{adapter.version}")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(adapter.version),
+        metadata={
+            "adapter_version": dg.MetadataValue.text(adapter.version),
+            "path": dg.MetadataValue.path(str(adapter.path)),
+            "loss_curve": dg.MetadataValue.md(markdown_image(png, "training loss")),
+            "final_loss": dg.MetadataValue.float(round(result.final_loss, 4)),
+            "best_loss": dg.MetadataValue.float(round(result.best_loss, 4)),
+            "tokens_per_second": dg.MetadataValue.float(round(result.tokens_per_second, 1)),
+            "tokens_seen": dg.MetadataValue.int(result.tokens_seen),
+            "train_seconds": dg.MetadataValue.float(round(result.seconds, 1)),
+            "trainable_params": dg.MetadataValue.int(result.trainable_params),
+            "total_params": dg.MetadataValue.int(result.total_params),
+            "resumed_from_step": dg.MetadataValue.int(result.resumed_from_step),
+            "adapter_bytes": dg.MetadataValue.int(sum(p.stat().st_size for p in adapter.path.iterdir())),
+            "lineage": json_meta(lineage),
+        },
+    )
+
+
+training_assets = [base_model, lora_adapter]
