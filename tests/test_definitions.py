@@ -1,5 +1,7 @@
 """The code location loads, and its asset keys, groups and checks are pinned."""
 
+import json
+
 import dagster as dg
 
 from driftloop.orchestration.definitions import defs
@@ -11,6 +13,8 @@ EXPECTED_ASSETS = {
     "retrieval/chunks": "retrieval",
     "retrieval/embeddings": "retrieval",
     "retrieval/vector_index": "retrieval",
+    "training/base_model": "training",
+    "training/lora_adapter": "training",
 }
 EXPECTED_CHECKS = {
     ("data/source_documents", "schema", True),
@@ -60,3 +64,11 @@ def test_checks_snapshot():
 def test_main_job_selects_the_whole_lineage():
     job = defs.resolve_job_def("driftloop_pipeline")
     assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey.from_user_string(k) for k in EXPECTED_ASSETS}
+
+
+def test_training_declares_a_gpu_for_the_kubernetes_executor():
+    job = defs.resolve_job_def("driftloop_pipeline")
+    node = job.graph.node_named("training__lora_adapter")
+    limits = json.loads(node.definition.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"]
+    assert limits == {"nvidia.com/gpu": "1"}
+    assert "dagster-k8s/config" not in job.graph.node_named("retrieval__chunks").definition.tags
