@@ -1,7 +1,8 @@
 """`make demo`, reduced: the real webserver and daemon come up on a project-local
-instance, the main job materializes the default corpus with the real embedding model
-through the CLI, and the UI's GraphQL API shows the lineage with DVC versions and
-passing checks, the retrieval quality gate included."""
+instance, the main job materializes the default corpus through the CLI with the real
+embedding model and the real SmolLM2 (two LoRA steps instead of the demo's 24), and the
+UI's GraphQL API shows the lineage with DVC versions, passing checks (the retrieval
+quality gate included) and the adapter's registry version."""
 
 import json
 import os
@@ -44,7 +45,8 @@ def instance_env(tmp_path):
     return env
 
 
-def test_demo_brings_up_ui_with_the_data_stage_materialized(instance_env):
+@pytest.mark.timeout(1200)
+def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path):
     port = free_port()
     ui = subprocess.Popen(
         [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
@@ -60,9 +62,15 @@ def test_demo_brings_up_ui_with_the_data_stage_materialized(instance_env):
             except OSError:
                 assert time.time() < deadline and ui.poll() is None, "webserver did not come up"
                 time.sleep(1)
+        # Two training steps keep the test to minutes; the demo's 24 steps are a config away.
+        run_config = tmp_path / "run_config.yaml"
+        run_config.write_text(
+            "ops:\n  training__lora_adapter:\n    config:\n"
+            "      max_steps: 2\n      warmup_steps: 0\n      max_seq_length: 256\n      checkpoint_every: 1\n"
+        )
         run = subprocess.run(
-            [str(BIN / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline"],
-            cwd=ROOT, env=instance_env, capture_output=True, text=True, timeout=600,
+            [str(BIN / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline", "-c", str(run_config)],
+            cwd=ROOT, env=instance_env, capture_output=True, text=True, timeout=1080,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         data = graphql(
@@ -81,6 +89,9 @@ def test_demo_brings_up_ui_with_the_data_stage_materialized(instance_env):
         index_checks = {c["name"]: c["executionForLatestMaterialization"]["status"] for c in nodes["retrieval/vector_index"]["assetChecksOrError"]["checks"]}
         assert index_checks == {"retrieval_quality": "SUCCEEDED"}
         assert nodes["retrieval/vector_index"]["groupName"] == "retrieval"
+        adapter = {e["label"]: e.get("text") for e in nodes["training/lora_adapter"]["assetMaterializations"][0]["metadataEntries"]}
+        assert adapter["adapter_version"].startswith("lora-"), adapter
+        assert (Path(instance_env["DRIFTLOOP_HOME"]) / "artifacts" / "registry").is_dir()
         deadline = time.time() + 90
         while True:
             health = graphql(port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
