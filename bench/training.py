@@ -56,6 +56,7 @@ def run_side(side: str, n: int, max_len: int) -> dict:
     items = examples(tokenizer, n, max_len)
     tokens = sum(len(x.input_ids) for x in items)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ready_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if side == "baseline":
         from datasets import Dataset
         from peft import LoraConfig, get_peft_model
@@ -75,14 +76,15 @@ def run_side(side: str, n: int, max_len: int) -> dict:
     else:
         from driftloop.training.loop import LoraSettings, train_lora
 
-        settings = LoraSettings(rank=8, alpha=16, learning_rate=2e-4, epochs=1, batch_size=8, max_seq_length=max_len, checkpoint_every=10_000)
+        settings = LoraSettings(rank=8, alpha=16, learning_rate=2e-4, epochs=1, batch_size=8, max_seq_length=max_len, checkpoint_every=10_000,
+                                micro_batch_tokens=int(os.environ.get("BENCH_MICRO_TOKENS", "0")))
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             _, result = train_lora(path, items, settings, Path(out), model=model)
             seconds = time.perf_counter() - start
         steps = result.steps
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"side": side, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "steps": steps, "peak_rss_mb": peak_mb}
+    return {"side": side, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "steps": steps, "peak_rss_mb": peak_mb, "ready_rss_mb": ready_mb}
 
 
 def main() -> None:
@@ -108,7 +110,7 @@ def main() -> None:
     print(f"machine: {machine()}; {args.examples} examples of at most {args.max_len} tokens, batch 8, LoRA r=8 on q/k/v/o")
     for side, label in (("baseline", "transformers.Trainer + peft (pads each batch to its longest)"), ("ours", "driftloop loop (length-grouped batches)")):
         r = results[side]
-        print(f"{label}: {r['tokens_per_s']:.1f} tokens/s, {r['steps']} steps, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB")
+        print(f"{label}: {r['tokens_per_s']:.1f} tokens/s, {r['steps']} steps, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB ({r['ready_rss_mb']:.0f} MB before training)")
     ours, base = results["ours"], results["baseline"]
     print(f"peak memory ratio (ours/baseline): {ours['peak_rss_mb'] / base['peak_rss_mb']:.2f}")
     print(f"RESULT train_tokens_per_s={ours['tokens_per_s']:.1f} baseline={base['tokens_per_s']:.1f} ratio={ours['tokens_per_s'] / base['tokens_per_s']:.2f}")

@@ -102,3 +102,64 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_llama, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
     assert '"resumed_from": 8' in result and '"steps": 24' in result and '"history": 24' in result
+
+
+def test_lean_kernels_match_autograd():
+    import torch
+
+    from driftloop.training.kernels import rms_norm, silu_mul
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.double, requires_grad=True)
+    w = torch.randn(8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: rms_norm(a, b, 1e-6), (x, w))
+    gate = torch.randn(2, 5, 8, dtype=torch.double, requires_grad=True)
+    up = torch.randn(2, 5, 8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(silu_mul, (gate, up))
+
+
+def _lora_grads(tiny_llama, rows, lean: bool, micro_tokens: int):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from driftloop.training.data import collate
+    from driftloop.training.kernels import patch_lean_activations
+    from driftloop.training.loop import answer_loss, attach_lora, split_rows
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    if lean:
+        assert patch_lean_activations(base) == 2 * 3 + 1  # two norms and an MLP per layer, and the final norm
+    model = attach_lora(base, LoraSettings(dropout=0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    pad = AutoTokenizer.from_pretrained(tiny_llama).eos_token_id
+    if not lean:
+        stock = model(**collate(rows, pad)).loss
+        stock.backward()
+        loss = stock.item()
+    else:
+        targets = sum(sum(1 for t in x.labels[1:] if t != IGNORE) for x in rows)
+        chunks = split_rows(rows, micro_tokens)
+        assert len(chunks) > 1 and sorted(id(r) for c in chunks for r in c) == sorted(id(r) for r in rows)
+        loss = 0.0
+        for chunk in chunks:
+            part = answer_loss(model, collate(chunk, pad), reduction="sum") / targets
+            part.backward()
+            loss += part.item()
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fast_path_is_the_same_optimisation_step(tiny_llama):
+    """Answer-only projection, lean activations and micro-batch splitting change the cost
+    of a step, not its loss or gradients."""
+    import torch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    items, _ = encode_dataset(chat_examples(12, seed=3), tokenizer, 512, "error", 1)
+    stock_loss, stock = _lora_grads(tiny_llama, items, lean=False, micro_tokens=0)
+    fast_loss, fast = _lora_grads(tiny_llama, items, lean=True, micro_tokens=200)
+    assert fast_loss == pytest.approx(stock_loss, rel=1e-5)
+    for name, grad in stock.items():
+        assert torch.allclose(fast[name], grad, rtol=1e-4, atol=1e-7), name

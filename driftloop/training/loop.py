@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from driftloop.models.hardware import cpu_has_fast_bf16, physical_cores
-from driftloop.training.data import Encoded, collate, length_grouped_batches
+from driftloop.training.kernels import patch_lean_activations
+from driftloop.training.data import IGNORE, Encoded, collate, length_grouped_batches
 
 
 class NonFiniteLossError(RuntimeError):
@@ -33,14 +34,16 @@ class LoraSettings:
     epochs: int = 1
     max_steps: int = 0  # 0: run the epochs
     max_seq_length: int = 1024
-    batch_size: int = 8  # examples per step at the longest length; the token budget is batch_size * max_seq_length
-    token_budget: int = 0  # 0: batch_size * max_seq_length
+    batch_size: int = 8  # examples per step at the longest length
+    token_budget: int = 0  # 0: batch_size * the longest example (at most max_seq_length)
     gradient_accumulation: int = 1
     max_grad_norm: float = 1.0
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
+    lean_activations: bool = True  # recompute RMSNorm and SwiGLU intermediates in backward
+    micro_batch_tokens: int = 0  # rows per forward pass are split to at most this many tokens; 0: auto
 
 
 @dataclass
@@ -77,6 +80,35 @@ def resolve_training_precision(precision: str, device: str) -> str:
     if device.startswith("cuda"):
         return "bf16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def answer_loss(model, inputs: dict, reduction: str = "mean"):
+    """Cross-entropy over the answer tokens, as the model's own loss computes it.
+
+    Only the hidden states that predict an answer token go through the output layer.
+    For a small model the vocabulary projection and its float32 logits are a large share
+    of the work and of peak memory (8 x 256 tokens x 49k vocabulary is 400 MB of logits,
+    twice over with their gradient), and most tokens of a RAG example are its prompt.
+    Models whose logits are post-processed (soft-capping, scaling) take the stock path.
+    """
+    import torch.nn.functional as F
+
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = causal.get_decoder() if hasattr(causal, "get_decoder") else None
+    head = causal.get_output_embeddings()
+    config = causal.config
+    if decoder is None or head is None or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        loss = model(**inputs).loss
+        return loss * int((inputs["labels"][:, 1:] != IGNORE).sum()) if reduction == "sum" else loss
+    mask = inputs.get("attention_mask")
+    if mask is not None and bool(mask.all()):
+        # No padding in the batch: without a mask, SDPA takes its plain causal path.
+        mask = None
+    hidden = decoder(input_ids=inputs["input_ids"], attention_mask=mask, use_cache=False).last_hidden_state
+    targets = inputs["labels"][:, 1:]
+    keep = targets != IGNORE
+    logits = head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
 
 
 def attach_lora(model, settings: LoraSettings):
@@ -129,6 +161,34 @@ def _save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, histo
         shutil.rmtree(old, ignore_errors=True)
 
 
+def resolve_micro_batch_tokens(settings: LoraSettings, device: str) -> int:
+    if settings.micro_batch_tokens:
+        return settings.micro_batch_tokens
+    # A CPU's matrix units are saturated by a few hundred rows, so splitting a batch costs
+    # no throughput while activation memory falls with the tokens in flight. A GPU wants
+    # the whole batch in one pass.
+    return 0 if device.startswith("cuda") else 512
+
+
+def split_rows(rows: Sequence[Encoded], max_tokens: int) -> list[list[Encoded]]:
+    """Consecutive rows whose padded size (rows x longest) stays within max_tokens; 0: one chunk."""
+    if not max_tokens:
+        return [list(rows)]
+    chunks: list[list[Encoded]] = []
+    chunk: list[Encoded] = []
+    longest = 0
+    for row in sorted(rows, key=lambda x: len(x.input_ids), reverse=True):
+        length = len(row.input_ids)
+        if chunk and max(longest, length) * (len(chunk) + 1) > max_tokens:
+            chunks.append(chunk)
+            chunk, longest = [], 0
+        chunk.append(row)
+        longest = max(longest, length)
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
 def _step_plan(items: Sequence[Encoded], budget: int, settings: LoraSettings, total_steps: int) -> list[list[list[int]]]:
     """Every step's micro-batches, epoch after epoch, fixed by the seed."""
     plan: list[list[list[int]]] = []
@@ -167,11 +227,16 @@ def train_lora(
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     base = model if model is not None else AutoModelForCausalLM.from_pretrained(base_path, torch_dtype=torch.float32)
+    if settings.lean_activations:
+        patch_lean_activations(base)
     peft_model = attach_lora(base, settings).to(device)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
 
-    budget = settings.token_budget or settings.batch_size * settings.max_seq_length
+    # A step never holds more tokens than `batch_size` of the longest examples, the most a
+    # padded batch of that size can hold, so memory stays within what the user sized for.
+    longest = max(len(x.input_ids) for x in items)
+    budget = settings.token_budget or settings.batch_size * min(settings.max_seq_length, longest)
     steps_per_epoch = max(1, len(length_grouped_batches(items, budget, settings.seed, 0)) // settings.gradient_accumulation)
     total_steps = settings.max_steps or steps_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=settings.learning_rate, weight_decay=0.0)
@@ -193,6 +258,7 @@ def train_lora(
     resumed_from = step
 
     autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    micro_tokens = resolve_micro_batch_tokens(settings, device)
     peft_model.train()
     started = time.perf_counter()
     plan = _step_plan(items, budget, settings, total_steps)
@@ -201,14 +267,18 @@ def train_lora(
         t0 = time.perf_counter()
         tokens, loss_sum = 0, 0.0
         for group in micro:
-            inputs = {k: v.to(device) for k, v in collate([items[i] for i in group], pad_id).items()}
-            with autocast:
-                loss = peft_model(**inputs).loss / len(micro)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss became {loss.item()} at step {step + 1}; lower learning_rate or check the data")
-            loss.backward()
-            loss_sum += loss.item()
-            tokens += int(inputs["attention_mask"].sum())
+            rows = [items[i] for i in group]
+            # Each batch's loss is the mean over all its answer tokens, however it is split.
+            targets = sum(sum(1 for t in x.labels[1:] if t != IGNORE) for x in rows)
+            for chunk in split_rows(rows, micro_tokens):
+                inputs = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+                with autocast:
+                    loss = answer_loss(peft_model, inputs, reduction="sum") / (targets * len(micro))
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"loss became {loss.item()} at step {step + 1}; lower learning_rate or check the data")
+                loss.backward()
+                loss_sum += loss.item()
+                tokens += int(inputs["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], settings.max_grad_norm)
         optimizer.step()
         scheduler.step()
