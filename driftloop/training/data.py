@@ -61,6 +61,25 @@ def encode_dataset(examples: Sequence[dict], tokenizer, max_seq_length: int, lon
     return encoded, too_long
 
 
+def fill_padded(order: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Split `order` into consecutive runs whose padded size (rows x longest) fits `budget`.
+
+    A row longer than the budget on its own still gets a run of its own.
+    """
+    runs: list[list[int]] = []
+    run: list[int] = []
+    longest = 0
+    for i in order:
+        if run and max(longest, lengths[i]) * (len(run) + 1) > budget:
+            runs.append(run)
+            run, longest = [], 0
+        run.append(i)
+        longest = max(longest, lengths[i])
+    if run:
+        runs.append(run)
+    return runs
+
+
 def length_grouped_batches(items: Sequence[Encoded], token_budget: int, seed: int, epoch: int) -> list[list[int]]:
     """Batches of similar-length examples, each padded to at most `token_budget` tokens.
 
@@ -71,20 +90,11 @@ def length_grouped_batches(items: Sequence[Encoded], token_budget: int, seed: in
     order = list(range(len(items)))
     rng.shuffle(order)
     pool = max(64, len(order) // 8)
+    lengths = [len(x.input_ids) for x in items]
     batches: list[list[int]] = []
     for start in range(0, len(order), pool):
-        chunk = sorted(order[start : start + pool], key=lambda i: len(items[i].input_ids), reverse=True)
-        batch: list[int] = []
-        longest = 0
-        for i in chunk:
-            length = len(items[i].input_ids)
-            if batch and max(longest, length) * (len(batch) + 1) > token_budget:
-                batches.append(batch)
-                batch, longest = [], 0
-            batch.append(i)
-            longest = max(longest, length)
-        if batch:
-            batches.append(batch)
+        chunk = sorted(order[start : start + pool], key=lengths.__getitem__, reverse=True)
+        batches += fill_padded(chunk, lengths, token_budget)
     rng.shuffle(batches)
     return batches
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from driftloop.models.hardware import cpu_has_fast_bf16, physical_cores
 from driftloop.training.kernels import patch_lean_activations
-from driftloop.training.data import IGNORE, Encoded, collate, length_grouped_batches
+from driftloop.training.data import IGNORE, Encoded, collate, fill_padded, length_grouped_batches
 
 
 class NonFiniteLossError(RuntimeError):
@@ -174,19 +174,9 @@ def split_rows(rows: Sequence[Encoded], max_tokens: int) -> list[list[Encoded]]:
     """Consecutive rows whose padded size (rows x longest) stays within max_tokens; 0: one chunk."""
     if not max_tokens:
         return [list(rows)]
-    chunks: list[list[Encoded]] = []
-    chunk: list[Encoded] = []
-    longest = 0
-    for row in sorted(rows, key=lambda x: len(x.input_ids), reverse=True):
-        length = len(row.input_ids)
-        if chunk and max(longest, length) * (len(chunk) + 1) > max_tokens:
-            chunks.append(chunk)
-            chunk, longest = [], 0
-        chunk.append(row)
-        longest = max(longest, length)
-    if chunk:
-        chunks.append(chunk)
-    return chunks
+    lengths = [len(x.input_ids) for x in rows]
+    order = sorted(range(len(rows)), key=lengths.__getitem__, reverse=True)
+    return [[rows[i] for i in run] for run in fill_padded(order, lengths, max_tokens)]
 
 
 def _step_plan(items: Sequence[Encoded], budget: int, settings: LoraSettings, total_steps: int) -> list[list[list[int]]]:
