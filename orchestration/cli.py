@@ -1,4 +1,5 @@
-"""`driftloop` command line: dataset versions recorded by Dagster, restored by DVC."""
+"""`driftloop` command line: dataset versions recorded by Dagster and restored by DVC;
+the champion adapter, its promotion history, and rollback."""
 
 import argparse
 import sys
@@ -6,7 +7,9 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from driftloop.registry import PromotionError
 from driftloop.resources.dvc import DvcStore
+from driftloop.resources.registry import ModelRegistry
 
 DATASETS = ("source_documents", "qa_pairs", "instruction_dataset")
 
@@ -33,6 +36,26 @@ def _restore(name: str, md5: str) -> int:
     return 0
 
 
+def _model(action: str, to: str | None, reason: str) -> int:
+    registry = ModelRegistry().registry()
+    if action == "champion":
+        champion = registry.champion()
+        print(champion.version if champion else "no champion yet")
+        return 0 if champion else 1
+    if action == "history":
+        events = registry.history()
+        for e in events:
+            print(f"{e['at']}  {e['action']:<8} {e['version']:<22} previous={e.get('previous')}  by={e.get('by')}  run={e.get('run_id')}")
+        return 0 if events else 1
+    try:
+        event = registry.rollback(to, reason=reason)
+    except PromotionError as error:
+        print(f"rollback refused: {error}", file=sys.stderr)
+        return 2
+    print(f"champion is now {event['version']} (was {event['previous']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,7 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     restore = data.add_parser("restore", help="bring a dataset file back to a recorded DVC version")
     restore.add_argument("name", choices=DATASETS)
     restore.add_argument("md5")
+    model = sub.add_parser("model", help="the champion adapter").add_subparsers(dest="action", required=True)
+    model.add_parser("champion", help="print the champion version")
+    model.add_parser("history", help="every promotion and rollback: who, when, which version")
+    rollback = model.add_parser("rollback", help="make an earlier champion the champion again")
+    rollback.add_argument("--to", default=None, help="version to restore; default: the champion before the current one")
+    rollback.add_argument("--reason", default="")
     args = parser.parse_args(argv)
+    if args.command == "model":
+        return _model(args.action, getattr(args, "to", None), getattr(args, "reason", ""))
     if args.action == "versions":
         return _versions(args.name, args.limit)
     return _restore(args.name, args.md5)

@@ -1,14 +1,24 @@
-"""The model registry: adapters stored by content, never overwritten, with their lineage."""
+"""The model registry: adapters stored by content, never overwritten, with their lineage,
+a champion alias, and an append-only promotion history."""
 
 from __future__ import annotations
 
+import fcntl
+import getpass
 import hashlib
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from driftloop.retrieval.artifacts import ArtifactError, publish_folder, sha256_file, staging_dir, verify
+from driftloop.retrieval.artifacts import ArtifactError, publish_folder, read_pointer, sha256_file, staging_dir, verify, write_pointer
+
+
+class PromotionError(RuntimeError):
+    """A promotion or rollback that the registry refuses; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -53,3 +63,81 @@ class AdapterRegistry:
 
     def versions(self) -> list[str]:
         return sorted(p.name for p in self.adapters.glob("lora-*") if (p / "manifest.json").is_file()) if self.adapters.is_dir() else []
+
+    # The champion alias and its audit trail. champion.json is the alias (repointed
+    # atomically); promotions.jsonl is the history, only ever appended to, under a lock so
+    # that two runs promoting at once cannot interleave.
+
+    @property
+    def _alias(self) -> Path:
+        return self.root / "champion.json"
+
+    @property
+    def _history(self) -> Path:
+        return self.root / "promotions.jsonl"
+
+    @contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".promotion.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def champion(self) -> AdapterVersion | None:
+        alias = read_pointer(self._alias)
+        return self.get(alias["version"]) if alias else None
+
+    def history(self) -> list[dict]:
+        if not self._history.is_file():
+            return []
+        return [json.loads(line) for line in self._history.read_text().splitlines() if line.strip()]
+
+    def _record(self, event: dict) -> dict:
+        event = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "by": event.pop("by", None) or _who(), **event}
+        with open(self._history, "a") as handle:
+            handle.write(json.dumps(event, sort_keys=True, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        write_pointer(self._alias, {"version": event["version"], "since": event["at"], "action": event["action"]})
+        return event
+
+    def promote(self, version: str, metrics: dict, data_versions: dict, by: str | None = None, run_id: str | None = None,
+                gate: dict | None = None) -> dict:
+        """Make `version` the champion. Refused when its gate did not pass or metrics are missing."""
+        self.get(version)
+        if gate is not None and not gate.get("passed"):
+            raise PromotionError(f"{version} did not pass its promotion gate: {gate.get('failures')}")
+        if not metrics:
+            raise PromotionError(f"{version} has no evaluation metrics; nothing is promoted without them")
+        with self._locked():
+            current = self.champion()
+            if current is not None and current.version == version:
+                return {"action": "unchanged", "version": version}
+            return self._record({"action": "promote", "version": version, "previous": current.version if current else None,
+                                 "metrics": metrics, "data_versions": data_versions, "gate": gate, "run_id": run_id, "by": by})
+
+    def rollback(self, to: str | None = None, by: str | None = None, reason: str = "") -> dict:
+        """Make an earlier champion the champion again: `to`, or the one before the current."""
+        with self._locked():
+            current = self.champion()
+            earlier = [e["version"] for e in self.history() if e["action"] in ("promote", "rollback")]
+            if to is None:
+                previous = [v for v in earlier if current is None or v != current.version]
+                if not previous:
+                    raise PromotionError("there is no earlier champion to roll back to")
+                to = previous[-1]
+            elif to not in earlier:
+                raise PromotionError(f"{to} was never champion; rollback goes only to an earlier champion ({sorted(set(earlier))})")
+            self.get(to)
+            return self._record({"action": "rollback", "version": to, "previous": current.version if current else None,
+                                 "reason": reason, "by": by})
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
