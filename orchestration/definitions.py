@@ -3,6 +3,7 @@
 import dagster as dg
 
 from driftloop.assets.data import data_assets, data_checks
+from driftloop.assets.evaluation import evaluation_assets
 from driftloop.assets.retrieval import retrieval_assets
 from driftloop.assets.training import training_assets
 from driftloop.orchestration.jobs import data_job, pipeline_job
@@ -13,7 +14,7 @@ from driftloop.resources.vector_store import VectorStore
 from driftloop.sensors.run_failures import record_run_failures
 
 defs = dg.Definitions(
-    assets=[*data_assets, *retrieval_assets, *training_assets],
+    assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets],
     asset_checks=[*data_checks],
     jobs=[pipeline_job, data_job],
     sensors=[record_run_failures],

@@ -15,6 +15,8 @@ EXPECTED_ASSETS = {
     "retrieval/vector_index": "retrieval",
     "training/base_model": "training",
     "training/lora_adapter": "training",
+    "evaluation/eval_report": "evaluation",
+    "evaluation/champion": "evaluation",
 }
 EXPECTED_CHECKS = {
     ("data/source_documents", "schema", True),
@@ -30,6 +32,7 @@ EXPECTED_CHECKS = {
     ("data/instruction_dataset", "duplicates", True),
     ("data/instruction_dataset", "leakage", True),
     ("retrieval/vector_index", "retrieval_quality", True),
+    ("evaluation/eval_report", "promotion_gate", True),
 }
 
 

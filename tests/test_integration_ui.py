@@ -2,7 +2,8 @@
 instance, the main job materializes the default corpus through the CLI with the real
 embedding model and the real SmolLM2 (two LoRA steps instead of the demo's 24), and the
 UI's GraphQL API shows the lineage with DVC versions, passing checks (the retrieval
-quality gate included) and the adapter's registry version."""
+quality gate included), the adapter's registry version, and the evaluation report whose
+gate promoted that adapter to champion (six questions here)."""
 
 import json
 import os
@@ -67,6 +68,8 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
         run_config.write_text(
             "ops:\n  training__lora_adapter:\n    config:\n"
             "      max_steps: 2\n      warmup_steps: 0\n      max_seq_length: 256\n      checkpoint_every: 1\n"
+            "  evaluation__eval_report:\n    config:\n"
+            "      max_questions: 6\n      max_new_tokens: 24\n      no_regression: [perplexity]\n"
         )
         run = subprocess.run(
             [str(BIN / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline", "-c", str(run_config)],
@@ -76,7 +79,7 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
         data = graphql(
             port,
             """{ assetNodes { assetKey { path } groupName
-                 assetMaterializations(limit: 1) { metadataEntries { label ... on TextMetadataEntry { text } } }
+                 assetMaterializations(limit: 1) { metadataEntries { label ... on TextMetadataEntry { text } ... on MarkdownMetadataEntry { mdStr } } }
                  assetChecksOrError { ... on AssetChecks { checks { name executionForLatestMaterialization { status } } } } } }""",
         )
         nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
@@ -91,7 +94,12 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
         assert nodes["retrieval/vector_index"]["groupName"] == "retrieval"
         adapter = {e["label"]: e.get("text") for e in nodes["training/lora_adapter"]["assetMaterializations"][0]["metadataEntries"]}
         assert adapter["adapter_version"].startswith("lora-"), adapter
-        assert (Path(instance_env["DRIFTLOOP_HOME"]) / "artifacts" / "registry").is_dir()
+        registry = Path(instance_env["DRIFTLOOP_HOME"]) / "artifacts" / "registry"
+        report = {e["label"]: e.get("text") or e.get("mdStr") for e in nodes["evaluation/eval_report"]["assetMaterializations"][0]["metadataEntries"]}
+        assert report["challenger"] == adapter["adapter_version"] and "## Promotion gate: PASSED" in report["report"]
+        gate = {c["name"]: c["executionForLatestMaterialization"]["status"] for c in nodes["evaluation/eval_report"]["assetChecksOrError"]["checks"]}
+        assert gate == {"promotion_gate": "SUCCEEDED"}
+        assert json.loads((registry / "champion.json").read_text())["version"] == adapter["adapter_version"]
         deadline = time.time() + 90
         while True:
             health = graphql(port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")

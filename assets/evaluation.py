@@ -1,0 +1,195 @@
+"""Evaluation stage: a report on base, champion and challenger side by side, the
+promotion gate as a blocking check, and the champion alias moved only past that gate.
+
+The gate is enforced twice. `promotion_gate` is a blocking check, so a run stops before
+`evaluation/champion` when it fails. Launch paths that do not respect blocking checks
+(declarative automation, dagster issue 17332) still reach `champion`, which reads the
+gate decision stored with the report and refuses to promote on anything but a pass for
+the same challenger.
+"""
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from driftloop.assets.common import OWNERS, json_meta, load_dataset
+from driftloop.assets.data import QA_PAIRS
+from driftloop.assets.retrieval import VECTOR_INDEX
+from driftloop.assets.training import BASE_MODEL, LORA_ADAPTER
+from driftloop.evaluation.gate import GateRules, decide
+from driftloop.evaluation.metrics import EvaluationError, eval_items
+from driftloop.models.hardware import resolve_device
+from driftloop.prompts import load_prompt
+from driftloop.registry import PromotionError
+from driftloop.resources.dvc import DvcStore
+from driftloop.resources.models import ModelCatalog
+from driftloop.resources.registry import ModelRegistry
+from driftloop.resources.vector_store import VectorStore
+from driftloop.retrieval.artifacts import ArtifactError
+
+EVAL_REPORT = dg.AssetKey(["evaluation", "eval_report"])
+CHAMPION = dg.AssetKey(["evaluation", "champion"])
+GATE = "promotion_gate"
+HEADLINE = ("semantic_similarity", "rouge_l", "bleu", "perplexity", "context_recall", "refusal_rate", "latency_p50_s")
+
+
+class EvalReportConfig(dg.Config):
+    max_questions: int = Field(default=24, ge=1, description="A seeded sample of the eval split; every model answers the same ones.")
+    k: int = Field(default=3, ge=1, le=20, description="Retrieved contexts per question.")
+    max_new_tokens: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    prompt_version: str = "rag.v1"
+    prompt_b_version: str = Field(default="", description="A second prompt template run on the challenger (A/B); empty: none.")
+    challenger_version: str = Field(default="", description="Registry version to evaluate; empty: the latest training/lora_adapter.")
+    seed: int = 0
+    min_semantic_similarity: float = Field(default=0.35, ge=0.0, le=1.0)
+    max_toxic_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    max_pii_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_empty_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+    no_regression: list[str] = Field(default=["semantic_similarity", "rouge_l", "perplexity"])
+    tolerance: float = Field(default=0.05, ge=0.0, le=1.0, description="Allowed absolute drop of a [0, 1] score against the reference model.")
+    relative_tolerance: float = Field(default=0.10, ge=0.0, description="Allowed relative worsening of perplexity against the reference model.")
+
+    def rules(self) -> GateRules:
+        floors = {"semantic_similarity": self.min_semantic_similarity, "toxic_rate": self.max_toxic_rate,
+                  "pii_rate": self.max_pii_rate, "empty_rate": self.max_empty_rate}
+        return GateRules(floors=floors, no_regression=tuple(self.no_regression), tolerance=self.tolerance, relative_tolerance=self.relative_tolerance)
+
+
+def _latest_metadata(context, key: dg.AssetKey) -> dict:
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def _data_versions(context, dvc: DvcStore) -> dict:
+    versions = {name: dvc.version(name).md5 for name in ("qa_pairs", "instruction_dataset")}
+    versions["vector_index"] = _latest_metadata(context, VECTOR_INDEX).get("version")
+    return versions
+
+
+@dg.asset(
+    key=EVAL_REPORT, deps=[VECTOR_INDEX, LORA_ADAPTER, BASE_MODEL, QA_PAIRS], group_name="evaluation", kinds={"ragas", "pytorch"},
+    owners=OWNERS, code_version="1", tags={"stage": "evaluation"},
+    check_specs=[dg.AssetCheckSpec(GATE, asset=EVAL_REPORT, blocking=True,
+                                   description="Challenger meets the floors and does not regress against the champion (or the base model when there is none).")],
+)
+def eval_report(
+    context: dg.AssetExecutionContext, config: EvalReportConfig, dvc: DvcStore, models: ModelCatalog, vector_store: VectorStore,
+    model_registry: ModelRegistry,
+):
+    """The RAG path (retrieve, then generate) on the eval split of data/qa_pairs for the
+    base model, the champion and the challenger, scored with ragas metrics that need no
+    LLM, embedding similarity, perplexity, guardrail rates and latency; a report in
+    markdown and HTML; and the promotion gate."""
+    from driftloop.evaluation.generate import Answerer
+    from driftloop.evaluation.report import metric_chart_png, render_markdown, write_report
+    from driftloop.evaluation.run import evaluate_models
+    from driftloop.retrieval.index import VectorIndex
+
+    registry = model_registry.registry()
+    challenger_version = config.challenger_version or _latest_metadata(context, LORA_ADAPTER).get("adapter_version")
+    if not challenger_version:
+        raise dg.Failure(description="evaluation/eval_report: no challenger; materialize training/lora_adapter or set challenger_version")
+    try:
+        challenger = registry.get(challenger_version)
+        champion = registry.champion()
+        items = eval_items(load_dataset(dvc, "qa_pairs"), config.max_questions, config.seed)
+        prompt = load_prompt(config.prompt_version)
+        prompt_b = load_prompt(config.prompt_b_version) if config.prompt_b_version else None
+        index = VectorIndex(vector_store.store().current_index_folder())
+    except (ArtifactError, EvaluationError, FileNotFoundError) as err:
+        raise dg.Failure(description=f"evaluation/eval_report: {err}") from err
+
+    lineup: dict[str, Path | None] = {"base": None}
+    if champion is not None and champion.version != challenger.version:
+        lineup["champion"] = champion.path
+    lineup["challenger"] = challenger.path
+    base = models.base_model()
+    answerer = Answerer(base.path, resolve_device(models.device))
+    context.log.info(f"evaluating {list(lineup)} on {len(items)} questions (challenger {challenger.version}, "
+                     f"champion {champion.version if champion else 'none'})")
+    result = evaluate_models(answerer, index, models.embedder(), items, lineup, prompt, k=config.k, max_new_tokens=config.max_new_tokens,
+                             batch_size=config.batch_size, prompt_b=prompt_b, log=context.log.info)
+    reference = "champion" if "champion" in lineup else "base"
+    gate = decide(result["models"]["challenger"], result["models"][reference], config.rules())
+    gate.update({"challenger": challenger.version, "reference": reference,
+                 "reference_version": champion.version if reference == "champion" else f"base:{base.version}"})
+    result["versions"] = {"challenger": challenger.version, "champion": champion.version if champion else None, "base": base.version,
+                          "index": index.version}
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    folder = registry.root / "reports" / f"{stamp}-{challenger.version}-{context.run.run_id[:8]}"
+    chart = metric_chart_png(result["models"])
+    markdown = render_markdown(result, gate, f"Evaluation of {challenger.version}", chart_file="metrics.png")
+    paths = write_report(folder, markdown, chart, result, gate)
+    verdict = "passed" if gate["passed"] else "failed: " + "; ".join(gate["failures"])
+    (context.log.info if gate["passed"] else context.log.warning)(f"promotion gate {verdict}")
+
+    ours = result["models"]["challenger"]
+    metadata = {
+        "challenger": dg.MetadataValue.text(challenger.version),
+        "champion": dg.MetadataValue.text(champion.version if champion else "none"),
+        "gate_passed": dg.MetadataValue.bool(gate["passed"]),
+        "report": dg.MetadataValue.md(markdown),
+        "report_html": dg.MetadataValue.path(str(paths["report.html"])),
+        "report_dir": dg.MetadataValue.path(str(folder)),
+        "models": json_meta(result["models"]),
+        "questions": dg.MetadataValue.int(result["n_questions"]),
+    }
+    for metric in HEADLINE:
+        if isinstance(ours.get(metric), float):
+            metadata[f"challenger_{metric}"] = dg.MetadataValue.float(round(ours[metric], 4))
+    yield dg.MaterializeResult(metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name=GATE, passed=gate["passed"], severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict, metadata={"gate": json_meta(gate), "challenger": dg.MetadataValue.text(challenger.version)},
+    )
+
+
+@dg.asset(key=CHAMPION, deps=[EVAL_REPORT], group_name="evaluation", kinds={"registry"}, owners=OWNERS, code_version="1", tags={"stage": "evaluation"})
+def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: ModelRegistry) -> dg.MaterializeResult:
+    """The champion alias in the model registry, moved to the challenger only when the
+    latest evaluation report's gate passed for it; a model card is written on promotion."""
+    from driftloop.evaluation.report import model_card
+
+    report = _latest_metadata(context, EVAL_REPORT)
+    if not report.get("report_dir"):
+        raise dg.Failure(description="evaluation/champion: no evaluation report; materialize evaluation/eval_report first")
+    stored = json.loads((Path(report["report_dir"]) / "result.json").read_text())
+    gate, result = stored["gate"], stored["result"]
+    registry = model_registry.registry()
+    current = registry.champion()
+    if not gate.get("passed"):
+        raise dg.Failure(
+            description=f"evaluation/champion: {gate.get('challenger')} failed its promotion gate ({'; '.join(gate.get('failures', []))}); "
+                        f"the champion stays {current.version if current else 'unset'}",
+            metadata={"gate": json_meta(gate)},
+        )
+    tags = context.run.tags
+    by = tags.get("dagster/user") or (f"sensor:{tags['dagster/sensor_name']}" if "dagster/sensor_name" in tags else None) \
+        or (f"schedule:{tags['dagster/schedule_name']}" if "dagster/schedule_name" in tags else None) \
+        or (f"backfill:{tags['dagster/backfill']}" if "dagster/backfill" in tags else None)
+    try:
+        event = registry.promote(gate["challenger"], result["models"]["challenger"], _data_versions(context, dvc), by=by,
+                                 run_id=context.run.run_id, gate=gate)
+    except (PromotionError, ArtifactError) as err:
+        raise dg.Failure(description=f"evaluation/champion: {err}") from err
+    adapter = registry.get(gate["challenger"])
+    card = model_card(adapter.version, adapter.lineage, result["models"]["challenger"], gate)
+    cards = registry.root / "cards"
+    cards.mkdir(parents=True, exist_ok=True)
+    (cards / f"{adapter.version}.md").write_text(card, encoding="utf-8")
+    context.log.info(f"champion: {adapter.version} ({event['action']}; was {current.version if current else 'unset'})")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(adapter.version),
+        metadata={"champion": dg.MetadataValue.text(adapter.version), "previous": dg.MetadataValue.text(current.version if current else "none"),
+                  "action": dg.MetadataValue.text(event["action"]), "model_card": dg.MetadataValue.md(card)},
+    )
+
+
+evaluation_assets = [eval_report, champion]

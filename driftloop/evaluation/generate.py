@@ -1,0 +1,115 @@
+"""The RAG path under evaluation: retrieve contexts, then answer with the base model, with
+or without a LoRA adapter, loaded once and switched between models.
+
+One base model serves every variant: adapters are attached by name and switched, and
+"base" runs with adapters disabled, so the three models of a report differ only in
+their adapter weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from driftloop.prompts import PromptTemplate
+
+BASE = "base"
+
+
+@dataclass
+class Answer:
+    question_id: str
+    answer: str
+    latency_s: float
+    new_tokens: int
+    contexts: list[str] = field(default_factory=list)
+
+
+def retrieve(index, embedder, questions: Sequence[str], k: int) -> list[list[dict]]:
+    """The top-k chunk rows for each question, best first."""
+    if not questions:
+        return []
+    vectors = embedder.encode(list(questions))
+    _, ids = index.search(vectors, k)
+    return [[index.chunks[int(i)] for i in row if int(i) >= 0] for row in ids]
+
+
+class Answerer:
+    def __init__(self, base_path: str, device: str = "cpu", max_context_chars: int = 2000) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device
+        self.max_context_chars = max_context_chars
+        self.tokenizer = AutoTokenizer.from_pretrained(base_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device).eval()
+        self.adapters: dict[str, str] = {}
+
+    def add_adapter(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if name == BASE or name in self.adapters:
+            raise ValueError(f"adapter name {name!r} is taken")
+        if not self.adapters:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+        else:
+            self.model.load_adapter(str(path), adapter_name=name)
+        self.adapters[name] = str(path)
+
+    def _active(self, name: str):
+        import contextlib
+
+        if name == BASE:
+            return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
+        if name not in self.adapters:
+            raise KeyError(f"no adapter named {name!r}; loaded: {sorted(self.adapters)}")
+        self.model.set_adapter(name)
+        return contextlib.nullcontext()
+
+    def prompt_text(self, template: PromptTemplate, question: str, contexts: Sequence[str]) -> str:
+        context = "\n\n".join(contexts)[: self.max_context_chars]
+        return self.tokenizer.apply_chat_template(template.messages(question, context), tokenize=False, add_generation_prompt=True)
+
+    def answer(self, name: str, prompts: Sequence[str], ids: Sequence[str], max_new_tokens: int = 96, batch_size: int = 8) -> list[Answer]:
+        """Greedy answers; latency is per batch, shared by its questions."""
+        import torch
+
+        out: list[Answer] = []
+        with self._active(name), torch.inference_mode():
+            for start in range(0, len(prompts), batch_size):
+                batch = list(prompts[start : start + batch_size])
+                enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+                t0 = time.perf_counter()
+                generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                                pad_token_id=self.tokenizer.pad_token_id)
+                seconds = (time.perf_counter() - t0) / len(batch)
+                new = generated[:, enc["input_ids"].shape[1] :]
+                for row, qid in zip(new, ids[start : start + batch_size], strict=True):
+                    tokens = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
+                    if self.tokenizer.eos_token_id in tokens:
+                        tokens = tokens[: tokens.index(self.tokenizer.eos_token_id)]
+                    out.append(Answer(qid, self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), seconds, len(tokens)))
+        return out
+
+    def answer_nll(self, name: str, prompts: Sequence[str], references: Sequence[str]) -> tuple[float, int]:
+        """Summed negative log-likelihood of the reference answers given their prompts, and the token count."""
+        import torch
+
+        total, count = 0.0, 0
+        eos = self.tokenizer.eos_token or ""
+        with self._active(name), torch.inference_mode():
+            for prompt, reference in zip(prompts, references, strict=True):
+                prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                answer_ids = self.tokenizer(reference + eos, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([prompt_ids + answer_ids], device=self.device)
+                logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+                target = ids[0, len(prompt_ids) :]
+                total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+                count += len(answer_ids)
+        return total, count

@@ -1,0 +1,64 @@
+"""One evaluation: the same questions, the same retrieved contexts, every model side by
+side (base without adapter, champion, challenger), and optionally a second prompt
+template on the challenger (A/B)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from driftloop.evaluation.generate import BASE, Answerer, retrieve
+from driftloop.evaluation.metrics import EvalItem, answer_scores, context_scores, summarize
+from driftloop.prompts import PromptTemplate
+
+
+def evaluate_models(
+    answerer: Answerer,
+    index,
+    embedder,
+    items: Sequence[EvalItem],
+    models: dict[str, Path | None],
+    prompt: PromptTemplate,
+    k: int = 3,
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+    prompt_b: PromptTemplate | None = None,
+    ab_model: str = "challenger",
+    log: Callable[[str], None] = print,
+) -> dict:
+    """`models` maps a display name to an adapter folder, or None for the base model."""
+    started = time.perf_counter()
+    for name, path in models.items():
+        if path is not None and name not in answerer.adapters:
+            answerer.add_adapter(name, path)
+    retrieved = retrieve(index, embedder, [i.question for i in items], k)
+    contexts = [[c["text"] for c in rows] for rows in retrieved]
+    context_metrics = context_scores(items, contexts)
+    variants = [(name, name, prompt) for name in models]
+    if prompt_b is not None and ab_model in models:
+        variants.append((f"{ab_model}@{prompt_b.version}", ab_model, prompt_b))
+    per_model, per_question = {}, {i.question_id: {"question": i.question, "reference": i.reference, "contexts": c, "answers": {}, "scores": {}}
+                                   for i, c in zip(items, contexts, strict=True)}
+    for label, name, template in variants:
+        t0 = time.perf_counter()
+        prompts = [answerer.prompt_text(template, i.question, c) for i, c in zip(items, contexts, strict=True)]
+        answers = answerer.answer(BASE if models[name] is None else name, prompts, [i.question_id for i in items], max_new_tokens, batch_size)
+        scores = answer_scores(items, [a.answer for a in answers], embedder)
+        nll = answerer.answer_nll(BASE if models[name] is None else name, prompts, [i.reference for i in items])
+        summary = summarize(scores, context_metrics, [a.latency_s for a in answers], [a.new_tokens for a in answers], nll)
+        summary["prompt_version"] = template.version
+        per_model[label] = summary
+        for n, (item, answer) in enumerate(zip(items, answers, strict=True)):
+            row = per_question[item.question_id]
+            row["answers"][label] = answer.answer
+            row["scores"][label] = {key: values[n] for key, values in scores.items()}
+        log(f"{label}: {len(items)} answers in {time.perf_counter() - t0:.0f}s, "
+            f"semantic similarity {summary['semantic_similarity']:.3f}, ROUGE-L {summary['rouge_l']:.3f}, perplexity {summary['perplexity']:.2f}")
+    for qid, row in per_question.items():
+        n = [i.question_id for i in items].index(qid)
+        row["context_precision"] = context_metrics["context_precision"][n]
+        row["context_recall"] = context_metrics["context_recall"][n]
+    return {"models": per_model, "questions": per_question, "n_questions": len(items), "k": k,
+            "prompt_version": prompt.version, "prompt_b_version": prompt_b.version if prompt_b else None,
+            "seconds": time.perf_counter() - started}
