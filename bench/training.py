@@ -5,7 +5,7 @@ instruction data, at most --max-len tokens), same LoRA config (r=8, alpha=16, q/
 one epoch at batch 8. Each side runs in its own process so its peak RSS is its own.
 Tokens are non-padding tokens.
 
-    .venv/bin/python bench/training.py [--examples 80] [--max-len 256]
+    .venv/bin/python bench/training.py [--examples 80] [--max-len 256] [--repeats 2]
 """
 
 import argparse
@@ -92,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=80)
     parser.add_argument("--max-len", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the best of each is reported")
     parser.add_argument("--side", choices=["baseline", "ours"])
     args = parser.parse_args()
     if args.side:
@@ -100,18 +101,26 @@ def main() -> None:
     from common import machine
 
     base_path()  # convert once, outside both timings
+    # Alternating runs and keeping each side's best run takes out most of the noise a
+    # shared 2-core machine adds; peak memory is the highest seen on that side.
+    runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
+    for _ in range(args.repeats):
+        for side in ("baseline", "ours"):
+            out = subprocess.run([sys.executable, __file__, "--side", side, "--examples", str(args.examples), "--max-len", str(args.max_len)],
+                                 capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("JSON ")), None)
+            if line is None:
+                raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
+            runs[side].append(json.loads(line[5:]))
     results = {}
-    for side in ("baseline", "ours"):
-        out = subprocess.run([sys.executable, __file__, "--side", side, "--examples", str(args.examples), "--max-len", str(args.max_len)],
-                             capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("JSON ")), None)
-        if line is None:
-            raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
-        results[side] = json.loads(line[5:])
-    print(f"machine: {machine()}; {args.examples} examples of at most {args.max_len} tokens, batch 8, LoRA r=8 on q/k/v/o")
+    for side, side_runs in runs.items():
+        best = max(side_runs, key=lambda r: r["tokens_per_s"])
+        results[side] = {**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in side_runs), "all": [round(r["tokens_per_s"], 1) for r in side_runs]}
+    print(f"machine: {machine()}; {args.examples} examples of at most {args.max_len} tokens, batch 8, LoRA r=8 on q/k/v/o; "
+          f"best of {args.repeats} alternating runs per side")
     for side, label in (("baseline", "transformers.Trainer + peft (pads each batch to its longest)"), ("ours", "driftloop loop (length-grouped batches)")):
         r = results[side]
-        print(f"{label}: {r['tokens_per_s']:.1f} tokens/s, {r['steps']} steps, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB ({r['ready_rss_mb']:.0f} MB before training)")
+        print(f"{label}: {r['tokens_per_s']:.1f} tokens/s, {r['steps']} steps, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB ({r['ready_rss_mb']:.0f} MB before training); runs: {r['all']} tokens/s")
     ours, base = results["ours"], results["baseline"]
     print(f"peak memory ratio (ours/baseline): {ours['peak_rss_mb'] / base['peak_rss_mb']:.2f}")
     print(f"RESULT train_tokens_per_s={ours['tokens_per_s']:.1f} baseline={base['tokens_per_s']:.1f} ratio={ours['tokens_per_s'] / base['tokens_per_s']:.2f}")

@@ -101,8 +101,10 @@ def answer_loss(model, inputs: dict, reduction: str = "mean"):
         loss = model(**inputs).loss
         return loss * int((inputs["labels"][:, 1:] != IGNORE).sum()) if reduction == "sum" else loss
     mask = inputs.get("attention_mask")
-    if mask is not None and bool(mask.all()):
-        # No padding in the batch: without a mask, SDPA takes its plain causal path.
+    if mask is not None and bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        # Right padding only: under a causal mask no real token can see a pad that follows
+        # it, and pads carry no labels, so the padding mask changes nothing the loss sees.
+        # Without it, SDPA takes its fused causal path instead of materialising a mask.
         mask = None
     hidden = decoder(input_ids=inputs["input_ids"], attention_mask=mask, use_cache=False).last_hidden_state
     targets = inputs["labels"][:, 1:]
