@@ -28,7 +28,7 @@ from driftloop.resources.dvc import DvcStore
 from driftloop.resources.models import ModelCatalog
 from driftloop.resources.registry import ModelRegistry
 from driftloop.resources.vector_store import VectorStore
-from driftloop.retrieval.artifacts import ArtifactError
+from driftloop.retrieval.artifacts import ArtifactError, verify
 
 EVAL_REPORT = dg.AssetKey(["evaluation", "eval_report"])
 CHAMPION = dg.AssetKey(["evaluation", "champion"])
@@ -66,6 +66,16 @@ def _latest_metadata(context, key: dg.AssetKey) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+def _launched_by(tags: dict) -> str | None:
+    """Who started the run, for the audit trail; None means the registry records the OS user."""
+    if "dagster/user" in tags:
+        return tags["dagster/user"]
+    for tag, kind in (("dagster/sensor_name", "sensor"), ("dagster/schedule_name", "schedule"), ("dagster/backfill", "backfill")):
+        if tag in tags:
+            return f"{kind}:{tags[tag]}"
+    return None
+
+
 def _data_versions(context, dvc: DvcStore) -> dict:
     versions = {name: dvc.version(name).md5 for name in ("qa_pairs", "instruction_dataset")}
     versions["vector_index"] = _latest_metadata(context, VECTOR_INDEX).get("version")
@@ -87,7 +97,7 @@ def eval_report(
     LLM, embedding similarity, perplexity, guardrail rates and latency; a report in
     markdown and HTML; and the promotion gate."""
     from driftloop.evaluation.generate import Answerer
-    from driftloop.evaluation.report import metric_chart_png, render_markdown, write_report
+    from driftloop.evaluation.report import write_report
     from driftloop.evaluation.run import evaluate_models
     from driftloop.retrieval.index import VectorIndex
 
@@ -124,9 +134,7 @@ def eval_report(
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     folder = registry.root / "reports" / f"{stamp}-{challenger.version}-{context.run.run_id[:8]}"
-    chart = metric_chart_png(result["models"])
-    markdown = render_markdown(result, gate, f"Evaluation of {challenger.version}", chart_file="metrics.png")
-    paths = write_report(folder, markdown, chart, result, gate)
+    markdown = write_report(folder, result, gate, f"Evaluation of {challenger.version}")
     verdict = "passed" if gate["passed"] else "failed: " + "; ".join(gate["failures"])
     (context.log.info if gate["passed"] else context.log.warning)(f"promotion gate {verdict}")
 
@@ -136,7 +144,7 @@ def eval_report(
         "champion": dg.MetadataValue.text(champion.version if champion else "none"),
         "gate_passed": dg.MetadataValue.bool(gate["passed"]),
         "report": dg.MetadataValue.md(markdown),
-        "report_html": dg.MetadataValue.path(str(paths["report.html"])),
+        "report_html": dg.MetadataValue.path(str(folder / "report.html")),
         "report_dir": dg.MetadataValue.path(str(folder)),
         "models": json_meta(result["models"]),
         "questions": dg.MetadataValue.int(result["n_questions"]),
@@ -160,6 +168,10 @@ def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: M
     report = _latest_metadata(context, EVAL_REPORT)
     if not report.get("report_dir"):
         raise dg.Failure(description="evaluation/champion: no evaluation report; materialize evaluation/eval_report first")
+    try:
+        verify(Path(report["report_dir"]))
+    except ArtifactError as err:
+        raise dg.Failure(description=f"evaluation/champion: the evaluation report cannot be trusted: {err}") from err
     stored = json.loads((Path(report["report_dir"]) / "result.json").read_text())
     gate, result = stored["gate"], stored["result"]
     registry = model_registry.registry()
@@ -170,12 +182,8 @@ def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: M
                         f"the champion stays {current.version if current else 'unset'}",
             metadata={"gate": json_meta(gate)},
         )
-    tags = context.run.tags
-    by = tags.get("dagster/user") or (f"sensor:{tags['dagster/sensor_name']}" if "dagster/sensor_name" in tags else None) \
-        or (f"schedule:{tags['dagster/schedule_name']}" if "dagster/schedule_name" in tags else None) \
-        or (f"backfill:{tags['dagster/backfill']}" if "dagster/backfill" in tags else None)
     try:
-        event = registry.promote(gate["challenger"], result["models"]["challenger"], _data_versions(context, dvc), by=by,
+        event = registry.promote(gate["challenger"], result["models"]["challenger"], _data_versions(context, dvc), by=_launched_by(context.run.tags),
                                  run_id=context.run.run_id, gate=gate)
     except (PromotionError, ArtifactError) as err:
         raise dg.Failure(description=f"evaluation/champion: {err}") from err

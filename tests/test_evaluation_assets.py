@@ -22,7 +22,7 @@ ALL = [*data_assets, *data_checks, *retrieval_assets, *training_assets, *evaluat
 # Random tiny models answer nonsense, so the floors are off here; the rule under test is
 # "no regression against the champion" on perplexity, which a broken adapter cannot meet.
 EVAL = {"max_questions": 4, "max_new_tokens": 6, "k": 2, "min_semantic_similarity": 0.0, "max_empty_rate": 1.0,
-        "max_toxic_rate": 1.0, "max_pii_rate": 1.0, "no_regression": ["perplexity"]}
+        "max_toxic_rate": 1.0, "max_pii_rate": 1.0, "no_regression": ["perplexity"], "relative_tolerance": 0.02}
 
 
 def run(instance, corpus, resources, select=None, **evaluation):
@@ -49,7 +49,7 @@ def broken_copy(adapter_dir, target):
     shutil.copytree(adapter_dir, target)
     weights = load_file(str(target / "adapter_model.safetensors"))
     torch.manual_seed(1)
-    save_file({k: torch.randn_like(v) * 2.0 for k, v in weights.items()}, str(target / "adapter_model.safetensors"))
+    save_file({k: torch.randn_like(v) * 8.0 for k, v in weights.items()}, str(target / "adapter_model.safetensors"))
     for extra in ("lineage.json", "manifest.json"):
         (target / extra).unlink(missing_ok=True)
     return target
@@ -78,7 +78,9 @@ def test_gate_promotes_good_and_blocks_broken_adapters(corpus, dvc_store, tiny_l
 
     broken = reg.publish(broken_copy(reg.get(good).path, tmp_path / "broken"), {"note": "random LoRA weights"}).version
     second = run(instance, corpus, resources, select=[EVAL_REPORT, CHAMPION], challenger_version=broken)
-    assert not second.success or not list(second.asset_materializations_for_node(CHAMPION.to_python_identifier()))
+    # The failed blocking check fails the evaluation step; champion never executes.
+    assert not second.success
+    assert not [e for e in second.all_events if e.step_key == CHAMPION.to_python_identifier() and e.event_type_value == "STEP_START"]
     (check,) = [e for e in second.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert check.event_specific_data.check_name == GATE and not check.event_specific_data.passed
     assert "perplexity" in check.event_specific_data.description and "regresses against champion" in check.event_specific_data.description

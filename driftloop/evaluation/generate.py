@@ -8,6 +8,7 @@ their adapter weights.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,8 +64,6 @@ class Answerer:
         self.adapters[name] = str(path)
 
     def _active(self, name: str):
-        import contextlib
-
         if name == BASE:
             return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
         if name not in self.adapters:

@@ -84,7 +84,7 @@ def context_scores(items: Sequence[EvalItem], contexts: Sequence[Sequence[str]])
     return _ragas_scores(samples, {"context_precision": NonLLMContextPrecisionWithReference(), "context_recall": NonLLMContextRecall()})
 
 
-def answer_scores(items: Sequence[EvalItem], answers: Sequence[str], embedder) -> dict[str, list[float | None]]:
+def answer_scores(items: Sequence[EvalItem], answers: Sequence[str], embedder, reference_vectors: np.ndarray) -> dict[str, list[float | None]]:
     """Per answer: ragas BLEU, ROUGE-L and string similarity, embedding cosine, guardrail flags."""
     from profanity_check import predict_prob
     from ragas.dataset_schema import SingleTurnSample
@@ -95,8 +95,7 @@ def answer_scores(items: Sequence[EvalItem], answers: Sequence[str], embedder) -
     scores = _ragas_scores(samples, {"bleu": BleuScore(), "rouge_l": RougeScore(rouge_type="rougeL"),
                                      "string_similarity": NonLLMStringSimilarity()})
     answer_vecs = embedder.encode([a or " " for a in answers])
-    reference_vecs = embedder.encode([i.reference for i in items])
-    scores["semantic_similarity"] = [float(x) for x in (answer_vecs * reference_vecs).sum(axis=1)]
+    scores["semantic_similarity"] = [float(x) for x in (answer_vecs * reference_vectors).sum(axis=1)]
     toxic = predict_prob([a or " " for a in answers]) if answers else []
     scores["toxic"] = [float(p >= 0.5) for p in toxic]
     scores["pii"] = [float(bool(find_pii(a))) for a in answers]
@@ -106,8 +105,11 @@ def answer_scores(items: Sequence[EvalItem], answers: Sequence[str], embedder) -
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
+    """The mean, or None when any sample lacks a score: a mean over the samples that
+    happened to score would be a partial figure passed off as a whole one."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
 
 
 def summarize(per_answer: dict[str, list[float | None]], contexts: dict[str, list[float | None]], latencies: Sequence[float],

@@ -3,13 +3,12 @@ decision, and the worst questions with their contexts and answers; and model car
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 from pathlib import Path
 
 from driftloop.evaluation.metrics import HIGHER_IS_BETTER
+from driftloop.retrieval.artifacts import publish_folder, staging_dir
+from driftloop.training.plots import data_uri, figure_png, pyplot
 
 TABLE_METRICS = ("context_precision", "context_recall", "semantic_similarity", "rouge_l", "bleu", "string_similarity",
                  "perplexity", "toxic_rate", "pii_rate", "refusal_rate", "empty_rate", "latency_p50_s", "tokens_per_answer")
@@ -27,14 +26,9 @@ def _fmt(value) -> str:
 
 
 def metric_chart_png(models: dict[str, dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(models)
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(8, 3.2), dpi=100)
     for n, name in enumerate(names):
         values = [models[name].get(m) or 0.0 for m in CHART_METRICS]
         ax.bar([x + n * width for x in range(len(CHART_METRICS))], values, width, label=name)
@@ -42,11 +36,12 @@ def metric_chart_png(models: dict[str, dict]) -> bytes:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.set_title("answer quality per model (higher is better, except refusal rate)", fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
+
+
+def _one_line(text: str) -> str:
+    """Model and corpus text flattened, so it cannot break the report's markdown structure."""
+    return " ".join(text.split())
 
 
 def worst_questions(result: dict, model: str, n: int = 5) -> list[dict]:
@@ -64,7 +59,7 @@ def _metric_table(models: dict[str, dict]) -> list[str]:
     return lines
 
 
-def render_markdown(result: dict, gate: dict, title: str, challenger: str = "challenger", chart_file: str | None = None) -> str:
+def render_markdown(result: dict, gate: dict, title: str, chart_src: str, challenger: str = "challenger") -> str:
     lines = [f"# {title}", "", f"{result['n_questions']} eval questions, top-{result['k']} retrieved contexts, prompt "
              f"`{result['prompt_version']}`" + (f", A/B against `{result['prompt_b_version']}`" if result.get("prompt_b_version") else "") + ".", ""]
     verdict = "PASSED" if gate["passed"] else "FAILED"
@@ -74,50 +69,27 @@ def render_markdown(result: dict, gate: dict, title: str, challenger: str = "cha
     for c in gate["checks"]:
         lines.append(f"| {c['rule']} | {c['metric']} | {_fmt(c.get('value'))} | {_fmt(c.get('bound'))} | {_fmt(c.get('champion'))} | {'yes' if c['ok'] else 'NO'} |")
     lines += ["", "## Metrics", ""] + _metric_table(result["models"])
-    if chart_file:
-        lines += ["", f"![metrics per model]({chart_file})"]
+    lines += ["", f"![metrics per model]({chart_src})"]
     lines += ["", f"> {JUDGE_NOTE}", "", f"## Worst answers of `{challenger}` (lowest semantic similarity)", ""]
     for row in worst_questions(result, challenger):
-        lines += [f"### {row['question']}", "", f"**Reference:** {row['reference']}", ""]
+        lines += [f"### {_one_line(row['question'])}", "", f"**Reference:** {_one_line(row['reference'])}", ""]
         for label, answer in row["answers"].items():
-            lines.append(f"- **{label}:** {answer or '(empty)'}")
-        lines += ["", "<details><summary>retrieved contexts</summary>", ""]
-        lines += [f"{n + 1}. {c[:400]}" for n, c in enumerate(row["contexts"])] + ["", "</details>", ""]
+            lines.append(f"- **{label}:** {_one_line(answer) or '(empty)'}")
+        lines += ["", "Retrieved contexts:", ""]
+        lines += [f"{n + 1}. {_one_line(c[:400])}" for n, c in enumerate(row["contexts"])] + [""]
     return "\n".join(lines)
 
 
-def render_html(markdown_text: str, chart_png: bytes) -> str:
-    """A self-contained page: the markdown's content in <pre>-free HTML with the chart inlined."""
-    body = []
-    in_table = False
-    for line in markdown_text.splitlines():
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-                body.append("<tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
-                continue
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            body.append(f'<img alt="metrics per model" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith(("<details", "</details")):
-            body.append(line)
-        elif line.strip():
-            body.append(f"<p>{html.escape(line).replace('**', '')}</p>")
-    if in_table:
-        body.append("</table>")
+def render_html(markdown_text: str) -> str:
+    """A self-contained page (the chart must already be a data URI in the markdown).
+
+    Raw HTML stays off: answers and contexts are model output and corpus text.
+    """
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
     style = "body{font-family:sans-serif;max-width:960px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>driftloop evaluation</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>driftloop evaluation</title><style>{style}</style></head><body>{body}</body></html>"
 
 
 def model_card(version: str, lineage: dict, metrics: dict, gate: dict, license_name: str = "Apache-2.0 (SmolLM2 base model)") -> str:
@@ -138,13 +110,16 @@ def model_card(version: str, lineage: dict, metrics: dict, gate: dict, license_n
     return "\n".join(lines)
 
 
-def write_report(folder: Path, markdown_text: str, chart_png: bytes, result: dict, gate: dict) -> dict[str, Path]:
-    from driftloop.retrieval.artifacts import publish_folder, staging_dir
-
+def write_report(folder: Path, result: dict, gate: dict, title: str) -> str:
+    """Write report.md (chart beside it), a self-contained report.html, metrics.png and
+    result.json atomically into `folder`; return the report's markdown with the chart
+    inlined, for the Dagster UI."""
+    chart = metric_chart_png(result["models"])
+    inline = render_markdown(result, gate, title, data_uri(chart))
     staging = staging_dir(folder.parent)
-    (staging / "metrics.png").write_bytes(chart_png)
-    (staging / "report.md").write_text(markdown_text, encoding="utf-8")
-    (staging / "report.html").write_text(render_html(markdown_text, chart_png), encoding="utf-8")
+    (staging / "metrics.png").write_bytes(chart)
+    (staging / "report.md").write_text(render_markdown(result, gate, title, "metrics.png"), encoding="utf-8")
+    (staging / "report.html").write_text(render_html(inline), encoding="utf-8")
     (staging / "result.json").write_text(json.dumps({"result": result, "gate": gate}, indent=1, sort_keys=True, default=str), encoding="utf-8")
     publish_folder(staging, folder, {"kind": "eval_report", "gate_passed": gate["passed"]})
-    return {name: folder / name for name in ("report.md", "report.html", "metrics.png", "result.json")}
+    return inline

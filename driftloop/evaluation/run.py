@@ -13,6 +13,10 @@ from driftloop.evaluation.metrics import EvalItem, answer_scores, context_scores
 from driftloop.prompts import PromptTemplate
 
 
+def _fmt(value: float | None) -> str:
+    return "missing" if value is None else f"{value:.3f}"
+
+
 def evaluate_models(
     answerer: Answerer,
     index,
@@ -38,14 +42,20 @@ def evaluate_models(
     variants = [(name, name, prompt) for name in models]
     if prompt_b is not None and ab_model in models:
         variants.append((f"{ab_model}@{prompt_b.version}", ab_model, prompt_b))
-    per_model, per_question = {}, {i.question_id: {"question": i.question, "reference": i.reference, "contexts": c, "answers": {}, "scores": {}}
-                                   for i, c in zip(items, contexts, strict=True)}
+    reference_vectors = embedder.encode([i.reference for i in items])
+    per_question = {
+        item.question_id: {"question": item.question, "reference": item.reference, "contexts": ctx, "answers": {}, "scores": {},
+                           "context_precision": context_metrics["context_precision"][n], "context_recall": context_metrics["context_recall"][n]}
+        for n, (item, ctx) in enumerate(zip(items, contexts, strict=True))
+    }
+    per_model = {}
     for label, name, template in variants:
         t0 = time.perf_counter()
+        adapter = BASE if models[name] is None else name
         prompts = [answerer.prompt_text(template, i.question, c) for i, c in zip(items, contexts, strict=True)]
-        answers = answerer.answer(BASE if models[name] is None else name, prompts, [i.question_id for i in items], max_new_tokens, batch_size)
-        scores = answer_scores(items, [a.answer for a in answers], embedder)
-        nll = answerer.answer_nll(BASE if models[name] is None else name, prompts, [i.reference for i in items])
+        answers = answerer.answer(adapter, prompts, [i.question_id for i in items], max_new_tokens, batch_size)
+        scores = answer_scores(items, [a.answer for a in answers], embedder, reference_vectors)
+        nll = answerer.answer_nll(adapter, prompts, [i.reference for i in items])
         summary = summarize(scores, context_metrics, [a.latency_s for a in answers], [a.new_tokens for a in answers], nll)
         summary["prompt_version"] = template.version
         per_model[label] = summary
@@ -53,12 +63,8 @@ def evaluate_models(
             row = per_question[item.question_id]
             row["answers"][label] = answer.answer
             row["scores"][label] = {key: values[n] for key, values in scores.items()}
-        log(f"{label}: {len(items)} answers in {time.perf_counter() - t0:.0f}s, "
-            f"semantic similarity {summary['semantic_similarity']:.3f}, ROUGE-L {summary['rouge_l']:.3f}, perplexity {summary['perplexity']:.2f}")
-    for qid, row in per_question.items():
-        n = [i.question_id for i in items].index(qid)
-        row["context_precision"] = context_metrics["context_precision"][n]
-        row["context_recall"] = context_metrics["context_recall"][n]
+        log(f"{label}: {len(items)} answers in {time.perf_counter() - t0:.0f}s, semantic similarity {_fmt(summary['semantic_similarity'])}, "
+            f"ROUGE-L {_fmt(summary['rouge_l'])}, perplexity {_fmt(summary['perplexity'])}")
     return {"models": per_model, "questions": per_question, "n_questions": len(items), "k": k,
             "prompt_version": prompt.version, "prompt_b_version": prompt_b.version if prompt_b else None,
             "seconds": time.perf_counter() - started}

@@ -39,9 +39,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_precision(precision: str, device: str) -> str:
+def resolve_precision(precision: str, device: str, cuda: str = "fp16") -> str:
+    """`auto`: `cuda` on a GPU (fp16 for inference; training passes bf16 for its range),
+    bf16 on CPUs with fast bf16 units, fp32 otherwise."""
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
-        return "fp16"
+        return cuda
     return "bf16" if cpu_has_fast_bf16() else "fp32"

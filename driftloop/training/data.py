@@ -23,6 +23,11 @@ class Encoded:
     def n_target(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE)
 
+    @property
+    def n_predicted(self) -> int:
+        """Labels a causal LM is scored on: every target after the first position."""
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
+
 
 def encode_example(example: dict, tokenizer) -> Encoded:
     messages = example["messages"]

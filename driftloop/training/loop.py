@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from driftloop.models.hardware import cpu_has_fast_bf16, physical_cores
+from driftloop.models.hardware import physical_cores, resolve_precision
 from driftloop.training.kernels import patch_lean_activations
 from driftloop.training.data import IGNORE, Encoded, collate, fill_padded, length_grouped_batches
 
@@ -72,14 +72,6 @@ class TrainResult:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens_seen / self.seconds if self.seconds else 0.0
-
-
-def resolve_training_precision(precision: str, device: str) -> str:
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        return "bf16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
 def answer_loss(model, inputs: dict, reduction: str = "mean"):
@@ -215,7 +207,7 @@ def train_lora(
     random.seed(settings.seed)
     if device == "cpu":
         torch.set_num_threads(physical_cores())
-    precision = resolve_training_precision(settings.precision, device)
+    precision = resolve_precision(settings.precision, device, cuda="bf16")
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     base = model if model is not None else AutoModelForCausalLM.from_pretrained(base_path, torch_dtype=torch.float32)
@@ -261,7 +253,7 @@ def train_lora(
         for group in micro:
             rows = [items[i] for i in group]
             # Each batch's loss is the mean over all its answer tokens, however it is split.
-            targets = sum(sum(1 for t in x.labels[1:] if t != IGNORE) for x in rows)
+            targets = sum(x.n_predicted for x in rows)
             for chunk in split_rows(rows, micro_tokens):
                 inputs = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
                 with autocast:
