@@ -19,8 +19,9 @@ from driftloop.assets.common import OWNERS, json_meta, load_dataset
 from driftloop.assets.data import QA_PAIRS
 from driftloop.assets.retrieval import VECTOR_INDEX
 from driftloop.assets.training import BASE_MODEL, LORA_ADAPTER
-from driftloop.evaluation.gate import GateRules, decide
-from driftloop.evaluation.metrics import EvaluationError, eval_items
+from driftloop.evaluation.gate import GateRules, decide, gate_view
+from driftloop.evaluation.judge import JudgeError, JudgeSettings, build_judge
+from driftloop.evaluation.metrics import REFUSAL, EvaluationError, eval_items
 from driftloop.models.hardware import resolve_device
 from driftloop.prompts import load_prompt
 from driftloop.registry import PromotionError
@@ -33,7 +34,8 @@ from driftloop.retrieval.artifacts import ArtifactError, verify
 EVAL_REPORT = dg.AssetKey(["evaluation", "eval_report"])
 CHAMPION = dg.AssetKey(["evaluation", "champion"])
 GATE = "promotion_gate"
-HEADLINE = ("semantic_similarity", "rouge_l", "bleu", "perplexity", "context_recall", "refusal_rate", "latency_p50_s")
+HEADLINE = ("semantic_similarity", "rouge_l", "bleu", "perplexity", "context_recall", "faithfulness", "answer_relevancy", "refusal_rate",
+            "latency_p50_s")
 
 
 class EvalReportConfig(dg.Config):
@@ -52,10 +54,26 @@ class EvalReportConfig(dg.Config):
     no_regression: list[str] = Field(default=["semantic_similarity", "rouge_l", "perplexity"])
     tolerance: float = Field(default=0.05, ge=0.0, le=1.0, description="Allowed absolute drop of a [0, 1] score against the reference model.")
     relative_tolerance: float = Field(default=0.10, ge=0.0, description="Allowed relative worsening of perplexity against the reference model.")
+    judge: str = Field(default="local", pattern="^(local|endpoint|none)$",
+                       description="Who scores faithfulness and answer relevancy: a local transformers model, an OpenAI-compatible endpoint, or none.")
+    judge_model: str = Field(default="", description="local: a model directory or id (empty: the base generator); endpoint: the served model name.")
+    judge_base_url: str = Field(default="", description="endpoint judge: e.g. http://127.0.0.1:3001/v1")
+    judge_api_key_env: str = Field(default="DRIFTLOOP_JUDGE_API_KEY", description="Environment variable holding the endpoint's key, if it needs one.")
+    judge_timeout_s: float = Field(default=60.0, gt=0)
+    judge_min_agreement: float = Field(default=0.75, ge=0.0, le=1.0, description="Control-pair agreement a judge needs before the gate may use its scores.")
+    judge_control_pairs: int = Field(default=8, ge=2, le=64)
+    min_faithfulness: float = Field(default=0.0, ge=0.0, le=1.0, description="Floor on faithfulness; 0 leaves it out of the gate.")
+    min_answer_relevancy: float = Field(default=0.0, ge=0.0, le=1.0, description="Floor on answer relevancy; 0 leaves it out of the gate.")
+
+    def judge_settings(self) -> JudgeSettings:
+        return JudgeSettings(kind=self.judge, model=self.judge_model, base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
+                             timeout_s=self.judge_timeout_s, min_agreement=self.judge_min_agreement, control_pairs=self.judge_control_pairs)
 
     def rules(self) -> GateRules:
         floors = {"semantic_similarity": self.min_semantic_similarity, "toxic_rate": self.max_toxic_rate,
                   "pii_rate": self.max_pii_rate, "empty_rate": self.max_empty_rate}
+        floors.update({metric: bound for metric, bound in (("faithfulness", self.min_faithfulness),
+                                                            ("answer_relevancy", self.min_answer_relevancy)) if bound > 0})
         return GateRules(floors=floors, no_regression=tuple(self.no_regression), tolerance=self.tolerance, relative_tolerance=self.relative_tolerance)
 
 
@@ -70,6 +88,9 @@ def _launched_by(tags: dict) -> str | None:
     """Who started the run, for the audit trail; None means the registry records the OS user."""
     if "dagster/user" in tags:
         return tags["dagster/user"]
+    # Automation runs also carry the name of the sensor that evaluates the conditions.
+    if tags.get("dagster/from_automation_condition") or tags.get("dagster/auto_materialize"):
+        return "automation"
     for tag, kind in (("dagster/sensor_name", "sensor"), ("dagster/schedule_name", "schedule"), ("dagster/backfill", "backfill")):
         if tag in tags:
             return f"{kind}:{tags[tag]}"
@@ -97,7 +118,7 @@ def eval_report(
     LLM, embedding similarity, perplexity, guardrail rates and latency; a report in
     markdown and HTML; and the promotion gate."""
     from driftloop.evaluation.generate import Answerer
-    from driftloop.evaluation.report import write_report
+    from driftloop.evaluation.report import is_partial, judge_note, write_report
     from driftloop.evaluation.run import evaluate_models
     from driftloop.retrieval.index import VectorIndex
 
@@ -120,13 +141,21 @@ def eval_report(
         lineup["champion"] = champion.path
     lineup["challenger"] = challenger.path
     base = models.base_model()
-    answerer = Answerer(base.path, resolve_device(models.device))
+    device = resolve_device(models.device)
+    answerer = Answerer(base.path, device)
+    embedder = models.embedder()
+    try:
+        judge = build_judge(config.judge_settings(), embedder, answerer, device, REFUSAL)
+    except (JudgeError, OSError) as err:
+        raise dg.Failure(description=f"evaluation/eval_report: the judge cannot start: {err}") from err
     context.log.info(f"evaluating {list(lineup)} on {len(items)} questions (challenger {challenger.version}, "
-                     f"champion {champion.version if champion else 'none'})")
-    result = evaluate_models(answerer, index, models.embedder(), items, lineup, prompt, k=config.k, max_new_tokens=config.max_new_tokens,
-                             batch_size=config.batch_size, prompt_b=prompt_b, log=context.log.info)
+                     f"champion {champion.version if champion else 'none'}, judge {judge.name if judge else 'none'})")
+    result = evaluate_models(answerer, index, embedder, items, lineup, prompt, k=config.k, max_new_tokens=config.max_new_tokens,
+                             batch_size=config.batch_size, prompt_b=prompt_b, log=context.log.info, judge=judge,
+                             min_agreement=config.judge_min_agreement, control_pairs=config.judge_control_pairs)
     reference = "champion" if "champion" in lineup else "base"
-    gate = decide(result["models"]["challenger"], result["models"][reference], config.rules())
+    judgement = result.get("judge")
+    gate = decide(gate_view(result["models"]["challenger"], judgement), gate_view(result["models"][reference], judgement), config.rules())
     gate.update({"challenger": challenger.version, "reference": reference,
                  "reference_version": champion.version if reference == "champion" else f"base:{base.version}"})
     result["versions"] = {"challenger": challenger.version, "champion": champion.version if champion else None, "base": base.version,
@@ -148,6 +177,8 @@ def eval_report(
         "report_dir": dg.MetadataValue.path(str(folder)),
         "models": json_meta(result["models"]),
         "questions": dg.MetadataValue.int(result["n_questions"]),
+        "partial": dg.MetadataValue.bool(is_partial(result)),
+        "judge": dg.MetadataValue.text(judge_note(judgement)),
     }
     for metric in HEADLINE:
         if isinstance(ours.get(metric), float):
@@ -159,7 +190,13 @@ def eval_report(
     )
 
 
-@dg.asset(key=CHAMPION, deps=[EVAL_REPORT], group_name="evaluation", kinds={"registry"}, owners=OWNERS, code_version="1", tags={"stage": "evaluation"})
+# Promote whenever a new report lands, but only once its blocking gate passed: plain
+# eager() would also fire after a failed check (dagster issue 17332).
+PROMOTE_WHEN_GATE_PASSED = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+
+@dg.asset(key=CHAMPION, deps=[EVAL_REPORT], group_name="evaluation", kinds={"registry"}, owners=OWNERS, code_version="1",
+          tags={"stage": "evaluation"}, automation_condition=PROMOTE_WHEN_GATE_PASSED)
 def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: ModelRegistry) -> dg.MaterializeResult:
     """The champion alias in the model registry, moved to the challenger only when the
     latest evaluation report's gate passed for it; a model card is written on promotion."""
@@ -188,7 +225,7 @@ def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: M
     except (PromotionError, ArtifactError) as err:
         raise dg.Failure(description=f"evaluation/champion: {err}") from err
     adapter = registry.get(gate["challenger"])
-    card = model_card(adapter.version, adapter.lineage, result["models"]["challenger"], gate)
+    card = model_card(adapter.version, adapter.lineage, result["models"]["challenger"], gate, result.get("judge"))
     cards = registry.root / "cards"
     cards.mkdir(parents=True, exist_ok=True)
     (cards / f"{adapter.version}.md").write_text(card, encoding="utf-8")

@@ -6,7 +6,8 @@ from driftloop.assets.data import data_assets, data_checks
 from driftloop.assets.evaluation import evaluation_assets
 from driftloop.assets.retrieval import retrieval_assets
 from driftloop.assets.training import training_assets
-from driftloop.orchestration.jobs import data_job, pipeline_job
+from driftloop.orchestration.jobs import data_job, pipeline_job, promotion_job
+from driftloop.orchestration.schedules import schedules
 from driftloop.resources.dvc import DvcStore
 from driftloop.resources.models import ModelCatalog
 from driftloop.resources.registry import ModelRegistry
@@ -16,7 +17,8 @@ from driftloop.sensors.run_failures import record_run_failures
 defs = dg.Definitions(
     assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets],
     asset_checks=[*data_checks],
-    jobs=[pipeline_job, data_job],
+    jobs=[pipeline_job, data_job, promotion_job],
+    schedules=schedules,
     sensors=[record_run_failures],
     resources={"dvc": DvcStore(), "models": ModelCatalog(), "vector_store": VectorStore(), "model_registry": ModelRegistry()},
     executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),

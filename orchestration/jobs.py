@@ -14,3 +14,9 @@ data_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("data"),
     description="Ingest, validate and version the datasets only.",
 )
+
+promotion_job = dg.define_asset_job(
+    name="evaluate_and_promote",
+    selection=dg.AssetSelection.assets(["evaluation", "eval_report"], ["evaluation", "champion"]),
+    description="Evaluate a challenger (the latest adapter, or `challenger_version`) against the champion and promote it only past the gate.",
+)

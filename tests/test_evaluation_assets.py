@@ -1,19 +1,22 @@
 """Evaluation and promotion materialized in process on a tiny Llama and embedding model:
-a good adapter becomes champion; a broken one (random LoRA weights) fails the gate, is
-not promoted on a normal run, and is refused by the champion asset itself when that
-runs without the blocking check (as declarative automation would, dagster issue 17332)."""
+a good adapter becomes champion; a broken one (random LoRA weights) fails the gate and is
+never promoted, whichever path launched the run: by hand, a schedule, a sensor, a
+backfill, or declarative automation (which ignores blocking checks unless told, dagster
+issue 17332, and is then refused by the champion asset itself)."""
 
 import json
 import shutil
 
 import dagster as dg
 import pytest
+from dagster._core.storage.dagster_run import DagsterRun
 
 from driftloop.assets.data import data_assets, data_checks
 from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, GATE, evaluation_assets
 from driftloop.assets.retrieval import retrieval_assets
 from driftloop.assets.training import LORA_ADAPTER, training_assets
 from driftloop.evaluation.metrics import EvaluationError, eval_items
+from driftloop.orchestration.schedules import weekly_retrain
 from driftloop.resources.models import ModelCatalog
 from driftloop.resources.registry import ModelRegistry
 from driftloop.resources.vector_store import VectorStore
@@ -21,11 +24,11 @@ from driftloop.resources.vector_store import VectorStore
 ALL = [*data_assets, *data_checks, *retrieval_assets, *training_assets, *evaluation_assets]
 # Random tiny models answer nonsense, so the floors are off here; the rule under test is
 # "no regression against the champion" on perplexity, which a broken adapter cannot meet.
-EVAL = {"max_questions": 4, "max_new_tokens": 6, "k": 2, "min_semantic_similarity": 0.0, "max_empty_rate": 1.0,
+EVAL = {"max_questions": 4, "max_new_tokens": 6, "k": 2, "judge": "none", "min_semantic_similarity": 0.0, "max_empty_rate": 1.0,
         "max_toxic_rate": 1.0, "max_pii_rate": 1.0, "no_regression": ["perplexity"], "relative_tolerance": 0.02}
 
 
-def run(instance, corpus, resources, select=None, **evaluation):
+def run(instance, corpus, resources, select=None, tags=None, **evaluation):
     config = {"ops": {
         "data__source_documents": {"config": {"source": str(corpus)}},
         "data__qa_pairs": {"config": {"eval_fraction": 0.4}},
@@ -39,17 +42,32 @@ def run(instance, corpus, resources, select=None, **evaluation):
     if select is not None:
         names = {k.to_python_identifier() for k in select}
         config["ops"] = {k: v for k, v in ops.items() if k in names}
-    return dg.materialize(ALL, resources=resources, run_config=config, selection=select, instance=instance, raise_on_error=False)
+    return dg.materialize(ALL, resources=resources, run_config=config, selection=select, instance=instance, raise_on_error=False, tags=tags)
 
 
-def broken_copy(adapter_dir, target):
+def automation(resources, instance, cursor=None, naive=False):
+    """One evaluation of the champion's automation condition, as the automation sensor
+    would run it; `naive` swaps in plain eager()."""
+    assets = [*data_assets, *retrieval_assets, *training_assets, *evaluation_assets]
+    if naive:
+        eager = dg.AutomationCondition.eager()
+        assets = [a.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=eager)) if CHAMPION in a.keys else a
+                  for a in assets]
+    defs = dg.Definitions(assets=assets, asset_checks=data_checks, resources=resources)
+    return dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(CHAMPION), cursor=cursor)
+
+
+def changed_copy(adapter_dir, target, broken=True):
+    """Random LoRA weights (broken), or the same weights nudged by 0.01% (a new version
+    that is as good as the original)."""
     import torch
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(adapter_dir, target)
     weights = load_file(str(target / "adapter_model.safetensors"))
     torch.manual_seed(1)
-    save_file({k: torch.randn_like(v) * 8.0 for k, v in weights.items()}, str(target / "adapter_model.safetensors"))
+    changed = {k: torch.randn_like(v) * 8.0 if broken else v * 1.0001 for k, v in weights.items()}
+    save_file(changed, str(target / "adapter_model.safetensors"))
     for extra in ("lineage.json", "manifest.json"):
         (target / extra).unlink(missing_ok=True)
     return target
@@ -76,7 +94,10 @@ def test_gate_promotes_good_and_blocks_broken_adapters(corpus, dvc_store, tiny_l
     assert (report_dir / "report.html").read_text().startswith("<!doctype html>") and report["gate_passed"].value
     assert (tmp_path / "registry" / "cards" / f"{good}.md").read_text().startswith(f"# Model card: {good}")
 
-    broken = reg.publish(broken_copy(reg.get(good).path, tmp_path / "broken"), {"note": "random LoRA weights"}).version
+    tick = automation(resources, instance)
+    assert tick.total_requested == 0  # champion is up to date with its report
+
+    broken = reg.publish(changed_copy(reg.get(good).path, tmp_path / "broken"), {"note": "random LoRA weights"}).version
     second = run(instance, corpus, resources, select=[EVAL_REPORT, CHAMPION], challenger_version=broken)
     # The failed blocking check fails the evaluation step; champion never executes.
     assert not second.success
@@ -88,13 +109,37 @@ def test_gate_promotes_good_and_blocks_broken_adapters(corpus, dvc_store, tiny_l
     latest = json.loads((sorted(folder.iterdir())[-1] / "result.json").read_text())
     assert set(latest["result"]["models"]) == {"base", "champion", "challenger"}
 
-    # The champion asset alone, as automation that ignores blocking checks would run it.
-    forced = run(instance, corpus, resources, select=[CHAMPION])
+    # Declarative automation: champion's condition waits for the blocking gate; plain
+    # eager() would request it after the failed check (dagster issue 17332).
+    ours = automation(resources, instance, tick.cursor)
+    assert ours.total_requested == 0
+    assert automation(resources, instance, tick.cursor, naive=True).total_requested == 1
+    # ...and the run it would launch: the champion asset alone, without the check.
+    forced = run(instance, corpus, resources, select=[CHAMPION], tags={"dagster/from_automation_condition": "true"})
     assert not forced.success
     failure = next(e for e in forced.all_events if e.event_type_value == "STEP_FAILURE")
     assert "failed its promotion gate" in failure.step_failure_data.user_failure_data.description
     assert reg.champion().version == good
+
+    # Schedule, sensor and backfill runs carry the tags Dagster's daemons give them; the
+    # gate blocks each the same way.
+    request = weekly_retrain.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests[0]
+    for tags in ({**request.tags, **DagsterRun.tags_for_schedule(weekly_retrain)}, {"dagster/sensor_name": "drift_retrain"},
+                 DagsterRun.tags_for_backfill_id("bkfl0001")):
+        launched = run(instance, corpus, resources, select=[EVAL_REPORT, CHAMPION], tags=tags, challenger_version=broken)
+        assert not launched.success, tags
+        assert not [e for e in launched.all_events if e.step_key == CHAMPION.to_python_identifier() and e.event_type_value == "STEP_START"]
+        assert reg.champion().version == good
     assert [e["version"] for e in reg.history()] == [good]
+
+    # A new version as good as the champion passes the gate on its own report, and the
+    # automation condition then promotes it: the audit trail names the launch path.
+    fine = reg.publish(changed_copy(reg.get(good).path, tmp_path / "fine", broken=False), {"note": "nudged copy"}).version
+    assert run(instance, corpus, resources, select=[EVAL_REPORT], challenger_version=fine).success
+    assert automation(resources, instance, ours.cursor).total_requested == 1
+    assert run(instance, corpus, resources, select=[CHAMPION], tags={"dagster/from_automation_condition": "true"}).success
+    assert reg.champion().version == fine
+    assert [(e["version"], e["by"]) for e in reg.history()][-1] == (fine, "automation")
 
 
 def test_eval_sets_that_cannot_be_scored_are_refused():

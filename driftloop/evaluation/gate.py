@@ -21,6 +21,18 @@ class GateRules:
     relative_metrics: tuple[str, ...] = ("perplexity", "latency_p50_s", "tokens_per_answer")
 
 
+def gate_view(summary: dict | None, judgement: dict | None) -> dict | None:
+    """The metrics as the gate may use them: a judged metric from a judge that is not
+    trusted for it, or that could not score, counts as missing."""
+    if summary is None or judgement is None:
+        return summary
+    view = dict(summary)
+    for metric, trusted in judgement["trusted"].items():
+        if not (trusted and judgement.get("available", True)):
+            view[metric] = None
+    return view
+
+
 def _present(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 

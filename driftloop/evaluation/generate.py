@@ -71,6 +71,10 @@ class Answerer:
         self.model.set_adapter(name)
         return contextlib.nullcontext()
 
+    def base_scope(self):
+        """A context in which the model runs without any adapter."""
+        return self._active(BASE)
+
     def prompt_text(self, template: PromptTemplate, question: str, contexts: Sequence[str]) -> str:
         context = "\n\n".join(contexts)[: self.max_context_chars]
         return self.tokenizer.apply_chat_template(template.messages(question, context), tokenize=False, add_generation_prompt=True)

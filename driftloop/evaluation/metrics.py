@@ -27,7 +27,7 @@ REFUSAL = re.compile(
 HIGHER_IS_BETTER = {
     "context_precision": True, "context_recall": True, "bleu": True, "rouge_l": True, "string_similarity": True,
     "semantic_similarity": True, "perplexity": False, "toxic_rate": False, "pii_rate": False, "refusal_rate": False,
-    "empty_rate": False, "latency_p50_s": False, "tokens_per_answer": False,
+    "empty_rate": False, "latency_p50_s": False, "tokens_per_answer": False, "faithfulness": True, "answer_relevancy": True,
 }
 
 
@@ -117,10 +117,17 @@ def summarize(per_answer: dict[str, list[float | None]], contexts: dict[str, lis
     summary: dict[str, float | None] = {k: _mean(v) for k, v in contexts.items()}
     for key in ("bleu", "rouge_l", "string_similarity", "semantic_similarity"):
         summary[key] = _mean(per_answer[key])
+    for key in ("faithfulness", "answer_relevancy"):
+        # An answer with nothing to judge (empty, or no full sentence) is left out of a
+        # judged mean, as ragas leaves it NaN; judge failures are handled by the caller.
+        scored = [v for v in per_answer.get(key, []) if v is not None]
+        if key in per_answer:
+            summary[key] = sum(scored) / len(scored) if scored and len(scored) * 2 >= len(per_answer[key]) else None
+            summary[f"{key}_scored"] = float(len(scored))
     for flag in ("toxic", "pii", "refusal", "empty"):
         summary[f"{flag}_rate"] = _mean(per_answer[flag])
     summary["latency_p50_s"] = statistics.median(latencies) if latencies else None
     summary["tokens_per_answer"] = float(np.mean(new_tokens)) if len(new_tokens) else None
     summary["perplexity"] = math.exp(nll[0] / nll[1]) if nll and nll[1] else None
-    summary["missing_scores"] = float(sum(v is None for vals in per_answer.values() for v in vals))
+    summary["missing_scores"] = float(sum(v is None for key, vals in per_answer.items() if key not in ("faithfulness", "answer_relevancy") for v in vals))
     return summary

@@ -11,10 +11,22 @@ from driftloop.retrieval.artifacts import publish_folder, staging_dir
 from driftloop.training.plots import data_uri, figure_png, pyplot
 
 TABLE_METRICS = ("context_precision", "context_recall", "semantic_similarity", "rouge_l", "bleu", "string_similarity",
-                 "perplexity", "toxic_rate", "pii_rate", "refusal_rate", "empty_rate", "latency_p50_s", "tokens_per_answer")
+                 "faithfulness", "answer_relevancy", "perplexity", "toxic_rate", "pii_rate", "refusal_rate", "empty_rate", "latency_p50_s", "tokens_per_answer")
 CHART_METRICS = ("semantic_similarity", "rouge_l", "bleu", "string_similarity", "refusal_rate")
-JUDGE_NOTE = ("LLM-judged metrics (faithfulness, answer relevancy) are not part of this report: no judge model is "
-              "configured, so they are absent rather than guessed. The gate does not use them.")
+JUDGE_OFF = ("LLM-judged metrics (faithfulness, answer relevancy) are off (judge: none): they are absent rather than guessed, "
+             "and a gate rule on them fails.")
+
+
+def judge_note(judgement: dict | None) -> str:
+    return JUDGE_OFF if judgement is None else judgement["text"]
+
+
+def is_partial(result: dict) -> bool:
+    """Judged metrics were asked for but are missing, for every model or some."""
+    judgement = result.get("judge")
+    if judgement is None:
+        return False
+    return not judgement.get("available", True) or any((m.get("judge_errors") or 0) > 0 for m in result["models"].values())
 
 
 def _fmt(value) -> str:
@@ -62,6 +74,8 @@ def _metric_table(models: dict[str, dict]) -> list[str]:
 def render_markdown(result: dict, gate: dict, title: str, chart_src: str, challenger: str = "challenger") -> str:
     lines = [f"# {title}", "", f"{result['n_questions']} eval questions, top-{result['k']} retrieved contexts, prompt "
              f"`{result['prompt_version']}`" + (f", A/B against `{result['prompt_b_version']}`" if result.get("prompt_b_version") else "") + ".", ""]
+    if is_partial(result):
+        lines += ["**PARTIAL REPORT: the judge failed, so judged metrics are missing (see the judge section); the gate counts them as missing.**", ""]
     verdict = "PASSED" if gate["passed"] else "FAILED"
     lines += [f"## Promotion gate: {verdict}", ""]
     lines += [f"- {f}" for f in gate["failures"]] or ["- every rule met"]
@@ -70,7 +84,11 @@ def render_markdown(result: dict, gate: dict, title: str, chart_src: str, challe
         lines.append(f"| {c['rule']} | {c['metric']} | {_fmt(c.get('value'))} | {_fmt(c.get('bound'))} | {_fmt(c.get('champion'))} | {'yes' if c['ok'] else 'NO'} |")
     lines += ["", "## Metrics", ""] + _metric_table(result["models"])
     lines += ["", f"![metrics per model]({chart_src})"]
-    lines += ["", f"> {JUDGE_NOTE}", "", f"## Worst answers of `{challenger}` (lowest semantic similarity)", ""]
+    lines += ["", "## LLM judge", "", f"> {judge_note(result.get('judge'))}", ""]
+    errors = {name: int(m["judge_errors"]) for name, m in result["models"].items() if m.get("judge_errors")}
+    if errors:
+        lines += ["Judge failures per model: " + ", ".join(f"{name} {count}" for name, count in errors.items()), ""]
+    lines += [f"## Worst answers of `{challenger}` (lowest semantic similarity)", ""]
     for row in worst_questions(result, challenger):
         lines += [f"### {_one_line(row['question'])}", "", f"**Reference:** {_one_line(row['reference'])}", ""]
         for label, answer in row["answers"].items():
@@ -92,7 +110,8 @@ def render_html(markdown_text: str) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'><title>driftloop evaluation</title><style>{style}</style></head><body>{body}</body></html>"
 
 
-def model_card(version: str, lineage: dict, metrics: dict, gate: dict, license_name: str = "Apache-2.0 (SmolLM2 base model)") -> str:
+def model_card(version: str, lineage: dict, metrics: dict, gate: dict, judgement: dict | None = None,
+               license_name: str = "Apache-2.0 (SmolLM2 base model)") -> str:
     config = lineage.get("config", {})
     lines = [f"# Model card: {version}", "",
              f"- **Base model:** {lineage.get('base_model')} (weights hash `{lineage.get('base_model_version')}`)",
@@ -105,7 +124,7 @@ def model_card(version: str, lineage: dict, metrics: dict, gate: dict, license_n
     lines += ["| metric | value |", "|---|---|"] + [f"| {m} | {_fmt(metrics.get(m))} |" for m in TABLE_METRICS if m in metrics]
     lines += ["", f"Gate: {'passed' if gate.get('passed') else 'failed'}.", "", "## Known limits", "",
               "- Scores come from questions derived from the training corpus's own headings; they measure fit to this corpus, not general ability.",
-              "- " + JUDGE_NOTE,
+              "- " + judge_note(judgement),
               "- A small base model answers briefly and often paraphrases; lexical scores (BLEU, ROUGE) understate answers that are right in other words."]
     return "\n".join(lines)
 

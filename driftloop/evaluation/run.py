@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from driftloop.evaluation.generate import BASE, Answerer, retrieve
+from driftloop.evaluation.judge import JUDGED, JudgeSample, calibrate, trust_statement
 from driftloop.evaluation.metrics import EvalItem, answer_scores, context_scores, summarize
 from driftloop.prompts import PromptTemplate
 
@@ -30,9 +31,26 @@ def evaluate_models(
     prompt_b: PromptTemplate | None = None,
     ab_model: str = "challenger",
     log: Callable[[str], None] = print,
+    judge=None,
+    min_agreement: float = 0.75,
+    control_pairs: int = 8,
 ) -> dict:
-    """`models` maps a display name to an adapter folder, or None for the base model."""
+    """`models` maps a display name to an adapter folder, or None for the base model.
+    With a judge, faithfulness and answer relevancy are scored too, and the judge is
+    calibrated first (see driftloop.evaluation.judge)."""
     started = time.perf_counter()
+    judgement = None
+    if judge is not None:
+        t0 = time.perf_counter()
+        calibration = calibrate(judge, items, control_pairs)
+        judgement = trust_statement(judge.name, calibration, min_agreement)
+        scored = sum(calibration.get("scored_pairs", {}).values())
+        judgement["available"] = scored > 0
+        if not judgement["available"]:
+            reason = "; ".join(calibration.get("errors") or []) or calibration.get("note", "no control pair could be scored")
+            judgement["text"] = (f"PARTIAL REPORT: judge `{judge.name}` could not score ({reason}); faithfulness and answer relevancy are "
+                                 f"missing for every model and count as missing for the gate.")
+        log(f"judge calibrated in {time.perf_counter() - t0:.0f}s: {judgement['text']}")
     for name, path in models.items():
         if path is not None and name not in answerer.adapters:
             answerer.add_adapter(name, path)
@@ -56,7 +74,22 @@ def evaluate_models(
         answers = answerer.answer(adapter, prompts, [i.question_id for i in items], max_new_tokens, batch_size)
         scores = answer_scores(items, [a.answer for a in answers], embedder, reference_vectors)
         nll = answerer.answer_nll(adapter, prompts, [i.reference for i in items])
+        judge_errors: list[str] = []
+        if judgement is not None:
+            if judgement["available"]:
+                judged = judge.score([JudgeSample(i.question, a.answer, tuple(c)) for i, a, c in zip(items, answers, contexts, strict=True)])
+                scores.update(judged.as_dict())
+                judge_errors = judged.errors
+            else:
+                scores.update({metric: [None] * len(items) for metric in JUDGED})
         summary = summarize(scores, context_metrics, [a.latency_s for a in answers], [a.new_tokens for a in answers], nll)
+        if judgement is not None:
+            summary["judge_errors"] = float(len(judge_errors))
+            if judge_errors:
+                # A mean over the answers the judge happened to score would pass a partial
+                # figure off as a whole one.
+                summary.update({metric: None for metric in JUDGED})
+                log(f"{label}: judge failed on {len(judge_errors)} scores, e.g. {judge_errors[0]}")
         summary["prompt_version"] = template.version
         per_model[label] = summary
         for n, (item, answer) in enumerate(zip(items, answers, strict=True)):
@@ -66,5 +99,5 @@ def evaluate_models(
         log(f"{label}: {len(items)} answers in {time.perf_counter() - t0:.0f}s, semantic similarity {_fmt(summary['semantic_similarity'])}, "
             f"ROUGE-L {_fmt(summary['rouge_l'])}, perplexity {_fmt(summary['perplexity'])}")
     return {"models": per_model, "questions": per_question, "n_questions": len(items), "k": k,
-            "prompt_version": prompt.version, "prompt_b_version": prompt_b.version if prompt_b else None,
+            "prompt_version": prompt.version, "prompt_b_version": prompt_b.version if prompt_b else None, "judge": judgement,
             "seconds": time.perf_counter() - started}
