@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install demo pipeline test test-fast ui lock clean
+.PHONY: install demo pipeline serve test test-fast ui lock clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ pipeline: install $(DAGSTER_HOME)/dagster.yaml
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m driftloop.orchestration.demo
+
+serve: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m driftloop.serving.serve
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

@@ -5,6 +5,7 @@ import dagster as dg
 from driftloop.assets.data import data_assets, data_checks
 from driftloop.assets.evaluation import evaluation_assets
 from driftloop.assets.retrieval import retrieval_assets
+from driftloop.assets.serving import serving_assets
 from driftloop.assets.training import training_assets
 from driftloop.orchestration.jobs import data_job, pipeline_job, promotion_job
 from driftloop.orchestration.schedules import schedules
@@ -15,7 +16,7 @@ from driftloop.resources.vector_store import VectorStore
 from driftloop.sensors.run_failures import record_run_failures
 
 defs = dg.Definitions(
-    assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets],
+    assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets, *serving_assets],
     asset_checks=[*data_checks],
     jobs=[pipeline_job, data_job, promotion_job],
     schedules=schedules,

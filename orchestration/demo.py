@@ -61,6 +61,7 @@ def wait_http(url: str, group: Group, timeout: float) -> None:
     raise SystemExit(f"{url} did not answer within {timeout:.0f}s; see {group.log}")
 
 
+SERVE_PORT = int(os.environ.get("DRIFTLOOP_SERVE_PORT", "3001"))
 RETRAIN = json.dumps({"ops": {"training__lora_adapter": {"config": {"seed": 1}}}})
 
 
@@ -90,6 +91,7 @@ def main() -> int:
             run = subprocess.run([_bin("dagster"), "asset", "materialize", "-f", "orchestration/definitions.py",
                                   "--select", "training/lora_adapter*", "--config-json", RETRAIN], cwd=ROOT)
         if run.returncode == 0:
+            print(f"Champion served: http://127.0.0.1:{SERVE_PORT}/answer and the OpenAI API at http://127.0.0.1:{SERVE_PORT}/v1", flush=True)
             print(f"Lineage materialized: http://127.0.0.1:{args.port}/asset-groups   Ctrl-C stops everything.", flush=True)
         else:
             print(f"The run failed; the UI shows why: http://127.0.0.1:{args.port}/runs   Ctrl-C stops everything.", flush=True)
@@ -99,6 +101,12 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        from driftloop.serving.supervisor import SupervisorClient
+
+        service = SupervisorClient(f"http://127.0.0.1:{SERVE_PORT + 1}")
+        if service.alive():
+            service.shutdown()
+            print("stopped the model service", flush=True)
         ui.stop()
         print("stopped the Dagster UI and daemon", flush=True)
 

@@ -17,6 +17,8 @@ EXPECTED_ASSETS = {
     "training/lora_adapter": "training",
     "evaluation/eval_report": "evaluation",
     "evaluation/champion": "evaluation",
+    "serving/bento": "serving",
+    "serving/deployment": "serving",
 }
 EXPECTED_CHECKS = {
     ("data/source_documents", "schema", True),

@@ -48,7 +48,7 @@ def instance_env(tmp_path):
 
 @pytest.mark.timeout(1200)
 def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path):
-    port = free_port()
+    port, serve_port = free_port(), free_port()
     ui = subprocess.Popen(
         [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
         cwd=ROOT, env=instance_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -70,6 +70,7 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
             "      max_steps: 2\n      warmup_steps: 0\n      max_seq_length: 256\n      checkpoint_every: 1\n"
             "  evaluation__eval_report:\n    config:\n"
             "      max_questions: 6\n      max_new_tokens: 24\n      no_regression: [perplexity]\n      judge_control_pairs: 4\n"
+            f"  serving__deployment:\n    config:\n      port: {serve_port}\n"
         )
         run = subprocess.run(
             [str(BIN / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline", "-c", str(run_config)],
@@ -103,6 +104,13 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
         gate = {c["name"]: c["executionForLatestMaterialization"]["status"] for c in nodes["evaluation/eval_report"]["assetChecksOrError"]["checks"]}
         assert gate == {"promotion_gate": "SUCCEEDED"}
         assert json.loads((registry / "champion.json").read_text())["version"] == adapter["adapter_version"]
+        # The champion serves on the stable port, and the official openai client talks to it.
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{serve_port}/v1", api_key="unused", max_retries=0, timeout=120)
+        assert adapter["adapter_version"] in [m.id for m in client.models.list().data]
+        reply = client.chat.completions.create(model="driftloop", messages=[{"role": "user", "content": "What does json.dumps do?"}], max_tokens=16)
+        assert reply.choices[0].message.content and reply.model_extra["driftloop"]["model_version"] == adapter["adapter_version"]
         deadline = time.time() + 90
         while True:
             health = graphql(port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
@@ -112,6 +120,11 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
             assert time.time() < deadline, f"daemons unhealthy: {required}"
             time.sleep(3)
     finally:
+        from driftloop.serving.supervisor import SupervisorClient
+
+        supervisor = SupervisorClient(f"http://127.0.0.1:{serve_port + 1}")
+        if supervisor.alive():
+            supervisor.shutdown()
         os.killpg(ui.pid, signal.SIGINT)
         try:
             ui.wait(timeout=30)

@@ -1,0 +1,291 @@
+"""The driftloop inference service: RAG answers with cited chunks, an OpenAI-compatible
+chat API, feedback, health and Prometheus metrics.
+
+Two BentoML services: `Models` holds the generator (base model + champion adapter) and
+the embedding model behind batchable APIs, so concurrent requests are batched
+adaptively; `DriftloopRAG` is the public face (guardrails, retrieval, the request log,
+API keys) and calls `Models` through a dependency. It serves the bundle in
+DRIFTLOOP_BUNDLE, or the one packed beside this file when built as a bento.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import time
+from pathlib import Path
+
+import bentoml
+from pydantic import BaseModel, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from driftloop.offline import enforce_offline
+
+enforce_offline()
+
+from driftloop.prompts import load_prompt  # noqa: E402 - offline switches first
+from driftloop.serving.bundle import load_bundle  # noqa: E402
+from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
+from driftloop.serving.requestlog import RequestLog, new_request_id  # noqa: E402
+
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
+
+
+def _bundle_dir() -> Path:
+    return Path(os.environ.get("DRIFTLOOP_BUNDLE") or Path(__file__).resolve().parent / "bundle")
+
+
+def _device() -> str:
+    from driftloop.models.hardware import resolve_device
+
+    return resolve_device(os.environ.get("DRIFTLOOP_SERVE_DEVICE", "auto"))
+
+
+def _resources() -> dict:
+    gpus = int(os.environ.get("DRIFTLOOP_SERVE_GPUS", "0"))
+    return {"gpu": gpus} if gpus else {"cpu": os.environ.get("DRIFTLOOP_SERVE_CPUS", "2")}
+
+
+def _log_root() -> Path:
+    home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
+    return Path(os.environ.get("DRIFTLOOP_REQUEST_LOG") or home / "data" / "serving")
+
+
+latency_hist = bentoml.metrics.Histogram(name="driftloop_request_seconds", documentation="End-to-end latency per endpoint",
+                                         labelnames=["endpoint"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
+tokens_total = bentoml.metrics.Counter(name="driftloop_tokens", documentation="Tokens processed", labelnames=["kind"])
+blocks_total = bentoml.metrics.Counter(name="driftloop_guardrail_blocks", documentation="Requests or answers blocked", labelnames=["reason"])
+errors_total = bentoml.metrics.Counter(name="driftloop_errors", documentation="Requests that failed", labelnames=["endpoint", "status"])
+
+
+class GenerateRequest(BaseModel):
+    prompt: str
+    max_new_tokens: int = 64
+
+
+@bentoml.service(name="driftloop-models", resources=_resources(), traffic={"timeout": 300})
+class Models:
+    def __init__(self) -> None:
+        from driftloop.serving.engine import Generation, Retrieval
+
+        bundle = load_bundle(_bundle_dir())
+        device = _device()
+        self.generation = Generation(bundle, device)
+        self.retrieval = Retrieval(bundle, device)
+
+    @bentoml.api(batchable=True, max_batch_size=int(os.environ.get("DRIFTLOOP_MAX_BATCH", "8")), max_latency_ms=120_000)
+    def generate(self, requests: list[GenerateRequest]) -> list[dict]:
+        longest = max(r.max_new_tokens for r in requests)
+        out = self.generation.generate([r.prompt for r in requests], longest)
+        # One batch decodes to its longest request; each answer is cut to what it asked for.
+        for result, request in zip(out, requests, strict=True):
+            if result["completion_tokens"] > request.max_new_tokens:
+                ids = self.generation.answerer.tokenizer(result["text"], add_special_tokens=False)["input_ids"][: request.max_new_tokens]
+                result["text"] = self.generation.answerer.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                result["completion_tokens"] = request.max_new_tokens
+        return out
+
+    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self.retrieval.embed(texts).tolist()
+
+    @bentoml.api
+    def search(self, vector: list[float], k: int = 3) -> list[dict]:
+        import numpy as np
+
+        return self.retrieval.search(np.asarray([vector], dtype="float32"), k)[0]
+
+    @bentoml.api
+    def count_tokens(self, text: str) -> int:
+        return self.generation.count_tokens(text)
+
+
+def openai_error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status_code=status)
+
+
+class ApiKeyMiddleware:
+    """401 without the configured key (Authorization: Bearer, or X-API-Key); health and
+    metrics stay open so probes and scrapers need no secret."""
+
+    def __init__(self, app, api_key: str = "") -> None:
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.api_key or scope.get("path", "").startswith(OPEN_PATHS):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        offered = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if offered and hmac.compare_digest(offered.encode(), self.api_key.encode()):
+            return await self.app(scope, receive, send)
+        response = openai_error(401, "a valid API key is required (Authorization: Bearer <key>)", "authentication_error", "invalid_api_key")
+        return await response(scope, receive, send)
+
+
+async def list_models(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    data = [{"id": name, "object": "model", "created": service.started, "owned_by": "driftloop"} for name in service.model_names]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def chat_completions(request: Request):
+    service = bentoml.get_current_service()
+    started = time.perf_counter()
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        errors_total.labels(endpoint="chat", status="400").inc()
+        return openai_error(400, "the request body is not valid JSON")
+    if not isinstance(body, dict):
+        return openai_error(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or model not in service.model_names:
+        return openai_error(404, f"model {model!r} does not exist; GET /v1/models lists {service.model_names}", code="model_not_found")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+        return openai_error(400, "messages must be a non-empty list of {role, content} objects with string content", code="invalid_messages")
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    if not users:
+        return openai_error(400, "messages hold no user message", code="invalid_messages")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 64))
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 1024:
+        return openai_error(400, "max_tokens must be an integer between 1 and 1024", code="invalid_max_tokens")
+    try:
+        result = await service.rag(users[-1], k=3, max_new_tokens=max_tokens, endpoint="chat")
+    except GuardrailViolation as err:
+        return openai_error(err.status, err.message, code=err.code)
+    created = int(time.time())
+    message = {"role": "assistant", "content": result["answer"]}
+    usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
+             "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
+    extra = {"model_version": result["model_version"], "chunks": result["chunks"]}
+    latency_hist.labels(endpoint="chat").observe(time.perf_counter() - started)
+    if body.get("stream"):
+        def events():
+            base = {"id": result["request_id"], "object": "chat.completion.chunk", "created": created, "model": model}
+            yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': result['answer']}, 'finish_reason': None}]})}\n\n"
+            yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': result['finish_reason']}], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+    return JSONResponse({"id": result["request_id"], "object": "chat.completion", "created": created, "model": model,
+                         "choices": [{"index": 0, "message": message, "finish_reason": result["finish_reason"]}], "usage": usage,
+                         "driftloop": extra})
+
+
+openai_app = Starlette(routes=[Route("/models", list_models, methods=["GET"]), Route("/chat/completions", chat_completions, methods=["POST"])])
+
+
+@bentoml.service(name="driftloop-rag", traffic={"timeout": 300, "max_concurrency": int(os.environ.get("DRIFTLOOP_MAX_CONCURRENCY", "64"))})
+@bentoml.asgi_app(openai_app, path="/v1")
+class DriftloopRAG:
+    models = bentoml.depends(Models)
+
+    def __init__(self) -> None:
+        self.bundle = load_bundle(_bundle_dir())
+        self.prompt = load_prompt(self.bundle.spec.get("prompt_version", "rag.v1"))
+        settings = self.bundle.spec.get("settings", {})
+        self.guardrails = Guardrails(GuardrailSettings(max_input_chars=int(settings.get("max_input_chars", 4000)),
+                                                       max_input_tokens=int(settings.get("max_input_tokens", 1024))))
+        self.log = RequestLog(_log_root(), float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_PROMPT", settings.get("price_per_1k_prompt", 0.0))),
+                              float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_COMPLETION", settings.get("price_per_1k_completion", 0.0))))
+        self.model_names = [self.bundle.model_version, "driftloop"]
+        self.started = int(time.time())
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.bundle.spec["base_model"]["path"])
+        self.guardrails._count_tokens = lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def __is_ready__(self) -> bool:
+        """Ready only once the models service answers: BentoML's own /readyz would say ready
+        while the dependency is still loading, and the first requests would fail."""
+        if getattr(self, "_models_ready", False):
+            return True
+        try:
+            await self.models.to_async.count_tokens("ready")
+        except Exception:  # noqa: BLE001 - any failure means not ready yet
+            return False
+        self._models_ready = True
+        return True
+
+    async def _models(self, method: str, *args):
+        """Call the models service; every call is a pure function of its input, so a
+        connection dropped by the dependency (seen right after start-up, when its
+        keep-alive connections are recycled) is retried instead of failing the request."""
+        import aiohttp
+
+        for attempt in range(3):
+            try:
+                return await getattr(self.models.to_async, method)(*args)
+            except (aiohttp.ClientError, RuntimeError) as err:
+                # aiohttp reports a connection closed under it as a bare RuntimeError.
+                if attempt == 2 or (isinstance(err, RuntimeError) and "Connection closed" not in str(err)):
+                    raise
+                errors_total.labels(endpoint=f"models.{method}", status="retried").inc()
+
+    def _prompt(self, question: str, chunks: list[dict]) -> str:
+        context = "\n\n".join(c["text"] for c in chunks)[:2000]
+        messages = self.prompt.messages(question, context)
+        messages[0] = {**messages[0], "content": messages[0]["content"] + self.guardrails.system_suffix()}
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    async def rag(self, question: str, k: int, max_new_tokens: int, endpoint: str) -> dict:
+        request_id, started = new_request_id(), time.perf_counter()
+        try:
+            self.guardrails.check_input(question)
+        except GuardrailViolation as err:
+            blocks_total.labels(reason=err.code).inc()
+            self.log.request(request_id=request_id, endpoint=endpoint, question=question, answer="", model_version=self.bundle.model_version,
+                             latency_s=time.perf_counter() - started, prompt_tokens=0, completion_tokens=0, chunk_ids=[],
+                             status=err.status, guardrail=err.code)
+            raise
+        vector = (await self._models("embed", [question]))[0]
+        chunks = await self._models("search", vector, k)
+        generated = (await self._models("generate", [GenerateRequest(prompt=self._prompt(question, chunks), max_new_tokens=max_new_tokens)]))[0]
+        answer, reason = generated["text"], self.guardrails.check_output(generated["text"])
+        if reason:
+            blocks_total.labels(reason=reason).inc()
+            answer = "I can't share that answer."
+        finish = "length" if generated["completion_tokens"] >= max_new_tokens else "stop"
+        tokens_total.labels(kind="prompt").inc(generated["prompt_tokens"])
+        tokens_total.labels(kind="completion").inc(generated["completion_tokens"])
+        latency = time.perf_counter() - started
+        self.log.request(request_id=request_id, endpoint=endpoint, question=question, answer=answer, model_version=self.bundle.model_version,
+                         latency_s=latency, prompt_tokens=generated["prompt_tokens"], completion_tokens=generated["completion_tokens"],
+                         chunk_ids=[c["chunk_id"] for c in chunks], scores=[c["score"] for c in chunks], guardrail=reason)
+        return {"request_id": request_id, "answer": answer, "chunks": chunks, "model_version": self.bundle.model_version,
+                "prompt_tokens": generated["prompt_tokens"], "completion_tokens": generated["completion_tokens"],
+                "latency_s": latency, "finish_reason": "content_filter" if reason else finish, "guardrail": reason}
+
+    @bentoml.api(route="/answer")
+    async def answer(self, question: str = Field(description="The user's question"), k: int = Field(default=3, ge=1, le=20),
+                     max_new_tokens: int = Field(default=64, ge=1, le=1024)) -> dict:
+        """A RAG answer with the chunks it was given and the model version that wrote it."""
+        started = time.perf_counter()
+        try:
+            result = await self.rag(question, k, max_new_tokens, "answer")
+        except GuardrailViolation as err:
+            errors_total.labels(endpoint="answer", status=str(err.status)).inc()
+            raise bentoml.exceptions.BentoMLException(f"{err.code}: {err.message}", error_code=_status(err.status)) from None
+        latency_hist.labels(endpoint="answer").observe(time.perf_counter() - started)
+        return result
+
+    @bentoml.api(route="/feedback")
+    def feedback(self, request_id: str = Field(pattern=r"^req-[0-9a-f]{20}$"), rating: int = Field(ge=1, le=5),
+                 correction: str | None = Field(default=None, max_length=8000), comment: str | None = Field(default=None, max_length=2000)) -> dict:
+        """A rating (1 bad to 5 good) and an optional corrected answer for an earlier request."""
+        record = self.log.feedback(request_id=request_id, rating=rating, correction=correction, comment=comment)
+        return {"accepted": True, "request_id": request_id, "at": record["at"]}
+
+
+def _status(code: int):
+    from http import HTTPStatus
+
+    return HTTPStatus(code)
+
+
+DriftloopRAG.add_asgi_middleware(ApiKeyMiddleware, api_key=os.environ.get("DRIFTLOOP_API_KEY", ""))

@@ -1,0 +1,89 @@
+"""What a service serves, sealed in one folder: the champion adapter and the vector index
+copied in, the base and embedding models named with their content hashes, the prompt
+version. Its content hash is the bento's version, so the same champion on the same index
+always builds the same tag, and anything different builds a new one.
+
+The base model stays outside (it is large and shared by every version); the bundle
+records its weights hash and the service refuses to start on different weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from driftloop.retrieval.artifacts import ArtifactError, publish_folder, staging_dir, verify
+
+SERVING_FILE = "serving.json"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    folder: Path
+    spec: dict
+
+    @property
+    def version(self) -> str:
+        return self.spec["bundle_version"]
+
+    @property
+    def model_version(self) -> str:
+        return self.spec["model_version"]
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        return self.folder / "adapter" if self.spec.get("adapter_version") else None
+
+    @property
+    def index_dir(self) -> Path:
+        return self.folder / "index"
+
+
+def _tree_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def build_bundle(root: Path, *, base_model: dict, adapter: Path | None, adapter_version: str | None, index_folder: Path,
+                 embedding_model: str, prompt_version: str, settings: dict | None = None) -> Bundle:
+    """Seal a bundle under `root/<bundle_version>` (reused when it already exists)."""
+    verify(index_folder)
+    if adapter is not None:
+        verify(adapter)
+    staging = staging_dir(root)
+    try:
+        if adapter is not None:
+            shutil.copytree(adapter, staging / "adapter")
+        shutil.copytree(index_folder, staging / "index")
+        spec = {
+            "model_version": adapter_version or f"base:{base_model['version']}",
+            "adapter_version": adapter_version,
+            "base_model": base_model,
+            "index_version": verify(index_folder)["version"],
+            "embedding_model": embedding_model,
+            "prompt_version": prompt_version,
+            "settings": settings or {},
+        }
+        content = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + _tree_hash(staging).encode()).hexdigest()[:16]
+        spec["bundle_version"] = content
+        (staging / SERVING_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
+        target = root / content
+        publish_folder(staging, target, {"kind": "serving_bundle", "version": content})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_bundle(target)
+
+
+def load_bundle(folder: Path) -> Bundle:
+    folder = Path(folder)
+    verify(folder)
+    path = folder / SERVING_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{folder} is not a serving bundle: no {SERVING_FILE}")
+    return Bundle(folder, json.loads(path.read_text(encoding="utf-8")))

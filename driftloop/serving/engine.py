@@ -1,0 +1,71 @@
+"""The models behind the service, loaded from a bundle: the base generator with the
+champion adapter, the embedding model, the vector index and the prompt template."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from driftloop.serving.bundle import Bundle
+
+
+class BundleMismatch(RuntimeError):
+    """The models on this machine are not the ones the bundle was built with."""
+
+
+def check_base_model(bundle: Bundle) -> str:
+    from driftloop.models.generator import _weights_hash
+
+    base = bundle.spec["base_model"]
+    path = Path(base["path"])
+    if not (path / "config.json").is_file():
+        raise BundleMismatch(f"base model {base['name']} is not at {path}; build the bento on this machine or mount the model there")
+    found = _weights_hash(path)
+    if found != base["version"]:
+        raise BundleMismatch(f"base model at {path} has weights {found}, the bundle was built on {base['version']}")
+    return str(path)
+
+
+class Generation:
+    """The generator half: batched greedy answers with the champion adapter active."""
+
+    def __init__(self, bundle: Bundle, device: str = "cpu") -> None:
+        from driftloop.evaluation.generate import Answerer
+
+        self.bundle = bundle
+        self.answerer = Answerer(check_base_model(bundle), device)
+        self.adapter = "base"
+        if bundle.adapter_dir is not None:
+            self.answerer.add_adapter("champion", bundle.adapter_dir)
+            self.adapter = "champion"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.answerer.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[dict]:
+        answers = self.answerer.answer(self.adapter, list(prompts), [str(n) for n in range(len(prompts))], max_new_tokens, batch_size=len(prompts))
+        return [{"text": a.answer, "completion_tokens": a.new_tokens, "prompt_tokens": self.count_tokens(p)} for a, p in zip(answers, prompts, strict=True)]
+
+
+class Retrieval:
+    """The retrieval half: the embedding model and the bundled index."""
+
+    def __init__(self, bundle: Bundle, device: str = "cpu") -> None:
+        from driftloop.models.embedding import load_embedder
+        from driftloop.retrieval.index import VectorIndex
+
+        self.embedder = load_embedder(bundle.spec["embedding_model"], device, bundle.spec.get("settings", {}).get("embedding_precision", "auto"))
+        self.index = VectorIndex(bundle.index_dir)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embedder.encode(list(texts))
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
+        scores, ids = self.index.search(vectors, k)
+        out = []
+        for score_row, id_row in zip(scores, ids, strict=True):
+            out.append([{**{key: self.index.chunks[int(i)].get(key) for key in ("chunk_id", "doc_id", "text")}, "score": float(s)}
+                        for s, i in zip(score_row, id_row, strict=True) if int(i) >= 0])
+        return out

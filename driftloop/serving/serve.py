@@ -1,0 +1,42 @@
+"""`make serve`: build the current champion into a bento (a no-op when that bento
+exists), deploy it on the stable port through the supervisor, and stay in the
+foreground until Ctrl-C, which stops the service."""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from driftloop.serving.supervisor import SupervisorClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DRIFTLOOP_SERVE_PORT", "3001")))
+    args = parser.parse_args()
+    config = f'{{"ops": {{"serving__deployment": {{"config": {{"port": {args.port}}}}}}}}}'
+    # Through Dagster, so the build and the deployment are recorded in the lineage like any other.
+    run = subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-f", "orchestration/definitions.py",
+                          "--select", "serving/bento,serving/deployment", "--config-json", config], cwd=ROOT)
+    if run.returncode != 0:
+        print("serving failed; is there a champion? (make pipeline first)", file=sys.stderr)
+        return run.returncode
+    client = SupervisorClient(f"http://127.0.0.1:{args.port + 1}")
+    active = client.status().get("active") or {}
+    print(f"serving {active.get('name')} on http://127.0.0.1:{args.port} (OpenAI API at /v1). Ctrl-C stops it.", flush=True)
+    try:
+        while client.alive():
+            time.sleep(2)
+        return 1
+    except KeyboardInterrupt:
+        client.shutdown()
+        print("service stopped", flush=True)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
