@@ -84,7 +84,7 @@ def _latest_metadata(context, key: dg.AssetKey) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
-def _launched_by(tags: dict) -> str | None:
+def launched_by(tags: dict) -> str | None:
     """Who started the run, for the audit trail; None means the registry records the OS user."""
     if "dagster/user" in tags:
         return tags["dagster/user"]
@@ -220,7 +220,7 @@ def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: M
             metadata={"gate": json_meta(gate)},
         )
     try:
-        event = registry.promote(gate["challenger"], result["models"]["challenger"], _data_versions(context, dvc), by=_launched_by(context.run.tags),
+        event = registry.promote(gate["challenger"], result["models"]["challenger"], _data_versions(context, dvc), by=launched_by(context.run.tags),
                                  run_id=context.run.run_id, gate=gate)
     except (PromotionError, ArtifactError) as err:
         raise dg.Failure(description=f"evaluation/champion: {err}") from err

@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from driftloop.assets.common import OWNERS, json_meta
-from driftloop.assets.evaluation import CHAMPION
+from driftloop.assets.evaluation import CHAMPION, launched_by
 from driftloop.assets.retrieval import VECTOR_INDEX
 from driftloop.resources.models import ModelCatalog
 from driftloop.resources.registry import ModelRegistry
@@ -103,7 +103,7 @@ def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig) -> d
         raise dg.Failure(description="serving/deployment: no bento has been built; materialize serving/bento first")
     meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     tag, model_version = meta["tag"], meta["model_version"]
-    by = context.run.tags.get("dagster/user") or context.run.tags.get("dagster/sensor_name") or context.run.tags.get("dagster/schedule_name") or "manual"
+    by = launched_by(context.run.tags) or "manual"
     if config.target == "kubernetes":
         import yaml
 

@@ -189,16 +189,16 @@ class DriftloopRAG:
         self.bundle = load_bundle(_bundle_dir())
         self.prompt = load_prompt(self.bundle.spec.get("prompt_version", "rag.v1"))
         settings = self.bundle.spec.get("settings", {})
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.bundle.spec["base_model"]["path"])
         self.guardrails = Guardrails(GuardrailSettings(max_input_chars=int(settings.get("max_input_chars", 4000)),
-                                                       max_input_tokens=int(settings.get("max_input_tokens", 1024))))
+                                                       max_input_tokens=int(settings.get("max_input_tokens", 1024))),
+                                     count_tokens=lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
         self.log = RequestLog(_log_root(), float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_PROMPT", settings.get("price_per_1k_prompt", 0.0))),
                               float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_COMPLETION", settings.get("price_per_1k_completion", 0.0))))
         self.model_names = [self.bundle.model_version, "driftloop"]
         self.started = int(time.time())
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.bundle.spec["base_model"]["path"])
-        self.guardrails._count_tokens = lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def __is_ready__(self) -> bool:
         """Ready only once the models service answers: BentoML's own /readyz would say ready

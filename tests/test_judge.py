@@ -104,8 +104,7 @@ def test_endpoint_garbage_and_outage_leave_scores_missing(endpoint, embedder):
 
 
 def test_local_judge_scores_calibrates_and_skips_empty_answers(tiny_llama, embedder):
-    judge = LocalJudge.load(tiny_llama, embedder)
-    judge._refusal = REFUSAL
+    judge = LocalJudge.load(tiny_llama, embedder, refusal=REFUSAL)
     scored = judge.score([*samples(), JudgeSample("Why?", "", ("c",)), JudgeSample("Where?", "I don't know the answer here.", ("c",))])
     assert all(0.0 <= v <= 1.0 for v in scored.faithfulness[:2])
     assert scored.faithfulness[2] is None and scored.answer_relevancy[2] is None  # nothing to judge is not a score

@@ -94,7 +94,7 @@ class LocalJudge:
         self.yes, self.no = yes[0], no[0]
 
     @classmethod
-    def load(cls, path: str, embedder, device: str = "cpu") -> LocalJudge:
+    def load(cls, path: str, embedder, device: str = "cpu", refusal: re.Pattern | None = None) -> LocalJudge:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,7 +104,7 @@ class LocalJudge:
             tokenizer.pad_token = tokenizer.eos_token
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        return cls(model, tokenizer, embedder, device, name=f"local:{path}")
+        return cls(model, tokenizer, embedder, device, name=f"local:{path}", refusal=refusal)
 
     def _chat(self, system: str | None, user: str) -> str:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
@@ -277,9 +277,7 @@ def build_judge(settings: JudgeSettings, embedder, answerer=None, device: str = 
         return EndpointJudge(settings.base_url, settings.model, embedder, os.environ.get(settings.api_key_env, ""),
                              settings.timeout_s, settings.strictness)
     if settings.model:
-        judge = LocalJudge.load(settings.model, embedder, device)
-        judge._refusal = refusal
-        return judge
+        return LocalJudge.load(settings.model, embedder, device, refusal)
     if answerer is None:
         raise JudgeError("a local judge without judge_model shares the base generator, but none is loaded")
     disable = answerer.base_scope
