@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from driftloop.assets.common import OWNERS, json_meta
-from driftloop.assets.evaluation import CHAMPION, launched_by
+from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, launched_by
 from driftloop.assets.retrieval import VECTOR_INDEX
 from driftloop.resources.models import ModelCatalog
 from driftloop.resources.registry import ModelRegistry
@@ -22,6 +22,7 @@ from driftloop.resources.vector_store import VectorStore
 
 BENTO = dg.AssetKey(["serving", "bento"])
 DEPLOYMENT = dg.AssetKey(["serving", "deployment"])
+SHADOW = dg.AssetKey(["serving", "shadow"])
 
 
 def _home() -> Path:
@@ -136,4 +137,62 @@ def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig) -> d
     })
 
 
-serving_assets = [bento, deployment]
+class ShadowConfig(dg.Config):
+    challenger_version: str = Field(default="", description="Adapter to shadow; empty: the challenger of the latest evaluation report.")
+    stop: bool = Field(default=False, description="Stop shadowing instead.")
+    port: int = Field(default=int(os.environ.get("DRIFTLOOP_SERVE_PORT", "3001")), ge=1, le=65535, description="The stable local port.")
+    control_port: int = Field(default=0, ge=0, le=65535)
+    ready_timeout_s: int = Field(default=600, ge=10)
+
+
+@dg.asset(key=SHADOW, deps=[EVAL_REPORT, DEPLOYMENT], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="1",
+          tags={"stage": "serving"})
+def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_registry: ModelRegistry) -> dg.MaterializeResult:
+    """Shadow mode: the challenger, built exactly like the serving bento but with its own
+    adapter, answers a copy of every live request and serves none; both answers go to the
+    request log under one request id, for comparison before (or instead of) a promotion."""
+    from driftloop.retrieval.artifacts import ArtifactError
+    from driftloop.serving.bento import BuildError, build_bento, serve_command, serve_env
+    from driftloop.serving.bundle import build_bundle, load_bundle
+    from driftloop.serving.supervisor import DeployError, SupervisorClient, free_port
+
+    control = SupervisorClient(f"http://127.0.0.1:{config.control_port or config.port + 1}")
+    if not control.alive():
+        raise dg.Failure(description=f"serving/shadow: nothing serves on port {config.port}; deploy first (serving/deployment)")
+    if config.stop:
+        outcome = control.stop_shadow()
+        _audit({"target": "local", "action": "shadow_stopped", "tag": outcome.get("previous"), "run_id": context.run.run_id,
+                "by": launched_by(context.run.tags) or "manual"})
+        return dg.MaterializeResult(metadata={"action": dg.MetadataValue.text(outcome["action"])})
+    event = context.instance.get_latest_materialization_event(BENTO)
+    report = context.instance.get_latest_materialization_event(EVAL_REPORT)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(description="serving/shadow: no serving bento to shadow; materialize serving/bento first")
+    version = config.challenger_version or (report.asset_materialization.metadata["challenger"].value if report else "")
+    registry = model_registry.registry()
+    try:
+        adapter = registry.get(version)
+    except ArtifactError as err:
+        raise dg.Failure(description=f"serving/shadow: challenger {version!r} is not in the registry: {err}") from err
+    serving = load_bundle(Path(event.asset_materialization.metadata["bundle"].value))
+    if serving.spec.get("adapter_version") == adapter.version:
+        raise dg.Failure(description=f"serving/shadow: {adapter.version} already serves; a shadow must be another version")
+    try:
+        bundle = build_bundle(_home() / "artifacts" / "serving" / "bundles", base_model=serving.spec["base_model"], adapter=adapter.path,
+                              adapter_version=adapter.version, index_folder=serving.index_dir, embedding_model=serving.spec["embedding_model"],
+                              prompt_version=serving.spec["prompt_version"], settings=serving.spec["settings"])
+        tag = build_bento(bundle, _home())
+        port = free_port()
+        outcome = control.shadow(tag, serve_command(tag, port), port, env=serve_env(_home(), {"DRIFTLOOP_ROLE": "shadow"}), cwd=str(_home()),
+                                 ready_timeout_s=config.ready_timeout_s)
+    except (BuildError, DeployError) as err:
+        raise dg.Failure(description=f"serving/shadow: {err}") from err
+    _audit({"target": "local", "action": "shadowing", "tag": tag, "model_version": adapter.version, "run_id": context.run.run_id,
+            "by": launched_by(context.run.tags) or "manual"})
+    context.log.info(f"{tag} ({adapter.version}) shadows {serving.model_version} on port {config.port}")
+    return dg.MaterializeResult(metadata={"tag": dg.MetadataValue.text(tag), "model_version": dg.MetadataValue.text(adapter.version),
+                                          "serving": dg.MetadataValue.text(serving.model_version),
+                                          "action": dg.MetadataValue.text(outcome["action"])})
+
+
+serving_assets = [bento, deployment, shadow]

@@ -31,6 +31,7 @@ from driftloop.prompts import load_prompt  # noqa: E402 - offline switches first
 from driftloop.serving.bundle import load_bundle  # noqa: E402
 from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
 from driftloop.serving.requestlog import RequestLog, new_request_id  # noqa: E402
+from driftloop.serving.shadow import request_id_from  # noqa: E402
 
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
 
@@ -60,6 +61,13 @@ latency_hist = bentoml.metrics.Histogram(name="driftloop_request_seconds", docum
 tokens_total = bentoml.metrics.Counter(name="driftloop_tokens", documentation="Tokens processed", labelnames=["kind"])
 blocks_total = bentoml.metrics.Counter(name="driftloop_guardrail_blocks", documentation="Requests or answers blocked", labelnames=["reason"])
 errors_total = bentoml.metrics.Counter(name="driftloop_errors", documentation="Requests that failed", labelnames=["endpoint", "status"])
+
+
+class Overloaded(GuardrailViolation):
+    """The models service is at capacity: a 503 the client may retry, not an error of ours."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(503, "overloaded", f"the model server is at capacity, retry shortly ({detail})")
 
 
 class GenerateRequest(BaseModel):
@@ -155,7 +163,7 @@ async def chat_completions(request: Request):
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 1024:
         return openai_error(400, "max_tokens must be an integer between 1 and 1024", code="invalid_max_tokens")
     try:
-        result = await service.rag(users[-1], k=3, max_new_tokens=max_tokens, endpoint="chat")
+        result = await service.rag(users[-1], k=3, max_new_tokens=max_tokens, endpoint="chat", request_id=request_id_from(request.headers))
     except GuardrailViolation as err:
         return openai_error(err.status, err.message, code=err.code)
     created = int(time.time())
@@ -198,6 +206,8 @@ class DriftloopRAG:
         self.log = RequestLog(_log_root(), float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_PROMPT", settings.get("price_per_1k_prompt", 0.0))),
                               float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_COMPLETION", settings.get("price_per_1k_completion", 0.0))))
         self.model_names = [self.bundle.model_version, "driftloop"]
+        # A shadow answers copies of live requests: logged for comparison, seen by nobody.
+        self.role = os.environ.get("DRIFTLOOP_ROLE", "primary")
         self.started = int(time.time())
 
     async def __is_ready__(self) -> bool:
@@ -221,6 +231,12 @@ class DriftloopRAG:
         for attempt in range(3):
             try:
                 return await getattr(self.models.to_async, method)(*args)
+            except bentoml.exceptions.BentoMLException as err:
+                # Its batch queue full (503) or its own limit reached (429): shed load, stay healthy.
+                if int(getattr(err, "error_code", 500)) in (429, 503):
+                    errors_total.labels(endpoint=f"models.{method}", status="overloaded").inc()
+                    raise Overloaded(str(err)[:200]) from None
+                raise
             except (aiohttp.ClientError, RuntimeError) as err:
                 # aiohttp reports a connection closed under it as a bare RuntimeError.
                 if attempt == 2 or (isinstance(err, RuntimeError) and "Connection closed" not in str(err)):
@@ -233,19 +249,20 @@ class DriftloopRAG:
         messages[0] = {**messages[0], "content": messages[0]["content"] + self.guardrails.system_suffix()}
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    async def rag(self, question: str, k: int, max_new_tokens: int, endpoint: str) -> dict:
-        request_id, started = new_request_id(), time.perf_counter()
+    async def rag(self, question: str, k: int, max_new_tokens: int, endpoint: str, request_id: str | None = None) -> dict:
+        request_id, started = request_id or new_request_id(), time.perf_counter()
         try:
             self.guardrails.check_input(question)
+            vector = (await self._models("embed", [question]))[0]
+            chunks = await self._models("search", vector, k)
+            generated = (await self._models("generate", [GenerateRequest(prompt=self._prompt(question, chunks), max_new_tokens=max_new_tokens)]))[0]
         except GuardrailViolation as err:
-            blocks_total.labels(reason=err.code).inc()
+            if not isinstance(err, Overloaded):
+                blocks_total.labels(reason=err.code).inc()
             self.log.request(request_id=request_id, endpoint=endpoint, question=question, answer="", model_version=self.bundle.model_version,
                              latency_s=time.perf_counter() - started, prompt_tokens=0, completion_tokens=0, chunk_ids=[],
-                             status=err.status, guardrail=err.code)
+                             status=err.status, guardrail=None if isinstance(err, Overloaded) else err.code, role=self.role)
             raise
-        vector = (await self._models("embed", [question]))[0]
-        chunks = await self._models("search", vector, k)
-        generated = (await self._models("generate", [GenerateRequest(prompt=self._prompt(question, chunks), max_new_tokens=max_new_tokens)]))[0]
         answer, reason = generated["text"], self.guardrails.check_output(generated["text"])
         if reason:
             blocks_total.labels(reason=reason).inc()
@@ -256,18 +273,18 @@ class DriftloopRAG:
         latency = time.perf_counter() - started
         self.log.request(request_id=request_id, endpoint=endpoint, question=question, answer=answer, model_version=self.bundle.model_version,
                          latency_s=latency, prompt_tokens=generated["prompt_tokens"], completion_tokens=generated["completion_tokens"],
-                         chunk_ids=[c["chunk_id"] for c in chunks], scores=[c["score"] for c in chunks], guardrail=reason)
+                         chunk_ids=[c["chunk_id"] for c in chunks], scores=[c["score"] for c in chunks], guardrail=reason, role=self.role)
         return {"request_id": request_id, "answer": answer, "chunks": chunks, "model_version": self.bundle.model_version,
                 "prompt_tokens": generated["prompt_tokens"], "completion_tokens": generated["completion_tokens"],
                 "latency_s": latency, "finish_reason": "content_filter" if reason else finish, "guardrail": reason}
 
     @bentoml.api(route="/answer")
     async def answer(self, question: str = Field(description="The user's question"), k: int = Field(default=3, ge=1, le=20),
-                     max_new_tokens: int = Field(default=64, ge=1, le=1024)) -> dict:
+                     max_new_tokens: int = Field(default=64, ge=1, le=1024), ctx: bentoml.Context = None) -> dict:
         """A RAG answer with the chunks it was given and the model version that wrote it."""
         started = time.perf_counter()
         try:
-            result = await self.rag(question, k, max_new_tokens, "answer")
+            result = await self.rag(question, k, max_new_tokens, "answer", request_id_from(ctx.request.headers if ctx else None))
         except GuardrailViolation as err:
             errors_total.labels(endpoint="answer", status=str(err.status)).inc()
             raise bentoml.exceptions.BentoMLException(f"{err.code}: {err.message}", error_code=_status(err.status)) from None

@@ -1,5 +1,6 @@
 """`driftloop` command line: dataset versions recorded by Dagster and restored by DVC;
-the champion adapter, its promotion history, and rollback."""
+the champion adapter, its promotion history, and rollback (`driftloop rollback` moves the
+champion back and redeploys it in one step)."""
 
 import argparse
 import sys
@@ -56,6 +57,24 @@ def _model(action: str, to: str | None, reason: str) -> int:
     return 0
 
 
+def rollback(to: str | None, reason: str, port: int, deploy=None) -> int:
+    """The champion alias back to `to` (default: the one before), then that champion built and
+    deployed with a zero-downtime switch. A failed deploy leaves the current version serving;
+    the alias stays rolled back, so the next deploy serves the restored champion."""
+    from driftloop.serving.serve import deploy_champion
+
+    code = _model("rollback", to, reason or "driftloop rollback")
+    if code != 0:
+        return code
+    code = (deploy or deploy_champion)(port)
+    if code != 0:
+        print(f"rollback: the champion alias moved, but the deploy failed (exit {code}); the version that was serving still serves. "
+              "Retry with `make serve` or `driftloop rollback --to <version>`.", file=sys.stderr)
+        return code
+    print(f"rollback: {ModelRegistry().registry().champion().version} serves on http://127.0.0.1:{port}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,7 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     rollback = model.add_parser("rollback", help="make an earlier champion the champion again")
     rollback.add_argument("--to", default=None, help="version to restore; default: the champion before the current one")
     rollback.add_argument("--reason", default="")
+    undo = sub.add_parser("rollback", help="make an earlier champion the champion again and deploy it (one step)")
+    undo.add_argument("--to", default=None, help="version to restore; default: the champion before the current one")
+    undo.add_argument("--reason", default="")
+    undo.add_argument("--port", type=int, default=None, help="the stable serving port (default: DRIFTLOOP_SERVE_PORT or 3001)")
     args = parser.parse_args(argv)
+    if args.command == "rollback":
+        from driftloop.serving.serve import default_port
+
+        return rollback(args.to, args.reason, args.port or default_port())
     if args.command == "model":
         return _model(args.action, getattr(args, "to", None), getattr(args, "reason", ""))
     if args.action == "versions":

@@ -7,7 +7,7 @@ from driftloop.assets.evaluation import evaluation_assets
 from driftloop.assets.retrieval import retrieval_assets
 from driftloop.assets.serving import serving_assets
 from driftloop.assets.training import training_assets
-from driftloop.orchestration.jobs import data_job, pipeline_job, promotion_job
+from driftloop.orchestration.jobs import data_job, pipeline_job, promotion_job, shadow_job
 from driftloop.orchestration.schedules import schedules
 from driftloop.resources.dvc import DvcStore
 from driftloop.resources.models import ModelCatalog
@@ -18,7 +18,7 @@ from driftloop.sensors.run_failures import record_run_failures
 defs = dg.Definitions(
     assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets, *serving_assets],
     asset_checks=[*data_checks],
-    jobs=[pipeline_job, data_job, promotion_job],
+    jobs=[pipeline_job, data_job, promotion_job, shadow_job],
     schedules=schedules,
     sensors=[record_run_failures],
     resources={"dvc": DvcStore(), "models": ModelCatalog(), "vector_store": VectorStore(), "model_registry": ModelRegistry()},

@@ -4,7 +4,8 @@ import dagster as dg
 
 pipeline_job = dg.define_asset_job(
     name="driftloop_pipeline",
-    selection=dg.AssetSelection.all(),
+    # Shadowing a challenger is a choice made per challenger, not a step of every run.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(["serving", "shadow"]),
     description="Materialize the whole lineage on the configured corpus, checks included.",
     tags={"driftloop/trigger": "manual"},
 )
@@ -19,4 +20,10 @@ promotion_job = dg.define_asset_job(
     name="evaluate_and_promote",
     selection=dg.AssetSelection.assets(["evaluation", "eval_report"], ["evaluation", "champion"]),
     description="Evaluate a challenger (the latest adapter, or `challenger_version`) against the champion and promote it only past the gate.",
+)
+
+shadow_job = dg.define_asset_job(
+    name="shadow_challenger",
+    selection=dg.AssetSelection.assets(["serving", "shadow"]),
+    description="Let the latest challenger (or `challenger_version`) answer a copy of live traffic beside the champion, serving none.",
 )

@@ -19,6 +19,7 @@ EXPECTED_ASSETS = {
     "evaluation/champion": "evaluation",
     "serving/bento": "serving",
     "serving/deployment": "serving",
+    "serving/shadow": "serving",
 }
 EXPECTED_CHECKS = {
     ("data/source_documents", "schema", True),
@@ -68,7 +69,9 @@ def test_checks_snapshot():
 
 def test_main_job_selects_the_whole_lineage():
     job = defs.resolve_job_def("driftloop_pipeline")
-    assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey.from_user_string(k) for k in EXPECTED_ASSETS}
+    # Shadowing is opted into per challenger, in its own job.
+    assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey.from_user_string(k) for k in EXPECTED_ASSETS} - {dg.AssetKey(["serving", "shadow"])}
+    assert set(defs.resolve_job_def("shadow_challenger").asset_layer.executable_asset_keys) == {dg.AssetKey(["serving", "shadow"])}
 
 
 def test_training_declares_a_gpu_for_the_kubernetes_executor():

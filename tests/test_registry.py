@@ -50,3 +50,25 @@ def test_history_records_every_change_and_rollback_restores_earlier_champions(re
     assert reg.champion().version == b
     assert cli(["model", "rollback", "--to", c]) == 2
     assert cli(["model", "champion"]) == 0
+
+
+def test_one_command_rollback_moves_the_alias_then_deploys(registry, monkeypatch, capsys):
+    from driftloop.orchestration.cli import rollback
+
+    reg, (a, b, _) = registry
+    reg.promote(a, {"rouge": 0.5}, {}, gate={"passed": True})
+    reg.promote(b, {"rouge": 0.6}, {}, gate={"passed": True})
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(reg.root.parents[1]))
+    deployed = []
+
+    def deploy(port):  # stands in for building and deploying through Dagster
+        deployed.append((port, reg.champion().version))
+        return 0
+
+    assert rollback(None, "regression", 3911, deploy) == 0
+    assert deployed == [(3911, a)] and f"{a} serves" in capsys.readouterr().out
+    # The deploy failing leaves the alias rolled back and says that the old version still serves.
+    assert rollback(b, "", 3911, lambda port: 1) == 1
+    assert reg.champion().version == b and "still serves" in capsys.readouterr().err
+    # A refused rollback deploys nothing.
+    assert rollback("lora-0000", "", 3911, deploy) == 2 and len(deployed) == 1

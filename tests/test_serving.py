@@ -62,12 +62,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(port, path, body=None, key=KEY, raw: bytes | None = None, method=None):
+def call(port, path, body=None, key=KEY, raw: bytes | None = None, method=None, headers: dict | None = None):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method or ("POST" if data is not None else "GET"))
     request.add_header("Content-Type", "application/json")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, response.read().decode()
@@ -81,7 +83,8 @@ def service(tmp_path_factory, tiny_llama, tiny_embedding_model):
     bundle = make_bundle(root, tiny_llama, tiny_embedding_model)
     port = free_port()
     env = {**os.environ, "DRIFTLOOP_BUNDLE": str(bundle.folder), "DRIFTLOOP_API_KEY": KEY, "DRIFTLOOP_HOME": str(root),
-           "BENTOML_HOME": str(root / "bentoml"), "DRIFTLOOP_PRICE_PER_1K_COMPLETION": "0.5", "BENTOML_DO_NOT_TRACK": "true"}
+           "BENTOML_HOME": str(root / "bentoml"), "DRIFTLOOP_PRICE_PER_1K_COMPLETION": "0.5", "BENTOML_DO_NOT_TRACK": "true",
+           "DRIFTLOOP_MAX_CONCURRENCY": "8"}
     log = (root / "serve.log").open("wb")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:DriftloopRAG", "--host", "127.0.0.1",
                              "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -171,13 +174,45 @@ def test_concurrent_requests_and_the_redacted_request_log(service):
     logged = [r for r in rows if r["request_id"] in ids]
     assert len(logged) == 8
     assert all("[CARD]" in r["question"] and "[EMAIL]" in r["question"] and "4111" not in r["question"] for r in logged)
-    assert all(len(r["chunk_ids"]) == 3 and r["model_version"].startswith("lora-") and r["cost"] > 0 for r in logged)
+    assert all(len(r["chunk_ids"]) == 3 and r["model_version"].startswith("lora-") and r["cost"] > 0 and r["role"] == "primary" for r in logged)
+    # The id the supervisor assigns for shadow comparison is the one logged.
+    assigned = "req-" + "5e" * 10
+    status, body = call(port, "/answer", {"question": "What does section 4 say?", "max_new_tokens": 4}, headers={"X-Driftloop-Request-Id": assigned})
+    assert status == 200 and json.loads(body)["request_id"] == assigned
+    assert any(r["request_id"] == assigned for r in read_partition(root / "data" / "serving", "requests", day))
     blocked = [r for r in rows if r["guardrail"] == "prompt_injection"]
     assert blocked and blocked[0]["status"] == 422
     feedback = read_partition(root / "data" / "serving", "feedback", day)
     assert feedback and feedback[0]["correction"] == "Mail me at [EMAIL]"
     metrics = call(port, "/metrics", key=None)[1]
     assert "driftloop_guardrail_blocks" in metrics and "driftloop_tokens" in metrics
+
+
+def test_overload_is_shed_with_429_and_health_stays_green(service):
+    """Past its concurrency limit the service refuses at once (429) instead of queueing
+    without bound; health and metrics bypass the limit, so probes never mark it dead."""
+    import threading
+
+    port = service["port"]
+    start, results, health = threading.Barrier(33), [], []
+
+    def client():
+        start.wait()
+        results.append(call(port, "/answer", {"question": "What does section 2 say about the river?", "max_new_tokens": 48})[0])
+
+    def prober():
+        start.wait()
+        for _ in range(10):
+            health.extend(call(port, path, key=None)[0] for path in ("/readyz", "/livez"))
+
+    threads = [threading.Thread(target=client) for _ in range(32)] + [threading.Thread(target=prober)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(results) <= {200, 429, 503} and results.count(200) >= 1 and 429 in results, sorted(results)
+    assert set(health) == {200}
+    assert call(port, "/answer", {"question": "And section 3?", "max_new_tokens": 4})[0] == 200
 
 
 def test_bento_build_deploy_and_redeploy_under_load(service, tiny_llama, tiny_embedding_model):

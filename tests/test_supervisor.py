@@ -70,6 +70,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def echo(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with open(os.path.join(pid_dir, f"{name}.requests"), "a") as seen:
+            seen.write(json.dumps({"path": self.path, "body": body.decode(), "headers": {k.lower(): v for k, v in self.headers.items()}}) + "\n")
         self.reply(200, json.dumps({
             "name": name, "method": self.command, "path": self.path, "body": body.decode(),
             "headers": {k.lower(): v for k, v in self.headers.items()},
@@ -130,7 +132,11 @@ class Harness:
         return self.client.deploy(name, self.command(name, port, delay), port, **kwargs)
 
     def pids(self, name: str) -> list[int]:
-        return [int(p.name.rsplit(".", 1)[1]) for p in self.pid_dir.glob(f"{name}.*")]
+        return [int(p.name.rsplit(".", 1)[1]) for p in self.pid_dir.glob(f"{name}.*") if p.suffix != ".requests"]
+
+    def seen(self, name: str) -> list[dict]:
+        path = self.pid_dir / f"{name}.requests"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -153,6 +159,8 @@ class Harness:
                 client.process.wait(timeout=10)
         # Whatever the supervisor failed to stop must not outlive the test.
         for marker in self.pid_dir.iterdir():
+            if marker.suffix == ".requests":
+                continue
             pid = int(marker.name.rsplit(".", 1)[1])
             try:
                 if str(self.script) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
@@ -321,3 +329,45 @@ def test_restarted_supervisor_adopts_the_running_backend(sup):
     assert restarted.process.wait(timeout=20) == 0
     assert _wait_gone(result["pid"]), "SIGTERM to the supervisor left its backend running"
     assert json.loads((sup.state_dir / "state.json").read_text())["active"] is None
+
+
+def test_shadow_answers_a_copy_of_inference_requests_and_serves_none(sup):
+    sup.deploy("champion")
+    port = free_port()
+    assert sup.client.shadow("challenger", sup.command("challenger", port), port)["action"] == "shadowing"
+    json_body = {"Content-Type": "application/json"}
+    status, _, body = sup.request("POST", "/answer", b'{"question": "q1"}', json_body)
+    reply = json.loads(body)
+    assert status == 200 and reply["name"] == "champion"
+    request_id = reply["headers"]["x-driftloop-request-id"]
+    # Only inference calls are copied: feedback and reads belong to the serving version alone.
+    sup.request("POST", "/feedback", b'{"rating": 5}', json_body)
+    sup.request("GET", "/who")
+    deadline = time.monotonic() + 10
+    while not sup.seen("challenger") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    copies = sup.seen("challenger")
+    assert [c["path"] for c in copies] == ["/answer"], copies
+    assert copies[0]["body"] == '{"question": "q1"}' and copies[0]["headers"]["x-driftloop-request-id"] == request_id
+    # A caller's own well-formed id is kept for both.
+    mine = "req-" + "a1" * 10
+    status, _, body = sup.request("POST", "/answer", b'{"question": "q2"}', {**json_body, "X-Driftloop-Request-Id": mine})
+    assert json.loads(body)["headers"]["x-driftloop-request-id"] == mine
+    shadow = sup.client.status()["shadow"]
+    assert shadow["name"] == "challenger" and shadow["mirrored"] >= 1 and shadow["failed"] == 0
+
+    # A dead shadow never costs the client anything.
+    os.killpg(shadow["pid"], signal.SIGKILL)
+    assert _wait_gone(shadow["pid"])
+    assert all(sup.request("POST", "/answer", b'{"question": "q3"}', json_body)[0] == 200 for _ in range(3))
+    assert sup.client.stop_shadow()["previous"] == "challenger" and sup.client.status()["shadow"] is None
+
+    # Promoting the shadowed version ends the shadow: it now serves.
+    port = free_port()
+    sup.client.shadow("challenger-2", sup.command("challenger-2", port), port)
+    sup.deploy("challenger-2")
+    status = sup.client.status()
+    assert status["active"]["name"] == "challenger-2" and status["shadow"] is None
+    with pytest.raises(DeployError, match="a shadow must be another version"):
+        sup.client.shadow("challenger-2", sup.command("challenger-2", free_port()), free_port())

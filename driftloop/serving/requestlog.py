@@ -13,15 +13,13 @@ import json
 import os
 import socket
 import threading
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from driftloop.serving.guardrails import redact
+from driftloop.serving.shadow import new_request_id
 
-
-def new_request_id() -> str:
-    return f"req-{uuid.uuid4().hex[:20]}"
+__all__ = ["RequestLog", "new_request_id", "read_partition"]
 
 
 class RequestLog:
@@ -48,13 +46,13 @@ class RequestLog:
 
     def request(self, *, request_id: str, endpoint: str, question: str, answer: str, model_version: str, latency_s: float,
                 prompt_tokens: int, completion_tokens: int, chunk_ids: list[str], scores: list[float] | None = None,
-                status: int = 200, guardrail: str | None = None, client: str | None = None) -> dict:
+                status: int = 200, guardrail: str | None = None, client: str | None = None, role: str = "primary") -> dict:
         return self._append("requests", {
             "request_id": request_id, "endpoint": endpoint, "status": status, "guardrail": guardrail,
             "question": redact(question), "answer": redact(answer), "model_version": model_version,
             "latency_s": round(latency_s, 4), "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "cost": self.cost(prompt_tokens, completion_tokens), "chunk_ids": chunk_ids, "retrieval_scores": scores or [],
-            "question_chars": len(question), "answer_chars": len(answer), "client": client,
+            "question_chars": len(question), "answer_chars": len(answer), "client": client, "role": role,
         })
 
     def feedback(self, *, request_id: str, rating: int, correction: str | None = None, comment: str | None = None) -> dict:

@@ -3,6 +3,7 @@ exists), deploy it on the stable port through the supervisor, and stay in the
 foreground until Ctrl-C, which stops the service."""
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -14,17 +15,26 @@ from driftloop.serving.supervisor import SupervisorClient
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def default_port() -> int:
+    return int(os.environ.get("DRIFTLOOP_SERVE_PORT", "3001"))
+
+
+def deploy_champion(port: int) -> int:
+    """Build the registry's champion into a bento (a no-op when it exists) and deploy it on
+    `port`, through Dagster, so both are recorded in the lineage like any other run."""
+    config = json.dumps({"ops": {"serving__deployment": {"config": {"port": port}}}})
+    return subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-f", "orchestration/definitions.py",
+                           "--select", "serving/bento,serving/deployment", "--config-json", config], cwd=ROOT).returncode
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("DRIFTLOOP_SERVE_PORT", "3001")))
+    parser.add_argument("--port", type=int, default=default_port())
     args = parser.parse_args()
-    config = f'{{"ops": {{"serving__deployment": {{"config": {{"port": {args.port}}}}}}}}}'
-    # Through Dagster, so the build and the deployment are recorded in the lineage like any other.
-    run = subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-f", "orchestration/definitions.py",
-                          "--select", "serving/bento,serving/deployment", "--config-json", config], cwd=ROOT)
-    if run.returncode != 0:
+    code = deploy_champion(args.port)
+    if code != 0:
         print("serving failed; is there a champion? (make pipeline first)", file=sys.stderr)
-        return run.returncode
+        return code
     client = SupervisorClient(f"http://127.0.0.1:{args.port + 1}")
     active = client.status().get("active") or {}
     print(f"serving {active.get('name')} on http://127.0.0.1:{args.port} (OpenAI API at /v1). Ctrl-C stops it.", flush=True)

@@ -8,7 +8,9 @@ stable port never see a failed request.
 
     python -m driftloop.serving.supervisor --port 3001 --control-port 3002 --state-dir DIR
 
-The control API listens on loopback only (POST /deploy, GET /status, POST /shutdown).
+The control API listens on loopback only (POST /deploy, GET /status, POST /shutdown,
+POST and DELETE /shadow: a backend that gets a copy of every inference request and
+serves none, see driftloop.serving.shadow).
 DIR holds state.json (the active backend, so a restarted supervisor adopts it instead
 of taking the model down), deployments.jsonl (the audit trail), logs/<name>.log (each
 backend's output) and supervisor.log (when started by ensure_supervisor).
@@ -43,6 +45,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from driftloop.serving.shadow import REQUEST_ID_HEADER, ShadowMirror, new_request_id, request_id_from
 
 if TYPE_CHECKING:
     import aiohttp
@@ -337,6 +341,7 @@ class Supervisor:
         self.stop_grace_s = stop_grace_s
         self.started_at = _now()
         self.active: Backend | None = None
+        self.shadow = ShadowMirror()
         self.draining: list[Backend] = []
         self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)
         self._closing = False
@@ -390,6 +395,8 @@ class Supervisor:
             control_app.router.add_post("/deploy", self._handle_deploy)
             control_app.router.add_get("/status", self._handle_status)
             control_app.router.add_post("/shutdown", self._handle_shutdown)
+            control_app.router.add_post("/shadow", self._handle_shadow)
+            control_app.router.add_delete("/shadow", self._handle_shadow_stop)
             # No access logs: the proxy would log every inference call and the control API every
             # status poll; deploys and failures are logged where they happen.
             for app, sock in ((proxy_app, proxy_sock), (control_app, control_sock)):
@@ -427,7 +434,8 @@ class Supervisor:
         for task in list(self._deploy_tasks):
             task.cancel()
         await asyncio.gather(*self._deploy_tasks, return_exceptions=True)
-        backends = [b for b in [self.active, *self.draining] if b is not None]
+        backends = [b for b in [self.active, self.shadow.backend, *self.draining] if b is not None]
+        self.shadow.backend = None
         # Requests already proxied get a short chance to finish before their backend goes away.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(b.idle.wait() for b in backends)), EXIT_DRAIN_S)
@@ -620,6 +628,35 @@ class Supervisor:
         log.error("deploy of %s failed: %s", spec.name, error)
         return status, {"error": error, "active": previous}
 
+    async def _start(self, spec: DeploySpec, started: float) -> tuple[Backend | None, float | tuple[int, dict]]:
+        """Spawn `spec` and wait until it is ready: (backend, seconds to ready), or (None, the failure answer)."""
+        if _port_in_use(spec.port):
+            # Readiness would be judged on whatever already listens there.
+            return None, self._fail(spec, 409, f"{spec.name} cannot use port {spec.port}: another process is listening on it",
+                                    started)
+        try:
+            backend, log_offset = self._spawn(spec)
+        except OSError as exc:
+            return None, self._fail(spec, 502, f"{spec.name} did not become ready: it could not be started: {exc}", started)
+        spawned = time.monotonic()
+        log.info("started %s (pid %d) on port %d; waiting for %s", spec.name, backend.pid, spec.port, spec.ready_path)
+        try:
+            reason = await self._wait_ready(backend, spec.ready_timeout_s)
+            if reason is not None:
+                await self._stop_backend(backend)
+        except BaseException as exc:
+            self._kill_now(backend)
+            if isinstance(exc, asyncio.CancelledError):
+                self._fail(spec, 503, f"{spec.name} was not deployed: the supervisor is shutting down", started)
+            raise
+        if reason is not None:
+            tail = _read_tail(Path(backend.log_path), start=log_offset)
+            error = f"{spec.name} did not become ready: {reason}"
+            if tail:
+                error += f"\n--- end of {backend.log_path} ---\n{tail}"
+            return None, self._fail(spec, 502, error, started)
+        return backend, round(time.monotonic() - spawned, 3)
+
     async def deploy(self, spec: DeploySpec) -> tuple[int, dict]:
         started = time.monotonic()
         async with self._deploy_lock:
@@ -633,38 +670,15 @@ class Supervisor:
             if current is not None and current.port == spec.port and current.alive():
                 return self._fail(spec, 409, f"{spec.name} cannot use port {spec.port}: the active backend {current.name} "
                                   "serves there, and a zero-downtime switch needs both running at once", started)
-            if _port_in_use(spec.port):
-                # Readiness would be judged on whatever already listens there.
-                return self._fail(spec, 409, f"{spec.name} cannot use port {spec.port}: another process is listening on it",
-                                  started)
-            try:
-                backend, log_offset = self._spawn(spec)
-            except OSError as exc:
-                return self._fail(spec, 502, f"{spec.name} did not become ready: it could not be started: {exc}", started)
-            spawned = time.monotonic()
-            log.info("started %s (pid %d) on port %d; waiting for %s", spec.name, backend.pid, spec.port, spec.ready_path)
-            try:
-                reason = await self._wait_ready(backend, spec.ready_timeout_s)
-                if reason is not None:
-                    await self._stop_backend(backend)
-            except BaseException as exc:
-                self._kill_now(backend)
-                if isinstance(exc, asyncio.CancelledError):
-                    self._fail(spec, 503, f"{spec.name} was not deployed: the supervisor is shutting down", started)
-                raise
-            if reason is not None:
-                tail = _read_tail(Path(backend.log_path), start=log_offset)
-                error = f"{spec.name} did not become ready: {reason}"
-                if tail:
-                    error += f"\n--- end of {backend.log_path} ---\n{tail}"
-                return self._fail(spec, 502, error, started)
+            backend, ready_s = await self._start(spec, started)
+            if backend is None:
+                return ready_s
 
             previous = self.active
             # One assignment on the event loop: every request proxied from here on goes to the
             # new backend, every request already counted against the old one finishes there.
             self.active = backend
             self._write_state()
-            ready_s = round(time.monotonic() - spawned, 3)
             log.info("switched to %s after %.2f s%s", spec.name, ready_s, f" (was {previous.name})" if previous else "")
             drained = True
             if previous is not None:
@@ -677,6 +691,12 @@ class Supervisor:
                                 previous.name, previous.in_flight, spec.drain_timeout_s)
                 await self._stop_backend(previous)
                 self.draining.remove(previous)
+            shadow = self.shadow.backend
+            if shadow is not None and shadow.name == spec.name:
+                # The shadowed challenger now serves; mirroring it to itself would only double its load.
+                self.shadow.backend = None
+                await self._stop_backend(shadow)
+                self._record("shadow_stopped", shadow.name, None, reason="promoted to active")
             seconds = round(time.monotonic() - started, 3)
             previous_name = previous.name if previous else None
             self._record("deployed", spec.name, previous_name, pid=backend.pid, port=backend.port,
@@ -684,7 +704,58 @@ class Supervisor:
             return 200, {"action": "deployed", "active": spec.name, "previous": previous_name, "seconds": seconds,
                          "ready_s": ready_s, "drained": drained, "pid": backend.pid, "port": backend.port}
 
+    async def set_shadow(self, spec: DeploySpec) -> tuple[int, dict]:
+        """Start `spec` as the shadow: once ready it gets a copy of every inference request."""
+        started = time.monotonic()
+        async with self._deploy_lock:
+            if self._closing:
+                return 503, {"error": "the supervisor is shutting down"}
+            current = self.shadow.backend
+            if current is not None and current.name == spec.name and current.alive():
+                return 200, {"action": "unchanged", "shadow": spec.name, "previous": None}
+            if self.active is not None and self.active.name == spec.name:
+                return self._fail(spec, 409, f"{spec.name} is the active backend; a shadow must be another version", started)
+            backend, ready_s = await self._start(spec, started)
+            if backend is None:
+                return ready_s
+            self.shadow.backend = backend
+            if current is not None:
+                await self._stop_backend(current)
+            previous = current.name if current else None
+            self._record("shadowing", spec.name, previous, pid=backend.pid, port=backend.port, ready_s=ready_s)
+            log.info("shadowing traffic to %s", spec.name)
+            return 200, {"action": "shadowing", "shadow": spec.name, "previous": previous, "ready_s": ready_s,
+                         "pid": backend.pid, "port": backend.port}
+
+    async def stop_shadow(self) -> tuple[int, dict]:
+        async with self._deploy_lock:
+            backend, self.shadow.backend = self.shadow.backend, None
+            if backend is None:
+                return 200, {"action": "unchanged", "shadow": None}
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(backend.idle.wait(), 30)
+            await self._stop_backend(backend)
+            self._record("shadow_stopped", backend.name, None, mirrored=self.shadow.sent, dropped=self.shadow.dropped,
+                         failed=self.shadow.failed)
+            return 200, {"action": "shadow_stopped", "shadow": None, "previous": backend.name}
+
     # ---- HTTP handlers ---------------------------------------------------------------
+
+    async def _handle_shadow(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        try:
+            spec = DeploySpec.parse(await request.json())
+        except ValueError as exc:
+            return web.json_response({"error": str(exc) if isinstance(exc, _BadRequest) else f"invalid JSON: {exc}"}, status=400)
+        status, body = await asyncio.shield(self.set_shadow(spec))
+        return web.json_response(body, status=status)
+
+    async def _handle_shadow_stop(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        status, body = await asyncio.shield(self.stop_shadow())
+        return web.json_response(body, status=status)
 
     async def _handle_deploy(self, request: web.Request) -> web.Response:
         from aiohttp import web
@@ -711,6 +782,7 @@ class Supervisor:
         backends = [b for b in [self.active, *self.draining] if b is not None]
         return web.json_response({
             "active": self.active.describe() if self.active else None,
+            "shadow": self.shadow.describe(),
             "in_flight": sum(b.in_flight for b in backends),
             "draining": [{"name": b.name, "pid": b.pid, "in_flight": b.in_flight} for b in self.draining],
             "history": list(self.history),
@@ -738,13 +810,19 @@ class Supervisor:
         backend = self.active
         if backend is None:
             return web.json_response({"error": "no model is deployed"}, status=503)
+        headers = _upstream_headers(request)
+        if self.shadow.wants(request.method, request.path):
+            # One id for both answers, so the request log pairs them.
+            if request_id_from(headers) is None:
+                headers[REQUEST_ID_HEADER] = new_request_id()
+            self.shadow.submit(self._session, request.raw_path, headers.copy(), body)
         backend.acquire()
         try:
-            return await self._forward(request, backend, body)
+            return await self._forward(request, backend, body, headers)
         finally:
             backend.release()
 
-    async def _forward(self, request: web.Request, backend: Backend, body: bytes) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, backend: Backend, body: bytes, headers: Any) -> web.StreamResponse:
         import aiohttp
         from aiohttp import web
         from yarl import URL
@@ -752,7 +830,7 @@ class Supervisor:
         target = URL(f"http://127.0.0.1:{backend.port}{request.raw_path}", encoded=True)
         try:
             upstream = await self._session.request(
-                request.method, target, headers=_upstream_headers(request), data=body or None, allow_redirects=False,
+                request.method, target, headers=headers, data=body or None, allow_redirects=False,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             detail = str(exc) or type(exc).__name__
@@ -886,6 +964,25 @@ class SupervisorClient:
             raise DeployError(f"lost the supervisor at {self.control_url} while deploying {name}: {reason}") from exc
         if status != 200:
             raise DeployError(body.get("error") or f"deploy of {name} answered HTTP {status}: {body}")
+        return body
+
+    def shadow(self, name: str, command: list[str], port: int, ready_path: str = "/readyz", env: dict[str, str] | None = None,
+               cwd: str | os.PathLike | None = None, ready_timeout_s: float = 300) -> dict:
+        """Start `command` as the shadow backend; it answers copies of live requests and serves none."""
+        payload = {"name": name, "command": [os.fspath(arg) for arg in command], "port": port, "ready_path": ready_path,
+                   "env": dict(env or {}), "cwd": str(cwd) if cwd is not None else None, "ready_timeout_s": ready_timeout_s}
+        try:
+            status, body = self._call("POST", "/shadow", payload, timeout=ready_timeout_s + 120)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DeployError(f"lost the supervisor at {self.control_url} while starting shadow {name}: {exc}") from exc
+        if status != 200:
+            raise DeployError(body.get("error") or f"shadow {name} answered HTTP {status}: {body}")
+        return body
+
+    def stop_shadow(self) -> dict:
+        status, body = self._call("DELETE", "/shadow", timeout=120)
+        if status != 200:
+            raise DeployError(body.get("error") or f"stopping the shadow answered HTTP {status}: {body}")
         return body
 
     def status(self) -> dict:
