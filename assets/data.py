@@ -4,13 +4,14 @@ by Great Expectations, quarantined row by row, and versioned with DVC."""
 
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
 from driftloop.assets.common import OWNERS, json_meta, load_dataset, publish_dataset, suite_check_results
-from driftloop.data.corpus import SourceError, ingest, resolve_source
+from driftloop.data.corpus import SourceError, fingerprint, ingest_with_inbox, resolve_source
 from driftloop.data.instructions import build_examples
 from driftloop.data.qa import derive_qa_pairs
 from driftloop.data.records import Document, Rejected, excerpt
@@ -41,6 +42,11 @@ class SourceDocumentsConfig(dg.Config):
         description="A folder of .md/.rst/.txt/.html files or a .jsonl file (fields id, text; optional title, uri, format). "
         "Unset: $DRIFTLOOP_SOURCE_DIR, else 'python-docs' (the interpreter's own documentation).",
     )
+    inbox: str | None = Field(
+        default=None,
+        description="A folder whose documents are ingested beside the source (ids prefixed inbox/); the new_documents sensor "
+        "watches it. Unset: $DRIFTLOOP_INBOX_DIR, else <DRIFTLOOP_HOME>/data/inbox.",
+    )
     max_file_bytes: int = Field(default=5_000_000, gt=0, description="Larger files are quarantined as too_large.")
     min_chars: int = Field(default=20, ge=1)
     max_chars: int = Field(default=500_000, gt=0)
@@ -61,6 +67,13 @@ class InstructionDatasetConfig(dg.Config):
     prompt_version: str = Field(default="rag.v1", description="A template under driftloop/prompts/.")
     max_example_chars: int = Field(default=8000, gt=0)
     max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+
+
+def source_locations(source: str | None = None, inbox: str | None = None) -> list[str]:
+    """The source and the inbox as run config, the environment or the defaults name them."""
+    home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
+    return [resolve_source(source, os.environ.get("DRIFTLOOP_SOURCE_DIR")),
+            inbox or os.environ.get("DRIFTLOOP_INBOX_DIR") or str(home / "data" / "inbox")]
 
 
 def _pii_summary(frame) -> dict:
@@ -91,9 +104,9 @@ def source_documents(context: dg.AssetExecutionContext, config: SourceDocumentsC
     """The corpus, one row per document: stable id, source URI, SHA-256 content hash and
     text normalised to markdown. Downstream stages key their caches by content hash, so
     adding or changing documents only recomputes what changed."""
-    source = resolve_source(config.source, os.environ.get("DRIFTLOOP_SOURCE_DIR"))
+    source, inbox = source_locations(config.source, config.inbox)
     try:
-        result = ingest(source, max_file_bytes=config.max_file_bytes)
+        result = ingest_with_inbox(source, Path(inbox), max_file_bytes=config.max_file_bytes)
     except SourceError as err:
         raise dg.Failure(description=str(err)) from err
     context.log.info(f"ingested {len(result.documents)} documents from {source}; {len(result.rejected)} rejected at ingest")
@@ -122,6 +135,8 @@ def source_documents(context: dg.AssetExecutionContext, config: SourceDocumentsC
         preview_columns=["doc_id", "title", "format", "n_chars", "content_hash"],
         extra_metadata={
             "source": dg.MetadataValue.text(source),
+            "inbox": dg.MetadataValue.path(inbox),
+            "source_fingerprint": dg.MetadataValue.text(fingerprint([source, inbox])),
             "ignored_files": dg.MetadataValue.json({"count": len(result.ignored_files), "examples": result.ignored_files[:20]}),
             "pii": json_meta(_pii_summary(frame)),
             "total_chars": dg.MetadataValue.int(sum(r["n_chars"] for r in screened.kept)),

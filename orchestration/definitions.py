@@ -4,23 +4,28 @@ import dagster as dg
 
 from driftloop.assets.data import data_assets, data_checks
 from driftloop.assets.evaluation import evaluation_assets
+from driftloop.assets.monitoring import monitoring_assets
 from driftloop.assets.retrieval import retrieval_assets
 from driftloop.assets.serving import serving_assets
 from driftloop.assets.training import training_assets
-from driftloop.orchestration.jobs import data_job, pipeline_job, promotion_job, shadow_job
+from driftloop.orchestration.jobs import (
+    data_job, drift_check_job, inference_log_job, pipeline_job, promotion_job, refresh_index_job, retrain_job, shadow_job,
+)
 from driftloop.orchestration.schedules import schedules
 from driftloop.resources.dvc import DvcStore
 from driftloop.resources.models import ModelCatalog
 from driftloop.resources.registry import ModelRegistry
 from driftloop.resources.vector_store import VectorStore
+from driftloop.sensors.drift import drift_check_on_traffic, drift_retrain
+from driftloop.sensors.new_documents import new_documents
 from driftloop.sensors.run_failures import record_run_failures
 
 defs = dg.Definitions(
-    assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets, *serving_assets],
+    assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets, *serving_assets, *monitoring_assets],
     asset_checks=[*data_checks],
-    jobs=[pipeline_job, data_job, promotion_job, shadow_job],
+    jobs=[pipeline_job, data_job, promotion_job, shadow_job, retrain_job, refresh_index_job, drift_check_job, inference_log_job],
     schedules=schedules,
-    sensors=[record_run_failures],
+    sensors=[record_run_failures, drift_check_on_traffic, drift_retrain, new_documents],
     resources={"dvc": DvcStore(), "models": ModelCatalog(), "vector_store": VectorStore(), "model_registry": ModelRegistry()},
     executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
 )

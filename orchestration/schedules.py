@@ -5,7 +5,7 @@ import os
 
 import dagster as dg
 
-from driftloop.orchestration.jobs import pipeline_job
+from driftloop.orchestration.jobs import drift_check_job, inference_log_job, pipeline_job
 
 weekly_retrain = dg.ScheduleDefinition(
     name="weekly_retrain",
@@ -18,4 +18,20 @@ weekly_retrain = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 
-schedules = [weekly_retrain]
+nightly_drift_check = dg.ScheduleDefinition(
+    name="nightly_drift_check",
+    job=drift_check_job,
+    cron_schedule=os.environ.get("DRIFTLOOP_DRIFT_CRON", "0 2 * * *"),
+    execution_timezone=os.environ.get("DRIFTLOOP_TIMEZONE", "UTC"),
+    description="Drift of the day's traffic; a drifted report makes the drift_retrain sensor start one retrain.",
+    tags={"driftloop/trigger": "schedule"},
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+)
+
+# Each night, yesterday's partition of the request log.
+daily_inference_log = dg.build_schedule_from_partitioned_job(
+    inference_log_job, name="daily_inference_log", hour_of_day=0, minute_of_hour=15,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+)
+
+schedules = [weekly_retrain, nightly_drift_check, daily_inference_log]

@@ -164,3 +164,38 @@ def ingest(source: str, max_file_bytes: int = 5_000_000) -> IngestResult:
     if path.suffix.lower() == ".jsonl":
         return read_jsonl_source(path, max_file_bytes)
     raise SourceError(f"source {path} is a file but not .jsonl; point at a folder of .md/.rst/.txt/.html files or a JSONL file")
+
+
+def ingest_with_inbox(source: str, inbox: Path | None, max_file_bytes: int = 5_000_000) -> IngestResult:
+    """The source plus the documents dropped into `inbox` (ids prefixed `inbox/`); an absent
+    or empty inbox adds nothing."""
+    result = ingest(source, max_file_bytes)
+    if inbox is None or not inbox.is_dir() or not any(p.is_file() for p in inbox.rglob("*")):
+        return result
+    from dataclasses import replace
+
+    extra = read_directory(inbox, max_file_bytes)
+    result.documents += [replace(doc, doc_id=f"inbox/{doc.doc_id}") for doc in extra.documents]
+    result.rejected += [replace(row, source=f"inbox/{row.source}", record_id=f"inbox/{row.record_id}") for row in extra.rejected]
+    result.ignored_files += [f"inbox/{f}" for f in extra.ignored_files]
+    return result
+
+
+def fingerprint(locations: list[str]) -> str:
+    """Names, sizes and modification times of every file under `locations` (the packaged
+    Python docs: the interpreter's version), hashed: any added, removed or edited document
+    changes it, reading no file's content."""
+    import hashlib
+    import sys
+
+    digest = hashlib.sha256()
+    for location in locations:
+        if location == DEFAULT_SOURCE:
+            digest.update(f"{DEFAULT_SOURCE}:{sys.version}".encode())
+            continue
+        path = Path(location).expanduser()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else ([path] if path.is_file() else [])
+        for item in files:
+            stat = item.stat()
+            digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

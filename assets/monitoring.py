@@ -1,0 +1,170 @@
+"""Monitoring stage: the service's request log as daily partitions, and the drift of live
+traffic against what the serving champion was trained and evaluated on.
+
+`monitoring/drift_report` decides nothing by itself: it records `drifted` and
+`enough_data` in its metadata, and the drift sensor turns a drifted report into one
+retrain per drift window.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from driftloop.assets.common import OWNERS, json_meta, load_dataset
+from driftloop.assets.data import QA_PAIRS
+from driftloop.assets.serving import DEPLOYMENT
+from driftloop.resources.dvc import DvcStore
+from driftloop.resources.models import ModelCatalog
+
+INFERENCE_LOG = dg.AssetKey(["monitoring", "inference_log"])
+DRIFT_REPORT = dg.AssetKey(["monitoring", "drift_report"])
+daily = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone="UTC")
+
+
+def _home() -> Path:
+    return Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()).resolve()
+
+
+def log_root() -> Path:
+    return Path(os.environ.get("DRIFTLOOP_REQUEST_LOG") or _home() / "data" / "serving")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+@dg.asset(key=INFERENCE_LOG, partitions_def=daily, group_name="monitoring", kinds={"json"}, owners=OWNERS, code_version="1",
+          tags={"stage": "monitoring"})
+def inference_log(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """One day of served requests (PII already redacted by the service) with their feedback
+    joined in; corrupt lines are counted and skipped; shadow answers compared with the
+    answers that were served."""
+    from driftloop.monitoring.traffic import join_feedback, read_day, served
+    from driftloop.serving.shadow import compare_shadow
+
+    day = context.partition_key
+    requests, feedback = read_day(log_root(), "requests", day), read_day(log_root(), "feedback", day)
+    rows = join_feedback(served(requests.rows), feedback.rows)
+    if requests.corrupt or feedback.corrupt:
+        context.log.warning(f"{day}: skipped {requests.corrupt} corrupt request lines and {feedback.corrupt} corrupt feedback lines")
+    _write_atomic(_home() / "artifacts" / "monitoring" / "inference_log" / f"date={day}.jsonl",
+                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    latencies = sorted(r["latency_s"] for r in rows if r.get("status") == 200 and r.get("latency_s") is not None)
+    rated = [r["rating"] for r in rows if r.get("rating") is not None]
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": dg.MetadataValue.int(len(rows)),
+        "corrupt_lines": dg.MetadataValue.int(requests.corrupt + feedback.corrupt),
+        "errors": dg.MetadataValue.int(sum(int(r.get("status") or 0) >= 500 for r in rows)),
+        "blocked": dg.MetadataValue.int(sum(bool(r.get("guardrail")) for r in rows)),
+        "feedback": dg.MetadataValue.int(len(rated)),
+        "corrections": dg.MetadataValue.int(sum(bool(r.get("correction")) for r in rows)),
+        "mean_rating": dg.MetadataValue.float(round(float(np.mean(rated)), 3) if rated else float("nan")),
+        "p50_latency_s": dg.MetadataValue.float(latencies[len(latencies) // 2] if latencies else float("nan")),
+        "p95_latency_s": dg.MetadataValue.float(latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")),
+        "cost": dg.MetadataValue.float(round(float(sum(r.get("cost") or 0.0 for r in rows)), 6)),
+        "model_versions": json_meta(sorted({r.get("model_version") for r in rows if r.get("model_version")})),
+        "shadow": json_meta(compare_shadow(requests.rows)),
+    })
+
+
+class DriftCheckConfig(dg.Config):
+    policy: str = Field(default="both", pattern="^(both|either|mmd|classifier)$",
+                        description="Query drift when both embedding tests agree (default), either, or one of them.")
+    min_queries: int = Field(default=50, ge=10, description="Fewer live queries than this: 'not enough data', no retrain.")
+    max_queries: int = Field(default=2000, ge=10, description="The most recent queries of the window that are compared.")
+    reference_queries: int = Field(default=1000, ge=10, description="Reference questions sampled from data/qa_pairs.")
+    permutations: int = Field(default=200, ge=20)
+    classifier_auc_threshold: float = Field(default=0.55, gt=0.5, lt=1.0)
+    seed: int = 0
+
+
+def _reference_embeddings(dvc: DvcStore, models: ModelCatalog, limit: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Embeddings of the questions the champion was trained and evaluated on, cached by the
+    dataset's DVC version and the embedding model."""
+    questions = [r["question"] for r in load_dataset(dvc, "qa_pairs")]
+    rng = np.random.default_rng(seed)
+    if len(questions) > limit:
+        questions = [questions[i] for i in sorted(rng.choice(len(questions), limit, replace=False))]
+    embedder = models.embedder()
+    key = hashlib.sha256(json.dumps([dvc.version("qa_pairs").md5, models.embedding_model, embedder.describe(), limit, seed],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache = _home() / "artifacts" / "monitoring" / "reference" / f"{key}.npy"
+    if cache.is_file():
+        return np.load(cache), questions
+    vectors = embedder.encode(questions, batch_size=models.embedding_batch_size)
+    buffer = tempfile.SpooledTemporaryFile()
+    np.save(buffer, np.asarray(vectors, dtype=np.float32))
+    buffer.seek(0)
+    _write_atomic(cache, buffer.read())
+    return np.asarray(vectors, dtype=np.float32), questions
+
+
+@dg.asset(key=DRIFT_REPORT, deps=[QA_PAIRS, DEPLOYMENT], group_name="monitoring", kinds={"scikitlearn"}, owners=OWNERS, code_version="1",
+          tags={"stage": "monitoring"})
+def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, models: ModelCatalog, dvc: DvcStore) -> dg.MaterializeResult:
+    """Drift of the traffic served since the current version went live. Queries: MMD
+    permutation test and a domain classifier's ROC AUC on their embeddings, against the
+    questions of data/qa_pairs. Serving signals (prompt and answer length, latency, top
+    retrieval score, ratings; guardrail, refusal and error rates): KS and PSI against the
+    traffic before this version went live. Too little traffic says 'not enough data'."""
+    from driftloop.monitoring.drift import DriftConfig, drift_report as compute, plot_drift
+    from driftloop.monitoring.traffic import columns, current_deployment, join_feedback, rate_counts, read_window, served
+    from driftloop.training.plots import markdown_image
+
+    now = datetime.now(UTC)
+    live = current_deployment(_home() / "artifacts" / "serving" / "deployments.jsonl")
+    start = datetime.fromisoformat(live["at"]) if live else datetime(2026, 1, 1, tzinfo=UTC)
+    requests, feedback = read_window(log_root(), start, now)
+    before, before_feedback = read_window(log_root(), datetime(2026, 1, 1, tzinfo=UTC), start)
+    current = join_feedback(served(requests.rows), feedback.rows)[-config.max_queries:]
+    previous = join_feedback(served(before.rows), before_feedback.rows)[-config.max_queries:]
+    ref_vectors, ref_questions = _reference_embeddings(dvc, models, config.reference_queries, config.seed)
+    questions = [r.get("question") or "" for r in current]
+    cur_vectors = np.asarray(models.embedder().encode(questions, batch_size=models.embedding_batch_size), dtype=np.float32) \
+        if questions else np.zeros((0, ref_vectors.shape[1]), dtype=np.float32)
+    ref_columns = {**columns(previous), "prompt_chars": [float(len(q)) for q in ref_questions]}
+    cur_columns = columns(current)
+    ref_rates, cur_rates = rate_counts(previous), rate_counts(current)
+    rates = {name: (*ref_rates[name], *cur_rates[name]) for name in ref_rates}
+    settings = DriftConfig(policy=config.policy, seed=config.seed, embedding_min_samples=config.min_queries,
+                           mmd_permutations=config.permutations, classifier_auc_threshold=config.classifier_auc_threshold)
+    report = compute(ref_vectors, cur_vectors, ref_columns, cur_columns, rates, settings)
+    png = plot_drift(ref_vectors, cur_vectors, ref_columns, cur_columns, report, seed=config.seed)
+
+    window = {"start": start.isoformat(), "end": now.isoformat(), "serving": (live or {}).get("model_version"),
+              "tag": (live or {}).get("tag")}
+    folder = _home() / "artifacts" / "monitoring" / "drift" / f"{now:%Y%m%dT%H%M%S}-{context.run.run_id[:8]}"
+    body = {"window": window, "corrupt_lines": requests.corrupt + feedback.corrupt, **report.to_dict()}
+    _write_atomic(folder / "report.json", json.dumps(body, indent=2).encode())
+    _write_atomic(folder / "report.md", (report.to_markdown() + "\n").encode())
+    _write_atomic(folder / "drift.png", png)
+    (context.log.warning if report.drifted else context.log.info)(report.summary())
+    return dg.MaterializeResult(metadata={
+        "drifted": dg.MetadataValue.bool(report.drifted),
+        "enough_data": dg.MetadataValue.bool(report.enough_data),
+        "summary": dg.MetadataValue.text(report.summary()),
+        "reasons": json_meta(report.reasons),
+        "window_start": dg.MetadataValue.text(window["start"]),
+        "window_end": dg.MetadataValue.text(window["end"]),
+        "serving": dg.MetadataValue.text(str(window["serving"])),
+        "n_current": dg.MetadataValue.int(report.n_current),
+        "n_reference": dg.MetadataValue.int(report.n_reference),
+        "corrupt_lines": dg.MetadataValue.int(body["corrupt_lines"]),
+        "signals": dg.MetadataValue.md(report.to_markdown()),
+        "plot": dg.MetadataValue.md(markdown_image(png, "reference vs live queries")),
+        "report": dg.MetadataValue.path(str(folder / "report.json")),
+    })
+
+
+monitoring_assets = [inference_log, drift_report]

@@ -1,0 +1,106 @@
+"""The closed loop's triggers.
+
+`drift_check_on_traffic` runs the drift check whenever enough new traffic arrived;
+`drift_retrain` turns a drifted report into exactly one retrain per drift window (the
+traffic since the serving version went live): the run key is the window, so a window
+that stays drifted across many checks, a daemon restart or a re-delivered tick still
+starts one run, and a new window opens only when a new version goes live. Both keep
+their position in Dagster's sensor cursor, which survives daemon restarts.
+"""
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+from driftloop.assets.monitoring import DRIFT_REPORT, log_root
+from driftloop.monitoring.traffic import INFERENCE_ENDPOINTS
+
+FIRED_MEMORY = 50
+
+
+def sensor_status() -> dg.DefaultSensorStatus:
+    # Off until turned on (UI, or DRIFTLOOP_SENSORS=running): each fires real compute.
+    running = os.environ.get("DRIFTLOOP_SENSORS", "").lower() == "running"
+    return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+
+
+def _interval() -> int:
+    return int(os.environ.get("DRIFTLOOP_SENSOR_INTERVAL_S", "60"))
+
+
+def _count_new(folder: Path, offsets: dict) -> tuple[int, dict]:
+    """Served requests appended since `offsets` (bytes per file); only whole lines count."""
+    new, seen = 0, {}
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        start = offsets.get(path.name, 0)
+        with path.open("rb") as handle:
+            handle.seek(start)
+            chunk = handle.read()
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        for line in whole.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("role", "primary") == "primary" and record.get("endpoint") in INFERENCE_ENDPOINTS:
+                new += 1
+        seen[path.name] = start + len(whole)
+    return new, seen
+
+
+@dg.sensor(name="drift_check_on_traffic", job_name="drift_check", minimum_interval_seconds=_interval(), default_status=sensor_status(),
+           description="Runs monitoring/drift_report every DRIFTLOOP_DRIFT_CHECK_EVERY (default 100) new served requests.")
+def drift_check_on_traffic(context: dg.SensorEvaluationContext):
+    every = int(os.environ.get("DRIFTLOOP_DRIFT_CHECK_EVERY", "100"))
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    offsets = cursor.get("offsets", {}) if cursor.get("day") == day else {}
+    new, offsets = _count_new(log_root() / "requests" / f"date={day}", offsets)
+    pending, total = cursor.get("pending", 0) + new, cursor.get("total", 0) + new
+    if pending < every:
+        context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": pending, "total": total}))
+        return dg.SkipReason(f"{pending} new requests since the last drift check; checking every {every}")
+    context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": 0, "total": total}))
+    return dg.RunRequest(run_key=f"drift-check-{total}", tags={"driftloop/trigger": "traffic", "driftloop/requests_seen": str(total)})
+
+
+def _retrain_config() -> dict:
+    path = os.environ.get("DRIFTLOOP_RETRAIN_CONFIG")
+    if not path:
+        return {}
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+@dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", minimum_interval_seconds=_interval(), default_status=sensor_status(),
+           description="One retrain (refresh data, train, evaluate, gate, redeploy) per drifted window of live traffic.")
+def drift_retrain(context: dg.SensorEvaluationContext):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=DRIFT_REPORT, after_storage_id=cursor.get("seen")), limit=100, ascending=True).records
+    if not records:
+        return dg.SkipReason("no new drift report")
+    fired = list(cursor.get("fired", []))
+    requests, notes = [], []
+    for record in records:
+        meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+        window = meta.get("window_start", "")
+        if not meta.get("enough_data"):
+            notes.append(f"not enough data ({meta.get('summary', '')})")
+        elif not meta.get("drifted"):
+            notes.append("no drift")
+        elif window in fired:
+            notes.append(f"drift in window {window} already started a retrain")
+        else:
+            fired.append(window)
+            requests.append(dg.RunRequest(
+                run_key=f"drift-{window}", run_config=_retrain_config(),
+                tags={"driftloop/trigger": "drift", "driftloop/drift_window": window, "driftloop/drift_report_run": record.run_id,
+                      "driftloop/drift_reasons": ",".join(meta.get("reasons") or [])[:200],
+                      "driftloop/drift_summary": str(meta.get("summary", ""))[:500]}))
+    context.update_cursor(json.dumps({"seen": records[-1].storage_id, "fired": fired[-FIRED_MEMORY:]}))
+    return requests or dg.SkipReason("; ".join(notes[-3:]))

@@ -1,0 +1,23 @@
+"""New or changed documents start the incremental refresh: ingest, chunks, embeddings
+(only what changed is embedded again), the index, and a redeploy of the serving bento
+on the new index, with no retraining. The source's fingerprint (names, sizes, mtimes)
+is compared with the one recorded by the last data/source_documents materialization, so
+a daemon restart or a lost cursor never re-ingests an unchanged source, and the run key
+(the fingerprint) never starts two refreshes for one change."""
+
+import dagster as dg
+
+from driftloop.assets.data import SOURCE_DOCUMENTS, source_locations
+from driftloop.data.corpus import fingerprint
+from driftloop.sensors.drift import _interval, sensor_status
+
+
+@dg.sensor(name="new_documents", job_name="refresh_index", minimum_interval_seconds=_interval(), default_status=sensor_status(),
+           description="Incremental ingest, embedding, index refresh and redeploy when documents are added or changed.")
+def new_documents(context: dg.SensorEvaluationContext):
+    current = fingerprint(source_locations())
+    event = context.instance.get_latest_materialization_event(SOURCE_DOCUMENTS)
+    recorded = event.asset_materialization.metadata.get("source_fingerprint") if event and event.asset_materialization else None
+    if recorded is not None and recorded.value == current:
+        return dg.SkipReason("the source is unchanged since the last ingest")
+    return dg.RunRequest(run_key=f"documents-{current}", tags={"driftloop/trigger": "new_documents", "driftloop/source_fingerprint": current})

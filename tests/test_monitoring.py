@@ -1,0 +1,137 @@
+"""The monitoring stage in process: the request log read back by day (feedback joined,
+corrupt lines counted), the drift report on in-distribution and new-topic traffic (real
+data assets, a tiny embedding model), and the sensors of the closed loop evaluated with
+`build_sensor_context` against a real instance: one retrain per drift window, drift
+checks on new traffic, and new documents in the inbox."""
+
+import json
+import random
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from driftloop.assets.data import SOURCE_DOCUMENTS, data_assets, data_checks
+from driftloop.assets.monitoring import drift_report, inference_log
+from driftloop.resources.models import ModelCatalog
+from driftloop.serving.requestlog import RequestLog
+from driftloop.sensors.drift import drift_check_on_traffic, drift_retrain
+from driftloop.sensors.new_documents import new_documents
+
+NEW_TOPIC = ("kubernetes pod eviction quota scheduler taint toleration ingress helm chart namespace volume claim "
+             "replica autoscaler sidecar daemonset cronjob secret configmap node affinity").split()
+CHECK = {"min_queries": 30, "permutations": 200, "reference_queries": 200}
+
+
+@pytest.fixture
+def stage(tmp_path, dvc_store, corpus, tiny_embedding_model, monkeypatch):
+    monkeypatch.setenv("DRIFTLOOP_SOURCE_DIR", str(corpus))
+    instance = dg.DagsterInstance.ephemeral()
+    dg.materialize([*data_assets, *data_checks], resources={"dvc": dvc_store}, instance=instance,
+                   run_config={"ops": {"data__qa_pairs": {"config": {"eval_fraction": 0.4}}}})
+    questions = [r["question"] for r in map(json.loads, dvc_store.dataset_path("qa_pairs").read_text().splitlines())]
+    resources = {"dvc": dvc_store, "models": ModelCatalog(embedding_model=tiny_embedding_model, device="cpu", embedding_precision="fp32")}
+    return {"instance": instance, "resources": resources, "questions": questions, "home": tmp_path / "home"}
+
+
+def send(log: RequestLog, questions, model="lora-aaaa", **extra) -> list[str]:
+    ids = []
+    for i, q in enumerate(questions):
+        record = log.request(request_id=f"req-{i:020x}", endpoint="answer", question=q, answer=f"An answer about {q[:30]}",
+                             model_version=model, latency_s=0.5 + (i % 5) / 10, prompt_tokens=100, completion_tokens=20,
+                             chunk_ids=["c1"], scores=[0.6, 0.5], **extra)
+        ids.append(record["request_id"])
+    return ids
+
+
+def check(stage) -> dict:
+    result = dg.materialize([drift_report], resources=stage["resources"], instance=stage["instance"],
+                            run_config={"ops": {"monitoring__drift_report": {"config": CHECK}}})
+    event = result.asset_materializations_for_node("monitoring__drift_report")[0]
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def sensor_tick(sensor, instance, cursor=None):
+    return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+
+def test_drift_report_says_not_enough_data_then_flags_a_new_topic_once(stage):
+    log = RequestLog(stage["home"] / "data" / "serving")
+    empty = check(stage)
+    assert empty["enough_data"] is False and empty["drifted"] is False and "not enough data" in empty["summary"]
+
+    rng = random.Random(0)
+    send(log, rng.sample(stage["questions"], min(60, len(stage["questions"]))))
+    folder = stage["home"] / "data" / "serving" / "requests" / f"date={datetime.now(UTC):%Y-%m-%d}"
+    with (folder / "torn.jsonl").open("w") as handle:
+        handle.write('{"at": "2026-11-23T00:00:00+00:00", "endpoint": "answer"\nnot json at all\n')
+    calm = check(stage)
+    assert calm["enough_data"] is True and calm["drifted"] is False, calm["summary"]
+    assert calm["corrupt_lines"] == 2 and calm["n_current"] >= 30
+
+    instance = stage["instance"]
+    first = sensor_tick(drift_retrain, instance)
+    assert not first.run_requests and "no drift" in (first.skip_message or "")
+
+    # A new version goes live: a new window, whose traffic is about something else entirely.
+    audit = stage["home"] / "artifacts" / "serving" / "deployments.jsonl"
+    audit.parent.mkdir(parents=True, exist_ok=True)
+    audit.write_text(json.dumps({"at": datetime.now(UTC).isoformat(), "target": "local", "action": "deployed", "tag": "driftloop:abc",
+                                 "model_version": "lora-bbbb"}) + "\n")
+    send(log, [" ".join(rng.sample(NEW_TOPIC, 6)) + "?" for _ in range(60)], model="lora-bbbb")
+    shifted = check(stage)
+    assert shifted["drifted"] is True and shifted["serving"] == "lora-bbbb", shifted["summary"]
+    assert shifted["window_start"] > calm["window_start"]
+
+    fired = sensor_tick(drift_retrain, instance, first.cursor)
+    assert [r.run_key for r in fired.run_requests] == [f"drift-{shifted['window_start']}"]
+    assert fired.run_requests[0].tags["driftloop/trigger"] == "drift"
+    # The same window drifting again (another check, a restarted daemon) starts nothing new.
+    check(stage)
+    again = sensor_tick(drift_retrain, instance, fired.cursor)
+    assert not again.run_requests and "already started a retrain" in again.skip_message
+
+
+def test_inference_log_partition_joins_feedback_and_compares_shadow(stage):
+    log = RequestLog(stage["home"] / "data" / "serving")
+    ids = send(log, stage["questions"][:6])
+    log.request(request_id=ids[0], endpoint="answer", question=stage["questions"][0], answer="A different answer", model_version="lora-cccc",
+                latency_s=0.9, prompt_tokens=100, completion_tokens=25, chunk_ids=["c1"], role="shadow")
+    log.feedback(request_id=ids[1], rating=2, correction="The right answer, mailed to jane@corp.io")
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    result = dg.materialize([inference_log], instance=stage["instance"], partition_key=day)
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("monitoring__inference_log")[0].metadata.items()}
+    assert meta["dagster/row_count"] == 6 and meta["feedback"] == 1 and meta["corrections"] == 1 and meta["mean_rating"] == 2.0
+    assert meta["shadow"]["pairs"] == 1 and meta["shadow"]["identical_answers"] == 0.0 and meta["shadow"]["shadow_versions"] == ["lora-cccc"]
+    rows = (stage["home"] / "artifacts" / "monitoring" / "inference_log" / f"date={day}.jsonl").read_text().splitlines()
+    assert "[EMAIL]" in next(r for r in rows if "correction" in r and json.loads(r).get("correction"))
+    empty = dg.materialize([inference_log], instance=stage["instance"], partition_key="2026-01-02")
+    assert empty.asset_materializations_for_node("monitoring__inference_log")[0].metadata["dagster/row_count"].value == 0
+
+
+def test_drift_checks_follow_new_traffic(stage, monkeypatch):
+    monkeypatch.setenv("DRIFTLOOP_DRIFT_CHECK_EVERY", "10")
+    log = RequestLog(stage["home"] / "data" / "serving")
+    instance = stage["instance"]
+    send(log, stage["questions"][:6])
+    send(log, stage["questions"][:6], role="shadow")  # copies for a shadow are not traffic
+    quiet = sensor_tick(drift_check_on_traffic, instance)
+    assert not quiet.run_requests and "6 new requests" in quiet.skip_message
+    send(log, stage["questions"][:5])
+    due = sensor_tick(drift_check_on_traffic, instance, quiet.cursor)
+    assert [r.run_key for r in due.run_requests] == ["drift-check-11"]
+    assert not sensor_tick(drift_check_on_traffic, instance, due.cursor).run_requests
+
+
+def test_new_documents_in_the_inbox_start_one_refresh(stage, dvc_store):
+    instance = stage["instance"]
+    assert not sensor_tick(new_documents, instance).run_requests  # ingested as it is
+    inbox = stage["home"] / "data" / "inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "k8s.md").write_text("# Pod eviction\n\n" + " ".join(NEW_TOPIC * 3) + ".\n")
+    due = sensor_tick(new_documents, instance)
+    assert len(due.run_requests) == 1 and due.run_requests[0].tags["driftloop/trigger"] == "new_documents"
+    dg.materialize([*data_assets, *data_checks], resources={"dvc": dvc_store}, instance=instance, selection=[SOURCE_DOCUMENTS])
+    docs = [json.loads(line)["doc_id"] for line in dvc_store.dataset_path("source_documents").read_text().splitlines()]
+    assert "inbox/k8s.md" in docs
+    assert not sensor_tick(new_documents, instance).run_requests
