@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install demo pipeline serve test test-fast ui lock clean
+.PHONY: install demo drift-demo pipeline serve rollback test test-fast ui lock clean
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 
 serve: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m driftloop.serving.serve
+
+# The closed loop, unattended, in .drift-demo/: drift and new documents retrain and redeploy.
+drift-demo: install
+	$(BIN)/python -m driftloop.orchestration.drift_demo $(ARGS)
+
+# The previous champion (or TO=<version>) made champion again and deployed.
+rollback: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/driftloop rollback $(if $(TO),--to $(TO),)
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

@@ -2,6 +2,7 @@
 by Great Expectations, quarantined row by row, and versioned with DVC."""
 
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -66,6 +67,7 @@ class QAPairsConfig(dg.Config):
 class InstructionDatasetConfig(dg.Config):
     prompt_version: str = Field(default="rag.v1", description="A template under driftloop/prompts/.")
     max_example_chars: int = Field(default=8000, gt=0)
+    include_feedback: bool = Field(default=True, description="Corrected answers from the request log become examples, validated like the rest.")
     max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
 
 
@@ -74,6 +76,28 @@ def source_locations(source: str | None = None, inbox: str | None = None) -> lis
     home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
     return [resolve_source(source, os.environ.get("DRIFTLOOP_SOURCE_DIR")),
             inbox or os.environ.get("DRIFTLOOP_INBOX_DIR") or str(home / "data" / "inbox")]
+
+
+def _feedback_examples(prompt) -> list[dict]:
+    from datetime import UTC, datetime
+
+    from driftloop.data.instructions import feedback_examples
+    from driftloop.monitoring.traffic import read_window
+    from driftloop.resources.vector_store import VectorStore
+    from driftloop.retrieval.artifacts import ArtifactError
+
+    home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
+    requests, feedback = read_window(Path(os.environ.get("DRIFTLOOP_REQUEST_LOG") or home / "data" / "serving"),
+                                     datetime(2026, 1, 1, tzinfo=UTC), max_days=366)
+    if not feedback.rows:
+        return []
+    texts = {}
+    try:
+        with (VectorStore().store().current_index_folder() / "chunks.jsonl").open(encoding="utf-8") as handle:
+            texts = {row["chunk_id"]: row["text"] for row in map(json.loads, handle)}
+    except (OSError, ValueError, ArtifactError):
+        pass  # no index yet: the examples go without context
+    return feedback_examples(requests.rows, feedback.rows, texts, prompt)
 
 
 def _pii_summary(frame) -> dict:
@@ -204,6 +228,8 @@ def instruction_dataset(context: dg.AssetExecutionContext, config: InstructionDa
     except FileNotFoundError as err:
         raise dg.Failure(description=str(err)) from err
     rows = build_examples(qa_rows, prompt)
+    from_feedback = _feedback_examples(prompt) if config.include_feedback else []
+    rows += from_feedback
     eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
     limits = Limits(max_example_chars=config.max_example_chars)
     try:
@@ -217,6 +243,7 @@ def instruction_dataset(context: dg.AssetExecutionContext, config: InstructionDa
         preview_columns=["example_id", "doc_id", "prompt_version"],
         extra_metadata={
             "prompt_version": dg.MetadataValue.text(prompt.version),
+            "feedback_examples": dg.MetadataValue.int(len(from_feedback)),
             "example_user_turns": dg.MetadataValue.md("\n\n".join(f"- {excerpt(t, 200)}" for t in user_turns)),
         },
     )

@@ -42,13 +42,13 @@ def columns(n: int, rng, scale: float = 1.0) -> dict:
     }
 
 
-FAST = DriftConfig(mmd_permutations=200, mmd_max_samples=600, classifier_max_samples=600, classifier_folds=4)
+FAST = DriftConfig(mmd_max_samples=600, classifier_max_samples=600)
 
 
 def test_mmd_statistic_is_the_textbook_unbiased_estimate():
     rng = np.random.default_rng(0)
     x, y = queries(120, topics(0), rng), queries(90, topics(0), rng)
-    got = mmd_test(x, y, permutations=20, min_samples=10)
+    got = mmd_test(x, y, permutations=100, min_samples=10)
     z = np.vstack([x, y]).astype(np.float64)
     d2 = ((z[:, None] - z[None]) ** 2).sum(-1)
     k = np.exp(-d2 / np.median(d2[np.triu_indices(len(z), 1)]))
@@ -104,7 +104,7 @@ def test_a_direction_added_to_every_query_is_drift():
     cur = cur + 0.15 * direction / np.linalg.norm(direction)
     cur /= np.linalg.norm(cur, axis=1, keepdims=True)
     assert mmd_test(ref, cur).drifted
-    assert classifier_test(ref, cur, folds=4).drifted
+    assert classifier_test(ref, cur).drifted
 
 
 def test_large_samples_are_subsampled_and_results_are_deterministic():
@@ -116,8 +116,8 @@ def test_large_samples_are_subsampled_and_results_are_deterministic():
     c = mmd_test(ref, cur, max_samples=500, permutations=100, seed=6)
     assert a.extra["samples_used"] == [500, 500] and (a.n_reference, a.n_current) == (1000, 10_000)
     assert a.to_dict() == b.to_dict() and a.statistic != c.statistic
-    clf = classifier_test(ref, cur, max_samples=400, folds=4)
-    assert clf.extra["samples_per_side"] == 400 and clf.to_dict() == classifier_test(ref, cur, max_samples=400, folds=4).to_dict()
+    clf = classifier_test(ref, cur, max_samples=400)
+    assert clf.extra["samples_per_side"] == 400 and clf.to_dict() == classifier_test(ref, cur, max_samples=400).to_dict()
     r1 = drift_report(ref[:500], cur[:500], config=FAST).to_dict()
     assert r1 == drift_report(ref[:500], cur[:500], config=FAST).to_dict()
 
@@ -198,10 +198,12 @@ def test_nan_rows_in_embeddings_are_dropped_and_counted():
     rng = np.random.default_rng(0)
     ref, cur = queries(200, topics(0), rng), queries(200, topics(0), rng)
     cur[:5, 3] = np.nan
-    res = mmd_test(ref, cur, permutations=50)
+    res = mmd_test(ref, cur, permutations=50, alpha=0.05)
     assert res.n_current == 195 and "5 non-finite rows dropped" in res.detail
     with pytest.raises(ValueError, match="dimensions differ"):
         mmd_test(ref, cur[:, :100])
+    with pytest.raises(ValueError, match="permutations"):
+        mmd_test(ref, cur, permutations=50)  # p could never go below 1/51 > 0.01
 
 
 def fixed(method: str, drifted: bool):
@@ -258,7 +260,7 @@ def test_plot_is_a_small_png():
     ref, cur = queries(2000, centres, rng), new_topic(2000, centres, rng, 0.3)
     rc, cc = columns(2000, rng), columns(2000, rng, 1.5)
     rc["answer_length"], cc["answer_length"] = np.full(2000, 5.0), np.full(2000, 5.0)
-    report = drift_report(ref, cur, rc, cc, config=FAST)
+    report = drift_report(ref, cur, rc, cc, {"refusal_rate": (100, 2000, 160, 2000)}, FAST)
     png = plot_drift(ref, cur, rc, cc, report)
     assert png.startswith(PNG) and 5_000 < len(png) < 100_000
     empty = plot_drift(ref, np.zeros((0, DIM)), {}, {})

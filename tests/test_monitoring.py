@@ -135,3 +135,22 @@ def test_new_documents_in_the_inbox_start_one_refresh(stage, dvc_store):
     docs = [json.loads(line)["doc_id"] for line in dvc_store.dataset_path("source_documents").read_text().splitlines()]
     assert "inbox/k8s.md" in docs
     assert not sensor_tick(new_documents, instance).run_requests
+
+
+def test_corrected_answers_become_validated_training_examples(stage, dvc_store):
+    log = RequestLog(stage["home"] / "data" / "serving")
+    good, blank = send(log, stage["questions"][:2])
+    log.feedback(request_id=good, rating=1, correction="The castle stands by the river; write to jane.doe@corp.io for maps.")
+    log.feedback(request_id=blank, rating=2, correction="   ")
+    dg.materialize([*data_assets, *data_checks], resources={"dvc": dvc_store}, instance=stage["instance"],
+                   run_config={"ops": {"data__qa_pairs": {"config": {"eval_fraction": 0.4}}}})
+    rows = [json.loads(line) for line in dvc_store.dataset_path("instruction_dataset").read_text().splitlines()]
+    learned = [r for r in rows if r["doc_id"].startswith("feedback/")]
+    assert [r["qa_id"] for r in learned] == [good]
+    assert learned[0]["messages"][-1]["content"].startswith("The castle stands by the river") and "[EMAIL]" in learned[0]["messages"][-1]["content"]
+    assert learned[0]["messages"][1]["content"].count(stage["questions"][0]) == 1
+    quarantine = list((dvc_store.quarantine_dir / "instruction_dataset").glob("*.jsonl"))
+    from driftloop.data.records import stable_id
+
+    held = [json.loads(line) for q in quarantine for line in q.read_text().splitlines()]
+    assert [(r["record_id"], r["reason"]) for r in held] == [(stable_id(blank, "rag.v1"), "bad_messages")] and "empty" in held[0]["detail"]

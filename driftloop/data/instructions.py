@@ -45,3 +45,24 @@ def messages_problem(messages: object) -> str | None:
     if any(r not in {"system", "user", "assistant"} for r in roles):
         return f"unknown role in {roles}"
     return None
+
+
+def feedback_examples(requests: Iterable[dict], feedback: Iterable[dict], chunk_texts: dict[str, str], prompt: PromptTemplate) -> list[dict]:
+    """Corrected answers from users as training examples: the question as it was asked
+    (PII already redacted by the service), the chunks it was answered from, and the
+    correction as the assistant's turn. The latest correction of a request wins; requests
+    whose chunks are no longer in the index get no context rather than a wrong one."""
+    asked = {r["request_id"]: r for r in requests if r.get("request_id") and r.get("question")}
+    corrected = {}
+    for f in feedback:
+        if f.get("correction") and f.get("request_id") in asked:
+            corrected[f["request_id"]] = f
+    examples = []
+    for request_id, f in sorted(corrected.items()):
+        request = asked[request_id]
+        context = "\n\n".join(chunk_texts[c] for c in request.get("chunk_ids", []) if c in chunk_texts)
+        messages = prompt.messages(question=request["question"], context=context)
+        messages.append({"role": "assistant", "content": f["correction"]})
+        examples.append({"example_id": stable_id(request_id, prompt.version), "qa_id": request_id, "doc_id": f"feedback/{request_id}",
+                         "prompt_version": prompt.version, "messages": messages})
+    return examples

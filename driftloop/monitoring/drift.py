@@ -44,7 +44,7 @@ class DriftConfig:
     mmd_max_samples: int = 2000
     mmd_alpha: float = 0.01
     classifier_max_samples: int = 5000
-    classifier_folds: int = 5
+    classifier_folds: int = 3
     classifier_auc_threshold: float = 0.55
     classifier_alpha: float = 0.01
     univariate_methods: tuple[str, ...] = ("ks", "psi")
@@ -97,7 +97,7 @@ class DriftReport:
         line = f"query drift: {verdict} [policy {self.policy}: {', '.join(parts)}]"
         if others:
             line += f"; also changed: {', '.join(sorted({f'{s.name} ({s.method})' for s in others}))}"
-        return line + f"; {self.n_reference} reference vs {self.n_current} current queries"
+        return line + f"; {self.n_reference:,} reference vs {self.n_current:,} current queries"
 
     def to_dict(self) -> dict:
         return plain({
@@ -175,14 +175,17 @@ def _pca_2d(ref: np.ndarray, cur: np.ndarray, rng, max_points: int):
 def plot_drift(ref_embeddings, cur_embeddings, ref_columns: dict | None = None, cur_columns: dict | None = None,
                report: DriftReport | None = None, *, max_points: int = 1500, seed: int = 0, dpi: int = 72) -> bytes:
     """PNG: reference vs current queries on the first two principal components of both,
-    and a histogram per univariate column present on both sides (shared bins)."""
+    a histogram per univariate column present on both sides (shared bins) and, given a
+    report with rate signals, their reference and current rates."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     ref_columns, cur_columns = ref_columns or {}, cur_columns or {}
     names = [n for n in ref_columns if n in cur_columns]
+    rate_signals = [s for s in (report.signals if report else []) if s.method.startswith("rate") and s.extra]
+    panels = 1 + len(names) + bool(rate_signals)
     ncols = 3
-    nrows = 1 + (len(names) + ncols - 2) // ncols
+    nrows = (panels + ncols - 1) // ncols
     fig = Figure(figsize=(4 * ncols, 3.2 * nrows), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(nrows, ncols, 1)
@@ -217,6 +220,15 @@ def plot_drift(ref_embeddings, cur_embeddings, ref_columns: dict | None = None, 
             label += "\n" + ", ".join(f"{s.method} {s.statistic:.2f}{' DRIFT' if s.drifted else ''}"
                                       if s.statistic is not None else f"{s.method}: not enough data" for s in verdicts)
         ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
+    if rate_signals:
+        ax = fig.add_subplot(nrows, ncols, panels)
+        x = np.arange(len(rate_signals))
+        ax.bar(x - 0.2, [100 * s.extra["reference_rate"] for s in rate_signals], 0.4, color="tab:blue", label="reference")
+        ax.bar(x + 0.2, [100 * s.extra["current_rate"] for s in rate_signals], 0.4, color="tab:orange", label="current")
+        ax.set_xticks(x, [s.name + (" DRIFT" if s.drifted else "") for s in rate_signals], fontsize=7)
+        ax.set_ylabel("%", fontsize=8)
+        ax.set_title("rates", fontsize=9)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     buf = io.BytesIO()

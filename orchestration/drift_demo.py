@@ -1,0 +1,234 @@
+"""`make drift-demo`: the closed loop, unattended, on a home of its own (.drift-demo/).
+
+1. The main job makes a first champion and serves it; the Dagster UI and daemon start
+   with the sensors on.
+2. In-distribution traffic (questions like the ones the champion was evaluated on): the
+   drift checks say "not enough data", then "no drift"; nothing retrains.
+3. Documents on a new topic land in the inbox: the new_documents sensor refreshes the
+   index incrementally and redeploys, without training.
+4. Questions on the new topic: the drift check flags the queries, the drift sensor starts
+   one retrain, which refreshes data, trains, evaluates, passes (or fails) the gate and
+   redeploys. The champion changes only past the gate.
+
+It prints a timeline and the answer quality on the new topic before the documents came,
+after the index refresh, and after the retrain.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NEW_TOPIC = ROOT / "deploy" / "demo" / "new_topic"
+NATURAL = [
+    "How does Quokka compact sorted runs?", "What is the default block cache size in Quokka?",
+    "How does Quokka elect a new leader after failover?", "Which port does Quokka expose metrics on?",
+    "How are deletes handled in Quokka?", "What compression does Quokka use for data blocks?",
+    "How often is the Quokka journal fsynced?", "How does a Quokka read use bloom filters?",
+    "What does the max_lag_ms option of Quokka do?", "How do I take a backup of Quokka?",
+    "What happens when Quokka reaches its memory limit?", "Can Quokka do rolling upgrades?",
+    "How big is the Quokka memtable before it is flushed?", "How fast may Quokka compaction write?",
+]
+
+
+def stamp() -> str:
+    return datetime.now(UTC).strftime("%H:%M:%S")
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def add(self, what: str) -> None:
+        self.events.append((stamp(), what))
+        print(f"[{self.events[-1][0]}] {what}", flush=True)
+
+
+def ask(port: int, question: str) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/answer", data=json.dumps({"question": question, "max_new_tokens": 48}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.loads(response.read())
+    except OSError as err:
+        return {"error": str(err)}
+
+
+def send(port: int, questions: list[str], clients: int = 4) -> list[dict]:
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda q: ask(port, q), questions))
+
+
+def quality(port: int, pairs: list[dict], embedder) -> dict:
+    """Mean cosine of answers to reference answers, and how often a new-topic document was cited."""
+    answers = send(port, [p["question"] for p in pairs])
+    ok = [(a, p) for a, p in zip(answers, pairs, strict=True) if "answer" in a]
+    if not ok:
+        return {"similarity": float("nan"), "cited_new_docs": float("nan"), "answered": 0}
+    vectors = embedder.encode([a["answer"] for a, _ in ok] + [p["answer"] for _, p in ok])
+    n = len(ok)
+    similarity = float((vectors[:n] * vectors[n:]).sum(axis=1).mean())
+    cited = sum(any(str(c.get("doc_id", "")).startswith("inbox/") for c in a.get("chunks", [])) for a, _ in ok) / n
+    return {"similarity": round(similarity, 3), "cited_new_docs": round(cited, 2), "answered": n,
+            "model": ok[0][0].get("model_version")}
+
+
+def latest(instance, key_path: list[str]):
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey(key_path))
+    return (event.storage_id, {k: v.value for k, v in event.asset_materialization.metadata.items()}) if event else (None, {})
+
+
+def wait_for(condition, what: str, timeout: float, poll: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise SystemExit(f"drift-demo: gave up waiting {timeout:.0f}s for {what}")
+
+
+def main() -> int:
+    from driftloop.orchestration.demo import Group, wait_http
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--home", type=Path, default=ROOT / ".drift-demo")
+    parser.add_argument("--ui-port", type=int, default=3100)
+    parser.add_argument("--port", type=int, default=3101)
+    parser.add_argument("--traffic", type=int, default=60, help="requests per traffic phase")
+    parser.add_argument("--train-steps", type=int, default=16)
+    parser.add_argument("--eval-questions", type=int, default=12)
+    parser.add_argument("--fresh", action="store_true", help="start from an empty home")
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+    home = args.home.resolve()
+    if args.fresh and home.exists():
+        shutil.rmtree(home)
+    (home / "dagster_home").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "orchestration" / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
+    inbox = home / "data" / "inbox"
+    if inbox.exists():
+        shutil.rmtree(inbox)
+    config = {"ops": {
+        "training__lora_adapter": {"config": {"max_steps": args.train_steps}},
+        "evaluation__eval_report": {"config": {"max_questions": args.eval_questions, "judge": "none"}},
+        "serving__deployment": {"config": {"port": args.port}},
+    }}
+    config_path = home / "retrain.yaml"
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    env = {"DRIFTLOOP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"), "DRIFTLOOP_SERVE_PORT": str(args.port),
+           "DRIFTLOOP_SENSORS": "running", "DRIFTLOOP_SENSOR_INTERVAL_S": "15", "DRIFTLOOP_DRIFT_CHECK_EVERY": str(args.traffic // 2),
+           "DRIFTLOOP_RETRAIN_CONFIG": str(config_path), "DRIFTLOOP_INBOX_DIR": str(inbox)}
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    import dagster as dg
+
+    from driftloop.data.corpus import read_directory
+    from driftloop.data.qa import derive_qa_pairs
+    from driftloop.models.embedding import load_embedder
+    from driftloop.serving.supervisor import SupervisorClient
+
+    timeline = Timeline()
+    bin_dir = Path(sys.executable).parent
+    ui = Group([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.ui_port)], home / "dagster-dev.log")
+    try:
+        wait_http(f"http://127.0.0.1:{args.ui_port}/server_info", ui, timeout=240)
+        timeline.add(f"Dagster UI and daemon up: http://127.0.0.1:{args.ui_port} (sensors on)")
+        instance = dg.DagsterInstance.get()
+        registry_champion = lambda: __import__("driftloop.resources.registry", fromlist=["x"]).ModelRegistry().registry().champion()  # noqa: E731
+        if registry_champion() is None:
+            timeline.add("no champion yet: running the main job once")
+            run = subprocess.run([str(bin_dir / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline",
+                                  "-c", str(config_path)], cwd=ROOT)
+            if run.returncode != 0 or registry_champion() is None:
+                raise SystemExit("drift-demo: the main job did not produce a served champion; see the UI")
+        else:
+            subprocess.run([sys.executable, "-c", f"from driftloop.serving.serve import deploy_champion; raise SystemExit(deploy_champion({args.port}))"],
+                           cwd=ROOT, check=True)
+        first = registry_champion().version
+        timeline.add(f"champion {first} serving on http://127.0.0.1:{args.port}")
+
+        embedder = load_embedder("all-MiniLM-L6-v2", "cpu", "fp32")
+        qa = [json.loads(line) for line in (home / "data" / "datasets" / "qa_pairs.jsonl").read_text().splitlines()]
+        rng = random.Random(0)
+        in_dist = [r["question"] for r in rng.sample([r for r in qa if r["split"] == "eval"], args.traffic)]
+        topic = [p.to_row() for p in derive_qa_pairs(read_directory(NEW_TOPIC, 10**6).documents)]
+
+        def reports_since(storage_id):
+            records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(["monitoring", "drift_report"]),
+                                                                            after_storage_id=storage_id), limit=50, ascending=True).records
+            return [{k: v.value for k, v in r.asset_materialization.metadata.items()} for r in records]
+
+        mark, _ = latest(instance, ["monitoring", "drift_report"])
+        timeline.add(f"sending {len(in_dist)} in-distribution questions")
+        send(args.port, in_dist)
+        checks = wait_for(lambda: [r for r in reports_since(mark) if r["n_current"] >= args.traffic // 2 * 2 - 5] and reports_since(mark),
+                          "the drift check on in-distribution traffic", 900)
+        for report in checks:
+            timeline.add(f"drift check: {report['summary']}")
+        mark, _ = latest(instance, ["monitoring", "drift_report"])
+
+        before = quality(args.port, topic, embedder)
+        timeline.add(f"new-topic quality before its documents exist: {before}")
+        deployed = lambda: [json.loads(x) for x in (home / "artifacts" / "serving" / "deployments.jsonl").read_text().splitlines()  # noqa: E731
+                            if json.loads(x).get("action") == "deployed"]
+        n_deploys = len(deployed())
+        shutil.copytree(NEW_TOPIC, inbox)
+        timeline.add(f"{len(list(inbox.iterdir()))} documents on a new topic added to {inbox}")
+        wait_for(lambda: len(deployed()) > n_deploys, "the index refresh and redeploy", 1200)
+        refresh = [r for r in instance.get_runs(dg.RunsFilter(tags={"driftloop/trigger": "new_documents"}))]
+        timeline.add(f"new_documents sensor: refresh run {refresh[0].run_id[:8] if refresh else '?'} redeployed on the new index "
+                     f"({deployed()[-1]['tag']}); champion unchanged: {registry_champion().version}")
+        refreshed = quality(args.port, topic, embedder)
+        timeline.add(f"new-topic quality after the index refresh: {refreshed}")
+
+        shifted = [rng.choice(NATURAL + [p["question"] for p in topic]) for _ in range(args.traffic)]
+        timeline.add(f"sending {len(shifted)} questions on the new topic")
+        send(args.port, shifted)
+        drifted = wait_for(lambda: [r for r in reports_since(mark) if r["drifted"]], "a drifted report", 1200)
+        timeline.add(f"drift detected: {drifted[0]['summary']}")
+        retrain = wait_for(lambda: instance.get_runs(dg.RunsFilter(tags={"driftloop/trigger": "drift"})), "the retrain run", 300)
+        timeline.add(f"retrain run {retrain[0].run_id[:8]} started by the drift_retrain sensor (window {retrain[0].tags['driftloop/drift_window']})")
+        done = wait_for(lambda: [r for r in instance.get_runs(dg.RunsFilter(run_ids=[retrain[0].run_id])) if r.is_finished], "the retrain", args.timeout)
+        gate = latest(instance, ["evaluation", "eval_report"])[1]
+        champion = registry_champion().version
+        timeline.add(f"retrain {done[0].status.value}; gate {'passed' if gate.get('gate_passed') else 'failed'} for {gate.get('challenger')}; "
+                     f"champion {'changed to ' + champion if champion != first else 'unchanged: ' + champion}")
+        active = (SupervisorClient(f"http://127.0.0.1:{args.port + 1}").status().get("active") or {}).get("name")
+        timeline.add(f"serving {active} (model {deployed()[-1]['model_version']})")
+        after = quality(args.port, topic, embedder)
+        timeline.add(f"new-topic quality after the retrain: {after}")
+
+        print("\nTimeline", flush=True)
+        for at, what in timeline.events:
+            print(f"  {at}  {what}")
+        print("\nNew-topic answers (mean cosine to the reference answer; share citing a new document)")
+        for label, q in (("before the documents", before), ("after the index refresh", refreshed), ("after the retrain", after)):
+            print(f"  {label:<24} similarity {q['similarity']:.3f}  cited new docs {q['cited_new_docs']:.2f}  model {q.get('model')}")
+        (home / "timeline.json").write_text(json.dumps({"events": timeline.events, "quality": {"before": before, "refresh": refreshed,
+                                                                                              "retrain": after}}, indent=2))
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        service = SupervisorClient(f"http://127.0.0.1:{args.port + 1}")
+        if service.alive():
+            service.shutdown()
+        ui.stop()
+        print("stopped the service, the Dagster UI and the daemon", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
