@@ -9,7 +9,9 @@ per POST /answer: the same embedding model through plain sentence-transformers, 
 same index (k=3), the same prompt (rag.v1 plus the service's guardrail suffix) and
 greedy generation through `transformers.pipeline("text-generation")` with that adapter
 merged into the weights. Both sides: the same questions (eval questions of those
-documents), the same max_new_tokens, the same warm-up, run one after the other.
+documents), the same max_new_tokens, the same warm-up, run one after the other. Answers
+are compared word for word; some differ because the guardrail canary in the system
+prompt is random per process.
 
 Each concurrency level sends --requests requests from that many client threads
 (closed loop); throughput is completed requests over wall time, latency is per request
@@ -214,19 +216,38 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def generate_batches(port: int) -> tuple[float, float] | None:
+    """(requests, batches) through the service's batched generate so far; None for the baseline."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+            lines = response.read().decode().splitlines()
+    except OSError:
+        return None
+    totals = {}
+    for line in lines:
+        if line.startswith("bentoml_service_adaptive_batch_size_") and 'method_name="generate"' in line:
+            kind = line.split("{")[0].rsplit("_", 1)[1]
+            totals[kind] = totals.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
+    return (totals["sum"], totals["count"]) if "sum" in totals and "count" in totals else None
+
+
 def run_level(port: int, questions: list[str], clients: int, n: int, max_new_tokens: int, offset: int = 0) -> dict:
     import numpy as np
 
     bodies = [{"question": questions[(offset + i) % len(questions)], "k": K, "max_new_tokens": max_new_tokens} for i in range(n)]
+    before = generate_batches(port)
     start_at = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda body: post(port, body), bodies))
     wall = time.perf_counter() - start_at
+    after = generate_batches(port)
+    mean_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2) if before and after and after[1] > before[1] else None
     ok = [r for r in results if r[0] == 200]
     latencies = np.array([r[2] for r in ok]) if ok else np.array([float("nan")])
     errors = [f"{status}: {str(body)[:300]}" for status, body, _ in results if status != 200]
     return {"clients": clients, "requests": n, "ok": len(ok), "errors": len(errors), "error_samples": errors[:3], "wall_s": round(wall, 2),
-            "rps": round(len(ok) / wall, 3), "p50_s": round(float(np.percentile(latencies, 50)), 3), "p99_s": round(float(np.percentile(latencies, 99)), 3),
+            "rps": round(len(ok) / wall, 3), "mean_generate_batch": mean_batch,
+            "p50_s": round(float(np.percentile(latencies, 50)), 3), "p99_s": round(float(np.percentile(latencies, 99)), 3),
             "answers": [b["answer"] if s == 200 and isinstance(b.get("answer"), str) else None for s, b, _ in results],
             "chunk_ids": [[c["chunk_id"] for c in b["chunks"]] if s == 200 else None for s, b, _ in results]}
 
@@ -236,10 +257,10 @@ def run_side(side: str, bundle, work: Path, questions: list[str], args) -> dict:
     proc = start(side, bundle, work, port)
     try:
         ready_s = wait_ready(proc, port, work / f"{side}.log")
-        # One client at a time: BentoML's batcher spends its first 11 calls per API
-        # training its latency model, one request per call and with idle waits of up to
-        # 8 s; measuring those would charge start-up to the first level. A warm-up under
-        # load instead would leave it waiting tens of seconds per request (see below).
+        # BentoML's batcher spends its first 11 calls per API training its latency model,
+        # one request per call with idle waits of up to 8 s: start-up, not serving. One
+        # client at a time, because a burst during that training was seen to leave the
+        # batcher holding lone requests for tens of seconds afterwards.
         warm = [run_level(port, questions, 1, args.warmup, args.max_new_tokens, offset=10_000)]
         levels = [run_level(port, questions, c, n, args.max_new_tokens) for c, n in zip(args.clients, args.requests, strict=True)]
     finally:
@@ -280,10 +301,11 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     labels = {"baseline": "baseline: HTTPServer + pipeline", "ours": "driftloop (BentoML, adaptive batching)"}
-    print("\n| server | clients | requests | errors | req/s | p50 s | p99 s |\n|---|---|---|---|---|---|---|")
+    print("\n| server | clients | requests | errors | req/s | p50 s | p99 s | mean generate batch |\n|---|---|---|---|---|---|---|---|")
     for side, result in sides.items():
         for level in result["levels"]:
-            print(f"| {labels[side]} | {level['clients']} | {level['requests']} | {level['errors']} | {level['rps']:.3f} | {level['p50_s']:.2f} | {level['p99_s']:.2f} |")
+            print(f"| {labels[side]} | {level['clients']} | {level['requests']} | {level['errors']} | {level['rps']:.3f} | {level['p50_s']:.2f} | "
+                  f"{level['p99_s']:.2f} | {'1' if side == 'baseline' else level['mean_generate_batch'] or 'n/a'} |")
     for side, result in sides.items():
         print(f"{side}: ready after {result['ready_s']} s; warm-up errors: {len(result['warmup_errors'])}")
         for sample in result["warmup_errors"][:3]:
@@ -296,15 +318,17 @@ def main() -> None:
         same_chunks = sum(a == b for a, b in zip(base_level["chunk_ids"], our_level["chunk_ids"], strict=True) if a is not None)
         shape = all(isinstance(a, str) for pair in pairs for a in pair)
         print(f"{base_level['clients']} clients: both return text: {shape}; identical answers {sum(a == b for a, b in pairs)}/{len(pairs)}, "
-              f"identical chunks {same_chunks}/{len(pairs)}; empty answers ours {sum(not b for _, b in pairs)}, baseline {sum(not a for a, _ in pairs)}")
-    figures = {side: {"ready_s": r["ready_s"], "levels": [{k: v for k, v in lv.items() if k not in ("answers", "chunk_ids")} for lv in r["levels"]]}
-               for side, r in sides.items()}
+              f"identical chunks {same_chunks}/{len(pairs)}; empty answers ours {sum(not b for _, b in pairs)}, "
+              f"baseline {sum(not a for a, _ in pairs)}")
+    figures = {side: {"ready_s": r["ready_s"], "levels": [{k: v for k, v in lv.items() if k not in ("answers", "chunk_ids")}
+                                                          for lv in r["levels"]]} for side, r in sides.items()}
     print("JSON " + json.dumps(figures))
     top = max(args.clients)
     ours = next(lv for lv in sides["ours"]["levels"] if lv["clients"] == top)
     base = next(lv for lv in sides["baseline"]["levels"] if lv["clients"] == top)
     failed = sum(lv["errors"] for lv in sides["ours"]["levels"]) + len(sides["ours"]["warmup_errors"])
-    print(f"p99 at {top} clients: ours {ours['p99_s']:.2f} s, baseline {base['p99_s']:.2f} s: {'no worse' if ours['p99_s'] <= base['p99_s'] else 'WORSE'}; "
+    verdict = "no worse" if ours["p99_s"] <= base["p99_s"] else "WORSE"
+    print(f"p99 at {top} clients: ours {ours['p99_s']:.2f} s, baseline {base['p99_s']:.2f} s: {verdict}; "
           f"our failed requests: {failed}; wall time {time.perf_counter() - began:.0f} s")
     print(f"RESULT rps_at_{top}={ours['rps']:.3f} baseline={base['rps']:.3f} ratio={ours['rps'] / base['rps']:.2f}")
 
