@@ -85,10 +85,9 @@ def _feedback_examples(prompt) -> list[dict]:
     from driftloop.monitoring.traffic import read_window
     from driftloop.resources.vector_store import VectorStore
     from driftloop.retrieval.artifacts import ArtifactError
+    from driftloop.serving.requestlog import default_root
 
-    home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
-    requests, feedback = read_window(Path(os.environ.get("DRIFTLOOP_REQUEST_LOG") or home / "data" / "serving"),
-                                     datetime(2026, 1, 1, tzinfo=UTC), max_days=366)
+    requests, feedback = read_window(default_root(), datetime(2026, 1, 1, tzinfo=UTC), max_days=366)
     if not feedback.rows:
         return []
     texts = {}

@@ -7,6 +7,7 @@ retrain per drift window.
 """
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -33,7 +34,9 @@ def _home() -> Path:
 
 
 def log_root() -> Path:
-    return Path(os.environ.get("DRIFTLOOP_REQUEST_LOG") or _home() / "data" / "serving")
+    from driftloop.serving.requestlog import default_root
+
+    return default_root()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -103,11 +106,10 @@ def _reference_embeddings(dvc: DvcStore, models: ModelCatalog, limit: int, seed:
     if cache.is_file():
         return np.load(cache), questions
     vectors = embedder.encode(questions, batch_size=models.embedding_batch_size)
-    buffer = tempfile.SpooledTemporaryFile()
-    np.save(buffer, np.asarray(vectors, dtype=np.float32))
-    buffer.seek(0)
-    _write_atomic(cache, buffer.read())
-    return np.asarray(vectors, dtype=np.float32), questions
+    buffer = io.BytesIO()
+    np.save(buffer, vectors)
+    _write_atomic(cache, buffer.getvalue())
+    return vectors, questions
 
 
 @dg.asset(key=DRIFT_REPORT, deps=[QA_PAIRS, DEPLOYMENT], group_name="monitoring", kinds={"scikitlearn"}, owners=OWNERS, code_version="1",
@@ -131,8 +133,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, mo
     previous = join_feedback(served(before.rows), before_feedback.rows)[-config.max_queries:]
     ref_vectors, ref_questions = _reference_embeddings(dvc, models, config.reference_queries, config.seed)
     questions = [r.get("question") or "" for r in current]
-    cur_vectors = np.asarray(models.embedder().encode(questions, batch_size=models.embedding_batch_size), dtype=np.float32) \
-        if questions else np.zeros((0, ref_vectors.shape[1]), dtype=np.float32)
+    cur_vectors = models.embedder().encode(questions, batch_size=models.embedding_batch_size)
     ref_columns = {**columns(previous), "prompt_chars": [float(len(q)) for q in ref_questions]}
     cur_columns = columns(current)
     ref_rates, cur_rates = rate_counts(previous), rate_counts(current)

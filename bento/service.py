@@ -30,7 +30,7 @@ enforce_offline()
 from driftloop.prompts import load_prompt  # noqa: E402 - offline switches first
 from driftloop.serving.bundle import load_bundle  # noqa: E402
 from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
-from driftloop.serving.requestlog import RequestLog, new_request_id  # noqa: E402
+from driftloop.serving.requestlog import RequestLog, default_root, new_request_id  # noqa: E402
 from driftloop.serving.shadow import request_id_from  # noqa: E402
 
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
@@ -49,11 +49,6 @@ def _device() -> str:
 def _resources() -> dict:
     gpus = int(os.environ.get("DRIFTLOOP_SERVE_GPUS", "0"))
     return {"gpu": gpus} if gpus else {"cpu": os.environ.get("DRIFTLOOP_SERVE_CPUS", "2")}
-
-
-def _log_root() -> Path:
-    home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
-    return Path(os.environ.get("DRIFTLOOP_REQUEST_LOG") or home / "data" / "serving")
 
 
 latency_hist = bentoml.metrics.Histogram(name="driftloop_request_seconds", documentation="End-to-end latency per endpoint",
@@ -203,7 +198,7 @@ class DriftloopRAG:
         self.guardrails = Guardrails(GuardrailSettings(max_input_chars=int(settings.get("max_input_chars", 4000)),
                                                        max_input_tokens=int(settings.get("max_input_tokens", 1024))),
                                      count_tokens=lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-        self.log = RequestLog(_log_root(), float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_PROMPT", settings.get("price_per_1k_prompt", 0.0))),
+        self.log = RequestLog(default_root(), float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_PROMPT", settings.get("price_per_1k_prompt", 0.0))),
                               float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_COMPLETION", settings.get("price_per_1k_completion", 0.0))))
         self.model_names = [self.bundle.model_version, "driftloop"]
         # A shadow answers copies of live requests: logged for comparison, seen by nobody.

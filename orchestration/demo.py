@@ -61,6 +61,18 @@ def wait_http(url: str, group: Group, timeout: float) -> None:
     raise SystemExit(f"{url} did not answer within {timeout:.0f}s; see {group.log}")
 
 
+def stop_all(serve_port: int, ui: Group) -> None:
+    """Stop the model service on `serve_port` (its supervisor and backends), then the UI and daemon."""
+    from driftloop.serving.supervisor import SupervisorClient
+
+    service = SupervisorClient(f"http://127.0.0.1:{serve_port + 1}")
+    if service.alive():
+        service.shutdown()
+        print("stopped the model service", flush=True)
+    ui.stop()
+    print("stopped the Dagster UI and daemon", flush=True)
+
+
 SERVE_PORT = int(os.environ.get("DRIFTLOOP_SERVE_PORT", "3001"))
 RETRAIN = json.dumps({"ops": {"training__lora_adapter": {"config": {"seed": 1}}}})
 
@@ -101,14 +113,7 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        from driftloop.serving.supervisor import SupervisorClient
-
-        service = SupervisorClient(f"http://127.0.0.1:{SERVE_PORT + 1}")
-        if service.alive():
-            service.shutdown()
-            print("stopped the model service", flush=True)
-        ui.stop()
-        print("stopped the Dagster UI and daemon", flush=True)
+        stop_all(SERVE_PORT, ui)
 
 
 if __name__ == "__main__":

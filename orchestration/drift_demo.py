@@ -101,7 +101,7 @@ def wait_for(condition, what: str, timeout: float, poll: float = 5.0):
 
 
 def main() -> int:
-    from driftloop.orchestration.demo import Group, wait_http
+    from driftloop.orchestration.demo import Group, stop_all, wait_http
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--home", type=Path, default=ROOT / ".drift-demo")
@@ -138,6 +138,7 @@ def main() -> int:
     from driftloop.data.corpus import read_directory
     from driftloop.data.qa import derive_qa_pairs
     from driftloop.models.embedding import load_embedder
+    from driftloop.resources.registry import ModelRegistry
     from driftloop.serving.supervisor import SupervisorClient
 
     timeline = Timeline()
@@ -147,17 +148,16 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{args.ui_port}/server_info", ui, timeout=240)
         timeline.add(f"Dagster UI and daemon up: http://127.0.0.1:{args.ui_port} (sensors on)")
         instance = dg.DagsterInstance.get()
-        registry_champion = lambda: __import__("driftloop.resources.registry", fromlist=["x"]).ModelRegistry().registry().champion()  # noqa: E731
-        if registry_champion() is None:
+        if ModelRegistry().registry().champion() is None:
             timeline.add("no champion yet: running the main job once")
             run = subprocess.run([str(bin_dir / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline",
                                   "-c", str(config_path)], cwd=ROOT)
-            if run.returncode != 0 or registry_champion() is None:
+            if run.returncode != 0 or ModelRegistry().registry().champion() is None:
                 raise SystemExit("drift-demo: the main job did not produce a served champion; see the UI")
         else:
             subprocess.run([sys.executable, "-c", f"from driftloop.serving.serve import deploy_champion; raise SystemExit(deploy_champion({args.port}))"],
                            cwd=ROOT, check=True)
-        first = registry_champion().version
+        first = ModelRegistry().registry().champion().version
         timeline.add(f"champion {first} serving on http://127.0.0.1:{args.port}")
 
         embedder = load_embedder("all-MiniLM-L6-v2", "cpu", "fp32")
@@ -190,7 +190,7 @@ def main() -> int:
         wait_for(lambda: len(deployed()) > n_deploys, "the index refresh and redeploy", 1200)
         refresh = [r for r in instance.get_runs(dg.RunsFilter(tags={"driftloop/trigger": "new_documents"}))]
         timeline.add(f"new_documents sensor: refresh run {refresh[0].run_id[:8] if refresh else '?'} redeployed on the new index "
-                     f"({deployed()[-1]['tag']}); champion unchanged: {registry_champion().version}")
+                     f"({deployed()[-1]['tag']}); champion unchanged: {ModelRegistry().registry().champion().version}")
         refreshed = quality(args.port, topic, embedder)
         timeline.add(f"new-topic quality after the index refresh: {refreshed}")
 
@@ -203,7 +203,7 @@ def main() -> int:
         timeline.add(f"retrain run {retrain[0].run_id[:8]} started by the drift_retrain sensor (window {retrain[0].tags['driftloop/drift_window']})")
         done = wait_for(lambda: [r for r in instance.get_runs(dg.RunsFilter(run_ids=[retrain[0].run_id])) if r.is_finished], "the retrain", args.timeout)
         gate = latest(instance, ["evaluation", "eval_report"])[1]
-        champion = registry_champion().version
+        champion = ModelRegistry().registry().champion().version
         timeline.add(f"retrain {done[0].status.value}; gate {'passed' if gate.get('gate_passed') else 'failed'} for {gate.get('challenger')}; "
                      f"champion {'changed to ' + champion if champion != first else 'unchanged: ' + champion}")
         active = (SupervisorClient(f"http://127.0.0.1:{args.port + 1}").status().get("active") or {}).get("name")
@@ -223,11 +223,7 @@ def main() -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        service = SupervisorClient(f"http://127.0.0.1:{args.port + 1}")
-        if service.alive():
-            service.shutdown()
-        ui.stop()
-        print("stopped the service, the Dagster UI and the daemon", flush=True)
+        stop_all(args.port, ui)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,14 @@ from pathlib import Path
 from driftloop.serving.guardrails import redact
 from driftloop.serving.shadow import new_request_id
 
-__all__ = ["RequestLog", "new_request_id", "read_partition"]
+__all__ = ["RequestLog", "default_root", "new_request_id", "read_partition"]
+
+
+def default_root() -> Path:
+    """Where the service writes and the monitoring stage reads: DRIFTLOOP_REQUEST_LOG, else
+    <DRIFTLOOP_HOME>/data/serving."""
+    home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
+    return Path(os.environ.get("DRIFTLOOP_REQUEST_LOG") or home / "data" / "serving")
 
 
 class RequestLog:
