@@ -36,6 +36,7 @@ class DvcStore(dg.ConfigurableResource):
     workspace_dir: str = Field(default="", description="DVC workspace; default <DRIFTLOOP_HOME>/data/workspace")
     remote_url: str = Field(default="", description="DVC remote URL or path; default $DRIFTLOOP_DVC_REMOTE, else <DRIFTLOOP_HOME>/data/dvc-remote")
     remote_name: str = "driftloop"
+    endpoint_url: str = Field(default="", description="S3-compatible endpoint for an s3:// remote (MinIO, Ceph, ...); empty: AWS or $AWS_ENDPOINT_URL")
 
     @property
     def root(self) -> Path:
@@ -62,7 +63,7 @@ class DvcStore(dg.ConfigurableResource):
         with repo.config.edit() as conf:
             conf["core"]["analytics"] = False
             conf["core"]["remote"] = self.remote_name
-            conf["remote"][self.remote_name] = {"url": self.remote}
+            conf["remote"][self.remote_name] = {"url": self.remote, **({"endpointurl": self.endpoint_url} if self.endpoint_url else {})}
         return repo
 
     def _locked(self, action):

@@ -1,17 +1,21 @@
-"""The model registry as a resource: a local folder by default."""
+"""The model registry as a resource: a local folder, mirrored to object storage when
+`remote_url` is set."""
 
 import os
 from pathlib import Path
 
-import dagster as dg
 from pydantic import Field
 
 from driftloop.registry import AdapterRegistry
+from driftloop.resources.object_store import MirroredFolder
 
 
-class ModelRegistry(dg.ConfigurableResource):
+class ModelRegistry(MirroredFolder):
     root: str = Field(default="", description="Registry folder; default <DRIFTLOOP_HOME>/artifacts/registry")
 
-    def registry(self) -> AdapterRegistry:
+    def local_root(self) -> Path:
         base = Path(self.root) if self.root else Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()) / "artifacts" / "registry"
-        return AdapterRegistry(base.resolve())
+        return base.resolve()
+
+    def registry(self) -> AdapterRegistry:
+        return AdapterRegistry(self.local_root())
