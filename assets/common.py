@@ -15,6 +15,21 @@ from driftloop.resources.dvc import DvcStore
 
 OWNERS = ["team:ml-platform"]
 
+# A step that needs a GPU says so on its own op: the k8s_job_executor builds each step's pod
+# from the op's tags only, never from job or run tags, and runs started from the asset UI, a
+# backfill or automation use the implicit asset job, where job tags do not exist (dagster
+# issues 33430 and 26720). The profile's executor config (per_step_k8s_config) can change the
+# node pool per op without touching code. Ignored by the local executor.
+GPU_POD = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
+        "pod_spec_config": {
+            "node_selector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+}
+
 
 def write_quarantine(dvc: DvcStore, name: str, run_id: str, rejected: Sequence[Rejected]) -> Path | None:
     if not rejected:

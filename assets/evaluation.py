@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from driftloop.assets.common import OWNERS, json_meta, load_dataset
+from driftloop.assets.common import GPU_POD, OWNERS, json_meta, load_dataset
 from driftloop.assets.data import QA_PAIRS
 from driftloop.assets.retrieval import VECTOR_INDEX
 from driftloop.assets.training import BASE_MODEL, LORA_ADAPTER
@@ -105,7 +105,7 @@ def _data_versions(context, dvc: DvcStore) -> dict:
 
 @dg.asset(
     key=EVAL_REPORT, deps=[VECTOR_INDEX, LORA_ADAPTER, BASE_MODEL, QA_PAIRS], group_name="evaluation", kinds={"ragas", "pytorch"},
-    owners=OWNERS, code_version="1", tags={"stage": "evaluation"},
+    owners=OWNERS, code_version="1", tags={"stage": "evaluation", "driftloop/gpu": "preferred"}, op_tags=GPU_POD,
     check_specs=[dg.AssetCheckSpec(GATE, asset=EVAL_REPORT, blocking=True,
                                    description="Challenger meets the floors and does not regress against the champion (or the base model when there is none).")],
 )

@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, model_validator
 
-from driftloop.assets.common import OWNERS, json_meta, load_dataset, publish_dataset
+from driftloop.assets.common import GPU_POD, OWNERS, json_meta, load_dataset, publish_dataset
 from driftloop.assets.data import QA_PAIRS, SOURCE_DOCUMENTS
 from driftloop.resources.dvc import DvcStore
 from driftloop.resources.models import ModelCatalog
@@ -81,7 +81,7 @@ def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, dvc: DvcStor
 
 @dg.asset(
     key=EMBEDDINGS, deps=[CHUNKS], group_name="retrieval", kinds={"pytorch", "numpy"}, owners=OWNERS, code_version="1",
-    tags={"stage": "retrieval", "driftloop/gpu": "optional"},
+    tags={"stage": "retrieval", "driftloop/gpu": "optional"}, op_tags=GPU_POD,
 )
 def embeddings(context: dg.AssetExecutionContext, dvc: DvcStore, models: ModelCatalog, vector_store: VectorStore) -> dg.MaterializeResult:
     """Unit-norm chunk vectors from the catalog's embedding model. Cached by content

@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 import driftloop.training.loop as training_loop
-from driftloop.assets.common import OWNERS, json_meta, load_dataset
+from driftloop.assets.common import GPU_POD, OWNERS, json_meta, load_dataset
 from driftloop.assets.data import INSTRUCTION_DATASET
 from driftloop.models.generator import model_summary
 from driftloop.models.hardware import resolve_device
@@ -24,8 +24,6 @@ from driftloop.training.plots import loss_curve_png, markdown_image
 
 BASE_MODEL = dg.AssetKey(["training", "base_model"])
 LORA_ADAPTER = dg.AssetKey(["training", "lora_adapter"])
-# Read by the Kubernetes executor (dagster-k8s) when a run goes to a cluster; ignored locally.
-GPU_POD = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}}
 
 
 class LoraAdapterConfig(dg.Config):

@@ -1,4 +1,5 @@
-"""The one Definitions object of the driftloop code location."""
+"""The one Definitions object of the driftloop code location, built for the profile
+that configuration names (see orchestration/profile.py): local by default."""
 
 import dagster as dg
 
@@ -11,6 +12,7 @@ from driftloop.assets.training import training_assets
 from driftloop.orchestration.jobs import (
     data_job, drift_check_job, inference_log_job, pipeline_job, promotion_job, refresh_index_job, retrain_job, shadow_job,
 )
+from driftloop.orchestration.profile import Profile, load_profile
 from driftloop.orchestration.schedules import schedules
 from driftloop.resources.dvc import DvcStore
 from driftloop.resources.models import ModelCatalog
@@ -20,12 +22,19 @@ from driftloop.sensors.drift import drift_check_on_traffic, drift_retrain
 from driftloop.sensors.new_documents import new_documents
 from driftloop.sensors.run_failures import record_run_failures
 
-defs = dg.Definitions(
-    assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets, *serving_assets, *monitoring_assets],
-    asset_checks=[*data_checks],
-    jobs=[pipeline_job, data_job, promotion_job, shadow_job, retrain_job, refresh_index_job, drift_check_job, inference_log_job],
-    schedules=schedules,
-    sensors=[record_run_failures, drift_check_on_traffic, drift_retrain, new_documents],
-    resources={"dvc": DvcStore(), "models": ModelCatalog(), "vector_store": VectorStore(), "model_registry": ModelRegistry()},
-    executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
-)
+RESOURCES = {"dvc": DvcStore, "models": ModelCatalog, "vector_store": VectorStore, "model_registry": ModelRegistry}
+
+
+def build_defs(profile: Profile) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets, *serving_assets, *monitoring_assets],
+        asset_checks=[*data_checks],
+        jobs=[pipeline_job, data_job, promotion_job, shadow_job, retrain_job, refresh_index_job, drift_check_job, inference_log_job],
+        schedules=schedules,
+        sensors=[record_run_failures, drift_check_on_traffic, drift_retrain, new_documents],
+        resources=profile.bind(RESOURCES),
+        executor=profile.executor,
+    )
+
+
+defs = build_defs(load_profile())

@@ -1,0 +1,70 @@
+"""Profiles: where the same definitions run, chosen by configuration alone.
+
+`local` (the default) runs every step as a subprocess on this machine with the
+instance's SQLite storage. `production` runs each step in its own Kubernetes pod
+(`k8s_job_executor`) and binds the same resource classes to object storage. Its
+settings come from a YAML file (`DRIFTLOOP_PROFILE_FILE`, default
+deploy/profiles/production.yaml):
+
+    executor:      # k8s_job_executor config, passed through unchanged
+    resources:     # field values per resource key; {env: NAME} reads NAME at run time
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+PROFILES = ("local", "production")
+DEFAULT_PRODUCTION_FILE = Path(__file__).resolve().parents[1] / "deploy" / "profiles" / "production.yaml"
+LOCAL_EXECUTOR = dg.multiprocess_executor.configured({"max_concurrent": 2})
+
+
+class ProfileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    executor: dg.ExecutorDefinition
+    resource_config: dict[str, dict] = field(default_factory=dict)
+
+    def bind(self, classes: dict[str, type[dg.ConfigurableResource]]) -> dict[str, dg.ConfigurableResource]:
+        unknown = set(self.resource_config) - set(classes)
+        if unknown:
+            raise ProfileError(f"profile {self.name} configures unknown resources {sorted(unknown)}; known: {sorted(classes)}")
+        return {key: cls(**{name: _value(v) for name, v in self.resource_config.get(key, {}).items()}) for key, cls in classes.items()}
+
+
+def _value(value):
+    # {env: NAME} is resolved when a step starts, so the code location loads without secrets.
+    if isinstance(value, dict) and set(value) == {"env"}:
+        return dg.EnvVar(value["env"])
+    return value
+
+
+def production_profile(path: Path) -> Profile:
+    from dagster_k8s import k8s_job_executor
+
+    if not path.is_file():
+        raise ProfileError(f"production profile: no settings file at {path}; set DRIFTLOOP_PROFILE_FILE")
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(settings) - {"executor", "resources"}
+    if unknown:
+        raise ProfileError(f"{path}: unknown sections {sorted(unknown)}; expected executor and resources")
+    return Profile("production", k8s_job_executor.configured(settings.get("executor") or {}, name="k8s"), settings.get("resources") or {})
+
+
+def load_profile(name: str | None = None, path: str | Path | None = None) -> Profile:
+    """The profile named by `name`, else $DRIFTLOOP_PROFILE, else local."""
+    name = name or os.environ.get("DRIFTLOOP_PROFILE") or "local"
+    if name == "local":
+        return Profile("local", LOCAL_EXECUTOR)
+    if name == "production":
+        return production_profile(Path(path or os.environ.get("DRIFTLOOP_PROFILE_FILE") or DEFAULT_PRODUCTION_FILE))
+    raise ProfileError(f"DRIFTLOOP_PROFILE={name!r}: expected one of {', '.join(PROFILES)}")
