@@ -49,8 +49,10 @@ rollback: install $(DAGSTER_HOME)/dagster.yaml
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# The Postgres instance test starts its own server from Debian's postgresql, installed
+# here when missing (it skips, with the reason, where that is not possible).
 test: install
-	$(BIN)/python -m pytest -q
+	DRIFTLOOP_PG_BIN=$${DRIFTLOOP_PG_BIN:-$$(.ci/postgres-bin || true)} $(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration"

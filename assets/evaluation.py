@@ -142,7 +142,7 @@ def eval_report(
     lineup["challenger"] = challenger.path
     base = models.base_model()
     device = resolve_device(models.device)
-    answerer = Answerer(base.path, device)
+    answerer = Answerer(base.path, device, precision=models.generator_precision)
     embedder = models.embedder()
     try:
         judge = build_judge(config.judge_settings(), embedder, answerer, device, REFUSAL)
@@ -159,7 +159,7 @@ def eval_report(
     gate.update({"challenger": challenger.version, "reference": reference,
                  "reference_version": champion.version if reference == "champion" else f"base:{base.version}"})
     result["versions"] = {"challenger": challenger.version, "champion": champion.version if champion else None, "base": base.version,
-                          "index": index.version}
+                          "index": index.version, "generator_precision": answerer.precision}
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     folder = registry.root / "reports" / f"{stamp}-{challenger.version}-{context.run.run_id[:8]}"

@@ -58,7 +58,8 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
                               base_model={"name": base.name, "path": base.path, "version": base.version}, adapter=champion.path,
                               adapter_version=champion.version, index_folder=vector_store.store().current_index_folder(),
                               embedding_model=models.embedding_model, prompt_version=config.prompt_version,
-                              settings={"embedding_precision": models.embedding_precision, "max_input_chars": config.max_input_chars,
+                              settings={"embedding_precision": models.embedding_precision, "generator_precision": models.generator_precision,
+                                        "max_input_chars": config.max_input_chars,
                                         "max_input_tokens": config.max_input_tokens, "price_per_1k_prompt": config.price_per_1k_prompt,
                                         "price_per_1k_completion": config.price_per_1k_completion})
         tag = build_bento(bundle, _home(), config.gpus)

@@ -10,10 +10,12 @@ DRIFTLOOP_BUNDLE, or the one packed beside this file when built as a bento.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bentoml
@@ -79,6 +81,13 @@ class Models:
         device = _device()
         self.generation = Generation(bundle, device)
         self.retrieval = Retrieval(bundle, device)
+        # Retrieval runs in a lane of its own: on the single thread BentoML gives sync APIs,
+        # each request's embed and search queued behind a whole generate batch and so
+        # reached the generate batcher one at a time, which kept batches small.
+        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
+
+    async def _in_lane(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._lane, func, *args)
 
     @bentoml.api(batchable=True, max_batch_size=int(os.environ.get("DRIFTLOOP_MAX_BATCH", "8")), max_latency_ms=120_000)
     def generate(self, requests: list[GenerateRequest]) -> list[dict]:
@@ -93,14 +102,14 @@ class Models:
         return out
 
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        return self.retrieval.embed(texts).tolist()
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return (await self._in_lane(self.retrieval.embed, texts)).tolist()
 
     @bentoml.api
-    def search(self, vector: list[float], k: int = 3) -> list[dict]:
+    async def search(self, vector: list[float], k: int = 3) -> list[dict]:
         import numpy as np
 
-        return self.retrieval.search(np.asarray([vector], dtype="float32"), k)[0]
+        return (await self._in_lane(self.retrieval.search, np.asarray([vector], dtype="float32"), k))[0]
 
     @bentoml.api
     def count_tokens(self, text: str) -> int:
@@ -206,16 +215,42 @@ class DriftloopRAG:
         self.started = int(time.time())
 
     async def __is_ready__(self) -> bool:
-        """Ready only once the models service answers: BentoML's own /readyz would say ready
-        while the dependency is still loading, and the first requests would fail."""
+        """Ready only once the models service answers and has been warmed up: BentoML's own
+        /readyz would say ready while the dependency is still loading, and a cold service
+        (its batcher not yet calibrated, no kernels built) answers its first requests
+        several times slower, so a switch to it would show as a latency spike."""
         if getattr(self, "_models_ready", False):
             return True
         try:
             await self.models.to_async.count_tokens("ready")
         except Exception:  # noqa: BLE001 - any failure means not ready yet
             return False
+        warming = getattr(self, "_warming", None)
+        if warming is None:
+            self._warming = asyncio.ensure_future(self._warm_up(int(os.environ.get("DRIFTLOOP_WARMUP_REQUESTS", "12"))))
+            return False
+        if not warming.done():
+            return False
+        if warming.cancelled() or warming.exception() is not None:
+            self._warming = None  # the next probe tries again
+            return False
         self._models_ready = True
         return True
+
+    async def _warm_up(self, rounds: int) -> None:
+        """Requests of varied length through the models, one at a time (BentoML's batcher
+        calibrates its latency model on its first calls and sends them unbatched) and then
+        together; straight to the models service, so nothing reaches the request log."""
+        async def one(n: int) -> None:
+            question = "How do I use this? " + "Explain it in detail, step by step. " * n
+            vector = (await self._models("embed", [question]))[0]
+            chunks = await self._models("search", vector, 3)
+            await self._models("generate", [GenerateRequest(prompt=self._prompt(question, chunks), max_new_tokens=2)])
+
+        for n in range(rounds):
+            await one(n)
+        if rounds:
+            await asyncio.gather(*(one(n) for n in range(min(rounds, 4))))
 
     async def _models(self, method: str, *args):
         """Call the models service; every call is a pure function of its input, so a

@@ -1,7 +1,8 @@
 """Profiles: where the same definitions run, chosen by configuration alone.
 
 `local` (the default) runs every step as a subprocess on this machine with the
-instance's SQLite storage. `production` runs each step in its own Kubernetes pod
+instance's SQLite storage; a settings file (`DRIFTLOOP_PROFILE_FILE`, optional) may set
+its resources, e.g. other models. `production` runs each step in its own Kubernetes pod
 (`k8s_job_executor`) and binds the same resource classes to object storage. Its
 settings come from a YAML file (`DRIFTLOOP_PROFILE_FILE`, default
 deploy/profiles/production.yaml):
@@ -60,11 +61,26 @@ def production_profile(path: Path) -> Profile:
     return Profile("production", k8s_job_executor.configured(settings.get("executor") or {}, name="k8s"), settings.get("resources") or {})
 
 
+def local_profile(path: str | Path | None) -> Profile:
+    """Subprocess steps on this machine; a settings file, when named, may change the
+    resources (other models, other folders) but not the executor."""
+    if not path:
+        return Profile("local", LOCAL_EXECUTOR)
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"local profile: no settings file at {path} (DRIFTLOOP_PROFILE_FILE)")
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(settings) - {"resources"}
+    if unknown:
+        raise ProfileError(f"{path}: the local profile takes only a resources section, not {sorted(unknown)}")
+    return Profile("local", LOCAL_EXECUTOR, settings.get("resources") or {})
+
+
 def load_profile(name: str | None = None, path: str | Path | None = None) -> Profile:
     """The profile named by `name`, else $DRIFTLOOP_PROFILE, else local."""
     name = name or os.environ.get("DRIFTLOOP_PROFILE") or "local"
     if name == "local":
-        return Profile("local", LOCAL_EXECUTOR)
+        return local_profile(path or os.environ.get("DRIFTLOOP_PROFILE_FILE"))
     if name == "production":
         return production_profile(Path(path or os.environ.get("DRIFTLOOP_PROFILE_FILE") or DEFAULT_PRODUCTION_FILE))
     raise ProfileError(f"DRIFTLOOP_PROFILE={name!r}: expected one of {', '.join(PROFILES)}")

@@ -17,6 +17,8 @@ class ModelCatalog(dg.ConfigurableResource):
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     embedding_precision: str = Field(default="auto", description="auto (bf16 on AMX/AVX512-BF16 CPUs, fp16 on CUDA, else fp32), fp32, bf16, fp16")
     embedding_batch_size: int = Field(default=16, gt=0)
+    generator_precision: str = Field(default="auto", description="auto (bf16 on a GPU or on AMX/AVX512-BF16 CPUs, else fp32), fp32, bf16, fp16; "
+                                     "evaluation and serving use the same, so the gate judges what serves")
     generator_model: str = Field(default="SmolLM2-135M-Instruct", description="Packaged name, a local model directory, a .gguf file, or a cached hub id.")
     cache_dir: str = Field(default="", description="Converted base models; default <DRIFTLOOP_HOME>/artifacts/base_models")
 

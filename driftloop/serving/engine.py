@@ -3,6 +3,7 @@ champion adapter, the embedding model, the vector index and the prompt template.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,17 +30,18 @@ def check_base_model(bundle: Bundle) -> str:
 
 
 class Generation:
-    """The generator half: batched greedy answers with the champion adapter active."""
+    """The generator half: batched greedy answers with the champion adapter merged in, in
+    the precision evaluation used (DRIFTLOOP_SERVE_PRECISION overrides it)."""
 
     def __init__(self, bundle: Bundle, device: str = "cpu") -> None:
-        from driftloop.evaluation.generate import Answerer
+        from driftloop.evaluation.generate import BASE, Answerer
 
         self.bundle = bundle
-        self.answerer = Answerer(check_base_model(bundle), device)
-        self.adapter = "base"
+        precision = os.environ.get("DRIFTLOOP_SERVE_PRECISION") or bundle.spec.get("settings", {}).get("generator_precision", "auto")
+        self.answerer = Answerer(check_base_model(bundle), device, precision=precision)
         if bundle.adapter_dir is not None:
-            self.answerer.add_adapter("champion", bundle.adapter_dir)
-            self.adapter = "champion"
+            self.answerer.merge(bundle.adapter_dir)
+        self.adapter = BASE
 
     def count_tokens(self, text: str) -> int:
         return len(self.answerer.tokenizer(text, add_special_tokens=False)["input_ids"])
