@@ -7,26 +7,84 @@ a reason a client can act on; nothing here raises anything else on bad input.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
+import functools
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 from driftloop.data.quality import _CARD, _EMAIL, _IPV4, _PHONE, _SSN, _luhn_ok
+from driftloop.serving.names import GIVEN_NAMES, SURNAMES
 
 # Phrasings of the OWASP LLM01 (direct injection) and LLM07 (system prompt leakage)
-# families; matched case-insensitively on the normalized input.
+# families; matched case-insensitively on every normalized view of the input (below).
 INJECTION_PATTERNS = [
     r"\b(ignore|disregard|forget|override|bypass)\b.{0,40}\b(previous|prior|above|earlier|system|all|your)\b.{0,40}\b(instructions?|rules?|prompts?|guidelines?|directions?)",
-    r"\b(reveal|print|show|repeat|output|leak|display|tell me|give me|what is|what are|write out|dump)\b.{0,40}\b(system|hidden|secret|initial|original|developer)\b.{0,20}\b(prompt|instructions?|message|rules?|key|token|password|canary)",
-    r"\byou are (now|no longer)\b|\bact as (an? )?(unrestricted|jailbroken|dan)\b|\bdeveloper mode\b|\bjailbreak",
-    r"\bdo anything now\b|\bno (longer )?(bound|restricted) by\b",
-    r"(^|\n)\s*(system|assistant)\s*:|<\|?(im_start|system|endoftext)\|?>|\[/?(inst|sys)\]",
+    r"\b(ignore|disregard|forget)\b.{0,20}\beverything\b.{0,30}\b(told|said|given|above|before)\b",
+    r"\b(reveal|print|show|repeat|output|leak|display|tell me|give me|what is|what are|write out|dump|quote|recite|echo|spell|encode|summari[sz]e)\b.{0,40}"
+    r"\b(system|hidden|secret|initial|original|developer|confidential|full|setup)\b.{0,20}\b(prompt|instructions?|message|rules?|key|token|password|canary|text|configuration|reference|identifiers?|parts?)",
+    r"\b(what|which)\b.{0,20}\b(were|are) your\b.{0,20}\b(instructions|rules|guidelines)\b",
+    r"\b(text|everything|words?|lines?)\b.{0,10}\b(above|before) (this|the|my)\b.{0,20}\b(message|question|line|prompt)?",
+    r"\byou are (now|no longer)\b|\bact as (an? )?(unrestricted|unfiltered|jailbroken|dan)\b|\bdeveloper mode\b|\bjailbreak",
+    r"\bdo anything now\b|\bno (longer )?(bound|restricted) by\b|\b(with|without|has|have) no (restrictions|filters|limits|rules)\b",
+    r"\b(pretend|imagine|role-?play)\b.{0,30}\b(you are|you're|to be|as)\b|\bfrom now on,? you\b|\bstay in character\b",
+    r"\b(system|assistant)\s*:|<\|?(im_start|system|endoftext)\|?>|\[/?(inst|sys)\]|<</?sys>>|```\s*system\b",
     r"\b(new|updated|real) (instructions?|rules?|system prompt)\s*:",
     r"\bbegin(ning)? of (the )?(prompt|conversation)\b|\beverything (above|before) (this|here)\b",
-    r"\bsecret (word|code|key|token)\b|\bcanary\b",
+    r"\bsecret (word|code|key|token)\b|\bcanary\b|\binternal reference\b",
     r"\btranslate\b.{0,30}\b(system|above|previous)\b.{0,20}\b(prompt|instructions?|text)\b",
+    # Markup that smuggles instructions past a reader or exfiltrates through a rendered link.
+    r"<!--.{0,200}\b(system|instructions?|ignore|reveal|print|output)\b|!\[[^\]]*\]\(\s*https?://|<\s*(script|iframe|img|svg|object)\b|\bon(error|load)\s*=",
+    r'"role"\s*:\s*"(system|developer)"',
+    # The same two families in the languages users most often try.
+    r"\b(ignor\w*|oubli\w*|olvid\w*|dimentic\w*|esque[cç]\w*|vergiss\w*|missacht\w*|negeer\w*|vergeet)\b.{0,40}"
+    r"\b(instructions?|consignes|instrucciones|istruzioni|instru[cç][oõ]es|anweisungen|regeln|instructies|regels|reglas|regole|regras)\b",
+    r"\b(syst[eè]me?|sistema|system|systeem)\s*-?(prompt|anweisung\w*)|\bprompt (du |del |di |do )?(syst[eè]me|sistema)\b|\bsystemprompt\b|\bsysteemprompt\b",
+    r"(игнорир\w*|проигнорир\w*|забудь)\W.{0,40}(инструкци|правил)|системн\w* (промпт|подсказк|инструкци)",
+    r"(忽略|无视|忽视|忘记|忘掉).{0,20}(指令|指示|规则|提示)|系统(提示|指令|消息)",
+    r"(無視|忘れ).{0,20}(指示|命令|ルール)|(指示|命令|ルール).{0,20}(無視|忘れ)|システムプロンプト",
 ]
 _INJECTION = re.compile("|".join(f"(?:{p})" for p in INJECTION_PATTERNS), re.IGNORECASE | re.DOTALL)
+
+# Letters that render like Latin ones (Cyrillic, Greek): a filter that reads bytes would
+# see a different word than the model reads.
+_HOMOGLYPHS = str.maketrans("аеорсухіјѕԁԛԝкмнтвАЕОРСУХІЈЅКМНТВαορτυνικΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+                            "aeopcyxijsdqwkmhtbAEOPCYXIJSKMHTBaoptuvikABEZHIKMNOPTYX")
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_LEET = str.maketrans("013457$@", "oieastsa")
+_SPACED = re.compile(r"(?<!\w)(?:\w[ .\-_*|]){2,}\w(?!\w)")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
+
+
+def _decoded_base64(text: str) -> list[str]:
+    out = []
+    for token in _BASE64.findall(text):
+        try:
+            decoded = base64.b64decode(token + "=" * (-len(token) % 4), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+        if decoded and sum(c.isprintable() for c in decoded) / len(decoded) > 0.9:
+            out.append(decoded)
+    return out
+
+
+def normalized_views(text: str) -> list[str]:
+    """The input as the detector reads it: NFKC-folded (full-width letters), invisible
+    characters dropped, homoglyphs mapped to Latin, whitespace collapsed; then also with
+    spaced-out letters joined, leetspeak undone, ROT13 undone and base64 runs decoded."""
+    folded = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    base = folded.translate(_HOMOGLYPHS)
+    flat = " ".join(base.split())
+    joined = _SPACED.sub(lambda m: re.sub(r"[ .\-_*|]", "", m.group()), base)
+    return [folded, base, flat, " ".join(joined.split()), flat.translate(_LEET), codecs.encode(flat, "rot13"), *_decoded_base64(flat)]
+
+
+def looks_like_injection(text: str) -> bool:
+    return any(_INJECTION.search(view) for view in normalized_views(text))
 
 
 class GuardrailViolation(ValueError):
@@ -53,14 +111,119 @@ def _card(match: re.Match) -> str:
     return "[CARD]" if 13 <= len(digits) <= 19 and _luhn_ok(digits) else match.group()
 
 
+# International and national formats: +44 20 7946 0958, (415) 555-0132, 030/1234567,
+# +4915112345678. Judged by digit count, so versions, dates and ports stay.
+_PHONE_ANY = re.compile(r"(?<![\w+./-])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,5}\)[ .\-]?)?\d{1,5}(?:[ .\-/]\d{1,8}){1,5}(?![\w/]|[.\-]\d)"
+                        r"|(?<![\w+])\+\d{8,15}(?!\w)")
+# A leading + makes it a phone number even when its digits pass the card checksum.
+_PLUS_PHONE = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .\-]?\(?\d{1,5}\)?){1,6}(?!\w)")
+def _phone(match: re.Match) -> str:
+    return "[PHONE]" if 9 <= len(re.sub(r"\D", "", match.group())) <= 15 else match.group()
+
+
+_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+# Words after which a capitalized word is a person's name even when the list lacks it.
+_NAME_CUES = re.compile(r"(?:\b(?:mr|mrs|ms|mx|dr|prof)\.?\s+|\b(?:my name is|name is|name's|i am|i'm|call me|dear|regards|sincerely|"
+                        r"signed|thanks|contact|cc|miss|professor|sir|madam|mister|customer|patient|colleague),?:?\s+)$", re.IGNORECASE)
+# Capitalized, then lower case (Mc, Mac, O' and hyphens allowed): not an acronym or CamelCase identifier.
+_NAME_SHAPE = re.compile(r"^(?:Mc|Mac|O['’]|D['’])?[^\W\d_][^\W\d_A-Z]+(?:-[^\W\d_][^\W\d_A-Z]+)?$")
+_PARTICLES = frozenset("van von de del della der den da di du la le bin ibn al el ter ten dos das st".split())
+# Given names that are also everyday words: a name only beside another name or a cue.
+_AMBIGUOUS = frozenset("will may mark grace hope rose june april bill art frank grant victoria joy faith august summer "
+                       "china jack page paris lily ray dean sean long young king bell gray green white brown hill wright "
+                       "cook baker king turner young lee li james thomas martin scott bernard richard".split())
+_NOT_NAMES = frozenset("i i'm i’m i've i'd i'll the a an please what how why when where which who whose does do did is are can could would should "
+                       "section chapter part python hello hi hey thanks thank dear contact tell ask call email send forward my "
+                       "our your his her their this that these those it if and or but for from to in on at by with about "
+                       "monday tuesday wednesday thursday friday saturday sunday january february march december "
+                       "mr mrs ms mx miss dr prof professor sir madam mister".split())
+
+
+@functools.cache
+def _english_words() -> frozenset:
+    """About 15,000 common English words, from the vocabulary the toxicity filter already
+    ships: a capitalized word outside it, beside another, is most likely a name."""
+    import joblib
+    import profanity_check
+
+    vectorizer = joblib.load(Path(profanity_check.__file__).parent / "data" / "vectorizer.joblib")
+    return frozenset(w for w in vectorizer.vocabulary_ if w.isalpha())
+
+
+def _is_capitalized(word: str) -> bool:
+    return word[0].isupper() and not word.isupper() and len(word) > 1
+
+
+def _known(word: str, names: frozenset) -> bool:
+    return any(part.lower() in names for part in re.split(r"['’-]", word))
+
+
+def redact_names(text: str) -> str:
+    """Person names replaced by [NAME]: a run of capitalized words is a name when it holds
+    a known given name or surname beside another capitalized word, when a cue precedes
+    it ("my name is", "Dr.", "Dear"), or when it is a lone, unambiguous given name that
+    does not start a sentence."""
+    words = list(_WORD.finditer(text))
+    spans, i = [], 0
+    while i < len(words):
+        if not _is_capitalized(words[i].group()) or words[i].group().lower() in _NOT_NAMES:
+            i += 1
+            continue
+        run = [words[i]]
+        j = i + 1
+        while j < len(words) and text[run[-1].end() : words[j].start()] in (" ", ". ") and len(run) < 4:
+            word = words[j].group()
+            if _is_capitalized(word) and word.lower() not in _NOT_NAMES:
+                run.append(words[j])
+            elif word.lower() in _PARTICLES and j + 1 < len(words) and _is_capitalized(words[j + 1].group()):
+                run.append(words[j])
+            else:
+                break
+            j += 1
+        before = text[: run[0].start()]
+        cued = bool(_NAME_CUES.search(before))
+        sentence_start = not before.strip() or before.rstrip()[-1] in ".!?:;\n\"'("
+        tokens = [w.group() for w in run if w.group().lower() not in _PARTICLES]
+        given = [_known(t, GIVEN_NAMES) for t in tokens]
+        family = [_known(t, SURNAMES) for t in tokens]
+        unknown = [not _known(t, _english_words()) and _NAME_SHAPE.match(t) is not None for t in tokens]
+        if cued or (len(tokens) >= 2 and (any(given) or family[-1] or all(unknown))) or (
+                len(tokens) == 1 and given[0] and tokens[0].lower() not in _AMBIGUOUS and not sentence_start):
+            spans.append((run[0].start(), run[-1].end()))
+        i = j
+    for start, end in reversed(spans):
+        text = text[:start] + "[NAME]" + text[end:]
+    return text
+
+
 def redact(text: str) -> str:
-    """Text with emails, card numbers, SSNs, phone numbers and IP addresses replaced by
-    their kind. Broader than the data-quality scan: a log keeps no example address either."""
+    """Text with emails, card numbers, SSNs, IP addresses, phone numbers and person names
+    replaced by their kind. Broader than the data-quality scan: a log keeps no example
+    address either."""
     out = _EMAIL.sub("[EMAIL]", text or "")
+    out = _PLUS_PHONE.sub(_phone, out)
     out = _CARD.sub(_card, out)
     out = _SSN.sub("[SSN]", out)
+    out = _IPV4.sub("[IP]", out)
     out = _PHONE.sub(lambda m: "[PHONE]" if len(re.sub(r"\D", "", m.group())) >= 10 else m.group(), out)
-    return _IPV4.sub("[IP]", out)
+    out = _PHONE_ANY.sub(_phone, out)
+    return redact_names(out)
+
+
+def leaks_secret(text: str, secret: str) -> bool:
+    """Whether `text` carries `secret` (a hex token), also spaced out, upper-cased,
+    reversed, ROT13'd, base64'd or hex-encoded, or half of it: an answer that spells the
+    canary one character per line is as much a leak as one that quotes it."""
+    folded = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text or "")).translate(_HOMOGLYPHS)
+    views = [folded, *_decoded_base64(re.sub(r"\s+", "", folded)), *_decoded_base64(folded)]
+    half = len(secret) // 2
+    needles = {secret[i : i + half] for i in range(len(secret) - half + 1)} | {secret.encode().hex()}
+    for view in views:
+        alnum = re.sub(r"[^0-9a-z]", "", view.lower())
+        for candidate in (alnum, alnum[::-1], codecs.encode(alnum, "rot13")):
+            if any(n in candidate for n in needles):
+                return True
+    return False
 
 
 class Guardrails:
@@ -86,12 +249,12 @@ class Guardrails:
                 raise GuardrailViolation(413, "input_too_long", f"{field} has {tokens} tokens; the limit is {self.settings.max_input_tokens}")
         if "\x00" in text:
             raise GuardrailViolation(400, "binary_input", f"{field} contains NUL bytes; send text")
-        if self.settings.block_injection and (self.canary in text or _INJECTION.search(" ".join(text.split()))):
+        if self.settings.block_injection and (self.canary in text or looks_like_injection(text)):
             raise GuardrailViolation(422, "prompt_injection", f"{field} looks like a prompt-injection attempt and was refused")
 
     def check_output(self, text: str) -> str | None:
         """The reason an answer must be withheld, or None."""
-        if self.canary in text or self.canary.split("-")[-1] in text:
+        if self.canary in text or leaks_secret(text, self.canary.split("-")[-1]):
             return "canary_leak"
         if text.strip() and self.settings.toxicity_threshold < 1.0:
             from profanity_check import predict_prob
