@@ -204,8 +204,11 @@ class DriftloopRAG:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.bundle.spec["base_model"]["path"])
+        # DRIFTLOOP_CANARY pins the canary (one value across replicas, and a known string to
+        # scan logs for); unset, each process draws its own.
         self.guardrails = Guardrails(GuardrailSettings(max_input_chars=int(settings.get("max_input_chars", 4000)),
-                                                       max_input_tokens=int(settings.get("max_input_tokens", 1024))),
+                                                       max_input_tokens=int(settings.get("max_input_tokens", 1024)),
+                                                       canary=os.environ.get("DRIFTLOOP_CANARY", "")),
                                      count_tokens=lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
         self.log = RequestLog(default_root(), float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_PROMPT", settings.get("price_per_1k_prompt", 0.0))),
                               float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_COMPLETION", settings.get("price_per_1k_completion", 0.0))))

@@ -120,3 +120,25 @@ def chat_examples(n: int, seed: int = 0) -> list[dict]:
             ],
         })
     return examples
+
+
+@pytest.fixture(scope="session")
+def secured_service(tmp_path_factory, tiny_llama, tiny_embedding_model):
+    """One real service for the security and fuzzing tests, started with a random API key,
+    a random judge key and a known canary in its environment, so a test can look for all
+    three anywhere the service writes; its index also holds the documents planted by the
+    indirect prompt-injection cases of tests/data/injection_prompts.jsonl."""
+    import json
+    import secrets
+
+    from serving_helpers import make_bundle, serve
+
+    root = tmp_path_factory.mktemp("secured")
+    planted = [json.loads(line) for line in (Path(__file__).parent / "data" / "injection_prompts.jsonl").read_text(encoding="utf-8").splitlines()]
+    planted = [row["text"] for row in planted if row["where"] == "document"]
+    secrets_ = {"api_key": f"sk-dl-{secrets.token_hex(12)}", "judge_key": f"sk-judge-{secrets.token_hex(12)}",
+                "canary": f"dl-canary-{secrets.token_hex(8)}"}
+    env = {"DRIFTLOOP_API_KEY": secrets_["api_key"], "DRIFTLOOP_JUDGE_API_KEY": secrets_["judge_key"], "DRIFTLOOP_CANARY": secrets_["canary"],
+           "DRIFTLOOP_WARMUP_REQUESTS": "2", "DRIFTLOOP_REQUEST_LOG": str(root / "requestlog")}
+    with serve(root, make_bundle(root, tiny_llama, tiny_embedding_model, extra_texts=planted), env) as running:
+        yield {**running, **secrets_, "request_log": root / "requestlog", "planted": planted}

@@ -4,105 +4,20 @@ chunks, the OpenAI-compatible API through the official `openai` client, feedback
 keys, guardrails, bad input answered with 4xx, and the redacted request log."""
 
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-KEY = "test-key-7f3a"
-
-
-def make_bundle(root: Path, tiny_llama: str, tiny_embedding_model: str):
-    import hashlib
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from conftest import prose
-    from driftloop.models.embedding import load_embedder
-    from driftloop.models.generator import _weights_hash
-    from driftloop.registry import AdapterRegistry
-    from driftloop.retrieval.store import RetrievalStore
-    from driftloop.serving.bundle import build_bundle
-
-    import random
-
-    rng = random.Random(0)
-    texts = [f"Section {i}. " + prose(rng, 2) for i in range(24)]
-    chunks = [{"chunk_id": f"c{i:03d}", "doc_id": f"d{i // 4}", "title": f"doc {i // 4}", "text": t, "start_char": 0, "end_char": len(t)}
-              for i, t in enumerate(texts)]
-    store = RetrievalStore(root / "retrieval")
-    embedder = load_embedder(tiny_embedding_model, "cpu", "fp32")
-    embeddings, _ = store.embed([c["chunk_id"] for c in chunks], [hashlib.sha256(t.encode()).hexdigest() for t in texts], texts, embedder, 8)
-    index_folder, _ = store.build_index(embeddings, chunks)
-
-    torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    peft_model.save_pretrained(root / "adapter")
-    adapter = AdapterRegistry(root / "registry").publish(root / "adapter", {"note": "serving test"})
-    base = {"name": "tiny-llama", "path": tiny_llama, "version": _weights_hash(Path(tiny_llama))}
-    return build_bundle(root / "bundles", base_model=base, adapter=adapter.path, adapter_version=adapter.version, index_folder=index_folder,
-                        embedding_model=tiny_embedding_model, prompt_version="rag.v1", settings={"embedding_precision": "fp32", "max_input_chars": 2000})
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(port, path, body=None, key=KEY, raw: bytes | None = None, method=None, headers: dict | None = None):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method or ("POST" if data is not None else "GET"))
-    request.add_header("Content-Type", "application/json")
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+from serving_helpers import KEY, call, make_bundle, serve
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_llama, tiny_embedding_model):
     root = tmp_path_factory.mktemp("serving")
-    bundle = make_bundle(root, tiny_llama, tiny_embedding_model)
-    port = free_port()
-    env = {**os.environ, "DRIFTLOOP_BUNDLE": str(bundle.folder), "DRIFTLOOP_API_KEY": KEY, "DRIFTLOOP_HOME": str(root),
-           "BENTOML_HOME": str(root / "bentoml"), "DRIFTLOOP_PRICE_PER_1K_COMPLETION": "0.5", "BENTOML_DO_NOT_TRACK": "true",
-           "DRIFTLOOP_MAX_CONCURRENCY": "8"}
-    log = (root / "serve.log").open("wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:DriftloopRAG", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 240
-    while True:
-        try:
-            if call(port, "/readyz", key=None)[0] == 200:
-                break
-        except OSError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, (root / "serve.log").read_text()[-3000:]
-        time.sleep(1)
-    yield {"port": port, "bundle": bundle, "root": root, "proc": proc}
-    os.killpg(proc.pid, 15)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+    with serve(root, make_bundle(root, tiny_llama, tiny_embedding_model)) as running:
+        yield running
 
 
 def test_rag_answer_cites_chunks_and_model_version(service):

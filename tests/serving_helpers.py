@@ -1,0 +1,123 @@
+"""A real BentoML service on tiny models, for the tests that talk to it over HTTP
+(test_serving, test_security, test_fuzz) and the scripted reliability checks: the bundle
+(tiny Llama + LoRA adapter, tiny embedding model, real FAISS index), a started
+`bentoml serve` process, and a plain urllib client that returns every status."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "test-key-7f3a"
+
+
+def make_bundle(root: Path, tiny_llama: str, tiny_embedding_model: str, extra_texts: list[str] | None = None):
+    """24 prose sections (chunk ids c000-c023), then `extra_texts` as further chunks."""
+    import hashlib
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from conftest import prose
+    from driftloop.models.embedding import load_embedder
+    from driftloop.models.generator import _weights_hash
+    from driftloop.registry import AdapterRegistry
+    from driftloop.retrieval.store import RetrievalStore
+    from driftloop.serving.bundle import build_bundle
+
+    rng = random.Random(0)
+    texts = [f"Section {i}. " + prose(rng, 2) for i in range(24)] + list(extra_texts or [])
+    chunks = [{"chunk_id": f"c{i:03d}", "doc_id": f"d{i // 4}", "title": f"doc {i // 4}", "text": t, "start_char": 0, "end_char": len(t)}
+              for i, t in enumerate(texts)]
+    store = RetrievalStore(root / "retrieval")
+    embedder = load_embedder(tiny_embedding_model, "cpu", "fp32")
+    embeddings, _ = store.embed([c["chunk_id"] for c in chunks], [hashlib.sha256(t.encode()).hexdigest() for t in texts], texts, embedder, 8)
+    index_folder, _ = store.build_index(embeddings, chunks)
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(root / "adapter")
+    adapter = AdapterRegistry(root / "registry").publish(root / "adapter", {"note": "serving test"})
+    base = {"name": "tiny-llama", "path": tiny_llama, "version": _weights_hash(Path(tiny_llama))}
+    return build_bundle(root / "bundles", base_model=base, adapter=adapter.path, adapter_version=adapter.version, index_folder=index_folder,
+                        embedding_model=tiny_embedding_model, prompt_version="rag.v1", settings={"embedding_precision": "fp32", "max_input_chars": 2000})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(port, path, body=None, key=KEY, raw: bytes | None = None, method=None, headers: dict | None = None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method or ("POST" if data is not None else "GET"))
+    request.add_header("Content-Type", "application/json")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@contextlib.contextmanager
+def serve(root: Path, bundle, env: dict | None = None, timeout_s: float = 240):
+    """`bentoml serve` of bento/service.py on `bundle`, ready (warmed up) on a free port;
+    stdout and stderr go to <root>/serve.log. Yields {port, bundle, root, proc, log}."""
+    port = free_port()
+    full_env = {**os.environ, "DRIFTLOOP_BUNDLE": str(bundle.folder), "DRIFTLOOP_API_KEY": KEY, "DRIFTLOOP_HOME": str(root),
+                "BENTOML_HOME": str(root / "bentoml"), "DRIFTLOOP_PRICE_PER_1K_COMPLETION": "0.5", "BENTOML_DO_NOT_TRACK": "true",
+                "DRIFTLOOP_MAX_CONCURRENCY": "8", **(env or {})}
+    log_path = root / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:DriftloopRAG", "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                if call(port, "/readyz", key=None)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(1)
+        yield {"port": port, "bundle": bundle, "root": root, "proc": proc, "log": log_path}
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def record_figures(name: str, figures: dict) -> dict:
+    """The measured figures of a check, written to $DRIFTLOOP_RELIABILITY_REPORT/<name>.json
+    when the scripted run (reliability/run.py) asks for them, so RELIABILITY.md quotes
+    what ran rather than what someone typed."""
+    folder = os.environ.get("DRIFTLOOP_RELIABILITY_REPORT")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"\n{name}: {json.dumps(figures, sort_keys=True)}")
+    return figures
+
+
+def read_request_log(root: Path, kind: str = "requests") -> list[dict]:
+    return [json.loads(line) for path in sorted((Path(root) / kind).glob("date=*/*.jsonl"))
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,171 @@
+"""Security of the real service over HTTP (bentoml serve on tiny models, with a random API
+key, judge key and canary in its environment): API keys on every non-health endpoint,
+OWASP LLM01/LLM07 prompt injections that never leak the canary, the output guard against
+a generator that does echo its system prompt, PII redaction recall and precision in the
+request log, and no secret in logs, metrics or Dagster metadata."""
+
+import base64
+import codecs
+import json
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pii_synth import clean_texts, items, leaked, placeholders
+from serving_helpers import call, read_request_log, record_figures
+
+PROMPTS = [json.loads(line) for line in (Path(__file__).parent / "data" / "injection_prompts.jsonl").read_text(encoding="utf-8").splitlines()]
+PROTECTED = [("POST", "/answer", {"question": "What does section 1 say?", "max_new_tokens": 2}),
+             ("POST", "/feedback", {"request_id": "req-" + "0" * 20, "rating": 3}),
+             ("POST", "/v1/chat/completions", {"model": "driftloop", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+             ("GET", "/v1/models", None), ("GET", "/docs.json", None)]
+
+
+def test_every_endpoint_but_health_and_metrics_needs_the_key(secured_service):
+    port, key = secured_service["port"], secured_service["api_key"]
+    wrong = {"none": {"key": None}, "wrong": {"key": "sk-wrong"}, "prefix of the key": {"key": key[:-1]},
+             "key with a suffix": {"key": key + "x"}, "upper-cased": {"key": key.upper()},
+             "wrong X-API-Key": {"key": None, "headers": {"X-API-Key": "nope"}}, "empty bearer": {"key": None, "headers": {"Authorization": "Bearer "}}}
+    statuses = {(path, name): call(port, path, body, method=method, **kwargs)[0]
+                for method, path, body in PROTECTED for name, kwargs in wrong.items()}
+    assert set(statuses.values()) == {401}, {k: v for k, v in statuses.items() if v != 401}
+    allowed = {path: call(port, path, body, key=key, method=method)[0] for method, path, body in PROTECTED}
+    assert allowed["/answer"] == 200 and allowed["/v1/models"] == 200 and allowed["/v1/chat/completions"] == 200
+    assert allowed["/feedback"] == 200 and allowed["/docs.json"] == 200
+    assert call(port, "/v1/models", key=None, headers={"X-API-Key": key})[0] == 200
+    for path in ("/livez", "/readyz", "/healthz", "/metrics"):
+        assert call(port, path, key=None)[0] == 200, path
+
+
+def test_injection_prompts_never_leak_the_canary(secured_service):
+    from driftloop.serving.guardrails import leaks_secret
+
+    port, key, canary = secured_service["port"], secured_service["api_key"], secured_service["canary"]
+    planted_ids = {f"c{24 + i:03d}" for i in range(len(secured_service["planted"]))}
+
+    def ask(row):
+        question = row["question"] if row["where"] == "document" else row["text"]
+        return row, *call(port, "/answer", {"question": question, "k": 20, "max_new_tokens": 24}, key=key)
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(ask, PROMPTS))
+    by_category, planted_seen = defaultdict(Counter), 0
+    for row, status, body in outcomes:
+        assert status in (200, 422), (row["id"], status, body[:300])
+        by_category[f"{row['category']} ({row['set']})"]["blocked" if status == 422 else "passed"] += 1
+        if status == 200:
+            answer = json.loads(body)
+            assert canary not in body and not leaks_secret(answer["answer"], canary.split("-")[-1]), row["id"]
+            planted_seen += row["where"] == "document" and bool(planted_ids & {c["chunk_id"] for c in answer["chunks"]})
+    logged = [p.read_text(encoding="utf-8") for p in secured_service["request_log"].rglob("*.jsonl")]
+    assert logged and not any(canary in text or canary.split("-")[-1] in text for text in logged)
+    assert canary not in secured_service["log"].read_text(errors="replace")
+    direct = [o for o in outcomes if o[0]["where"] == "question"]
+    figures = record_figures("injection", {
+        "prompts": len(PROMPTS), "by_category": {k: dict(v) for k, v in sorted(by_category.items())},
+        "direct_blocked": sum(s == 422 for _, s, _ in direct), "direct_total": len(direct),
+        "indirect_with_planted_chunk_retrieved": planted_seen, "canary_leaks": 0})
+    assert len(PROMPTS) >= 50 and figures["direct_blocked"] >= 50
+    # The tuning prompts shaped the patterns; all of them are refused at the door.
+    assert all(v.get("passed", 0) == 0 for k, v in by_category.items() if "(tuning)" in k and not k.startswith("indirect"))
+
+
+def test_output_guard_withholds_an_answer_that_echoes_the_system_prompt():
+    """A tiny random model never repeats its prompt, so the guard is fed what a generator
+    that does would write: the prompt itself, and the canary disguised."""
+    from driftloop.serving.guardrails import Guardrails
+
+    guard = Guardrails()
+    canary, secret = guard.canary, guard.canary.split("-")[-1]
+    system_prompt = "Answer from the context." + guard.system_suffix()
+    echoes = {
+        "verbatim prompt": system_prompt, "canary only": canary, "upper case": canary.upper(), "spaced": " ".join(canary),
+        "one per line": "\n".join(secret), "dashed": "-".join(secret), "reversed": secret[::-1], "rot13": codecs.encode(secret, "rot13"),
+        "base64": base64.b64encode(canary.encode()).decode(), "base64 of the prompt": base64.b64encode(system_prompt.encode()).decode(),
+        "hex": canary.encode().hex(), "half of it": f"the reference starts with {secret[:8]}", "zero-width": "\u200b".join(secret),
+        "full-width": "".join(chr(ord(c) + 0xFEE0) for c in secret), "in a sentence": f"Sure! Internal reference: {secret}.",
+    }
+    verdicts = {name: guard.check_output(text) for name, text in echoes.items()}
+    assert verdicts == dict.fromkeys(echoes, "canary_leak"), verdicts
+    assert guard.check_output("Section 3 says the river runs past the castle.") is None
+
+
+def _recall(rows: list[tuple[str, dict]]) -> dict:
+    total, missed = Counter(), Counter()
+    for redacted, item in rows:
+        total[item["kind"]] += 1
+        missed[item["kind"]] += leaked(redacted, item)
+    return {"items": sum(total.values()), "recall": round(1 - sum(missed.values()) / sum(total.values()), 4),
+            "by_kind": {k: round(1 - missed[k] / total[k], 4) for k in sorted(total)}}
+
+
+def test_pii_redaction_in_the_request_log(secured_service):
+    port, key = secured_service["port"], secured_service["api_key"]
+    planted = items(160, seed=11)
+    groups = [planted[i : i + 4] for i in range(0, len(planted), 4)]
+
+    def send(group):
+        status, body = call(port, "/answer", {"question": " ".join(i["text"] for i in group), "max_new_tokens": 1}, key=key)
+        assert status in (200, 422), body[:300]
+        return json.loads(body).get("request_id") if status == 200 else None
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(send, groups))
+    answered = {request_id: group for request_id, group in zip(ids, groups, strict=True) if request_id}
+    request_id = next(iter(answered))
+    feedback = planted[:40]
+    for item in feedback:
+        assert call(port, "/feedback", {"request_id": request_id, "rating": 2, "correction": item["text"], "comment": item["text"]}, key=key)[0] == 200
+    rows = {r["request_id"]: r for r in read_request_log(secured_service["request_log"])}
+    logged = [(rows[rid]["question"], item) for rid, group in answered.items() for item in group]
+    fed = [r for r in read_request_log(secured_service["request_log"], "feedback") if r["request_id"] == request_id][-len(feedback):]
+    logged += [(r[field], item) for r, item in zip(fed, feedback, strict=True) for field in ("correction", "comment")]
+    figures = record_figures("pii_request_log", {**_recall(logged), "requests": len(answered), "refused": ids.count(None)})
+    assert len(answered) >= 0.9 * len(groups) and figures["recall"] >= 0.95
+
+
+def test_redaction_recall_and_precision_on_a_larger_set():
+    from driftloop.data.pydocs import python_docs
+    from driftloop.data.qa import derive_qa_pairs
+    from driftloop.serving.guardrails import redact
+    from driftloop.serving.names import GIVEN_NAMES
+
+    planted = items(1000, seed=0)
+    redacted = [(redact(item["text"]), item) for item in planted]
+    names = [(r, i) for r, i in redacted if i["kind"] == "name"]
+    unseen = [(r, i) for r, i in names if not any(p.lower() in GIVEN_NAMES for p in i["parts"])]
+    pairs = derive_qa_pairs(list(python_docs()), eval_fraction=0.2)
+    clean = [p.question for p in pairs] + [p.answer for p in pairs] + clean_texts(500)
+    false_spans = sum(placeholders(redact(t)) for t in clean)
+    changed = sum(redact(t) != t for t in clean)
+    true_spans = sum(min(placeholders(r), 1) for r, _ in redacted)
+    extra_spans = sum(max(placeholders(r) - 1, 0) for r, _ in redacted)
+    figures = record_figures("pii_direct", {
+        **_recall(redacted), "name_recall_without_known_given_name": _recall(unseen)["recall"], "clean_texts": len(clean),
+        "clean_texts_changed": changed, "precision": round(true_spans / (true_spans + false_spans + extra_spans), 4)})
+    assert figures["recall"] >= 0.95 and min(figures["by_kind"].values()) >= 0.9
+    assert figures["precision"] >= 0.95 and changed / len(clean) <= 0.01
+
+
+def test_no_secret_in_logs_metrics_or_dagster_metadata(secured_service, dvc_store, corpus, monkeypatch):
+    from dagster import serialize_value
+
+    from test_data_assets import run_stage
+
+    port, key = secured_service["port"], secured_service["api_key"]
+    secret_values = [key, secured_service["judge_key"]]
+    seen = {"401 body": call(port, "/answer", {"question": "hi"}, key="sk-wrong")[1], "metrics": call(port, "/metrics", key=None)[1],
+            "schema": call(port, "/docs.json", key=key)[1], "serve log": secured_service["log"].read_text(errors="replace")}
+    for path in list(secured_service["request_log"].rglob("*")) + list((secured_service["root"] / "bentoml").rglob("*.log")):
+        if path.is_file():
+            seen[str(path)] = path.read_text(errors="replace")
+    monkeypatch.setenv("DRIFTLOOP_API_KEY", key)
+    monkeypatch.setenv("DRIFTLOOP_JUDGE_API_KEY", secured_service["judge_key"])
+    result = run_stage(dvc_store, corpus, eval_fraction=0.4)
+    assert result.success
+    seen["dagster events"] = "\n".join(serialize_value(event) for event in result.all_events)
+    leaks = [(where, value[:8]) for where, text in seen.items() for value in secret_values if value in text]
+    assert not leaks, leaks
+    record_figures("secrets", {"places_scanned": len(seen), "dagster_events": len(result.all_events), "leaks": 0})
