@@ -138,11 +138,25 @@ def qa_rules(limits: Limits) -> dict[str, list[Rule]]:
     }
 
 
+def _poisoned(messages: object) -> str | None:
+    from driftloop.serving.guardrails import looks_like_injection
+
+    answer = messages[-1].get("content") if isinstance(messages, list) and messages and isinstance(messages[-1], dict) else None
+    if not isinstance(answer, str):
+        return None
+    if "dl-canary-" in answer:
+        return "the answer carries a canary"
+    return "the answer reads as a prompt injection" if looks_like_injection(answer) else None
+
+
 def instruction_frame(rows: list[dict], eval_doc_ids: set[str]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=rows and list(rows[0]) or INSTRUCTION_COLUMNS)
     frame["messages_problem"] = pd.Series([messages_problem(m) for m in frame["messages"]], index=frame.index, dtype=object)
     frame["n_chars"] = [sum(len(t.get("content", "")) for t in m) if isinstance(m, list) else 0 for m in frame["messages"]]
     frame["duplicate_of"] = _first_occurrence(frame["example_id"], frame["example_id"])
+    # A label (the assistant turn) that carries an injection or a canary teaches the model to
+    # obey or leak; feedback corrections come from users, so they are screened like input.
+    frame["poisoned_label"] = pd.Series([_poisoned(m) for m in frame["messages"]], index=frame.index, dtype=object)
     frame["leaks_eval_doc"] = pd.Series(
         ["document is in the eval split" if d in eval_doc_ids else None for d in frame["doc_id"]], index=frame.index, dtype=object
     )
@@ -153,7 +167,7 @@ def instruction_rules(limits: Limits) -> dict[str, list[Rule]]:
     import great_expectations as gx
 
     e = gx.expectations
-    columns = [*INSTRUCTION_COLUMNS, "messages_problem", "n_chars", "duplicate_of", "leaks_eval_doc"]
+    columns = [*INSTRUCTION_COLUMNS, "messages_problem", "n_chars", "poisoned_label", "duplicate_of", "leaks_eval_doc"]
     return {
         "schema": [
             Rule("schema", e.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)),
@@ -163,6 +177,7 @@ def instruction_rules(limits: Limits) -> dict[str, list[Rule]]:
         "text_quality": [
             Rule("non_empty", e.ExpectTableRowCountToBeBetween(min_value=1)),
             Rule("example_length", e.ExpectColumnValuesToBeBetween(column="n_chars", min_value=20, max_value=limits.max_example_chars)),
+            Rule("poisoned_label", e.ExpectColumnValuesToBeNull(column="poisoned_label")),
         ],
         "duplicates": [Rule("duplicate", e.ExpectColumnValuesToBeNull(column="duplicate_of"))],
         "leakage": [Rule("leakage", e.ExpectColumnValuesToBeNull(column="leaks_eval_doc"))],
