@@ -38,10 +38,6 @@ def retrieve(index, embedder, questions: Sequence[str], k: int) -> list[list[dic
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-# Prompts are left-padded to a multiple of this many tokens: oneDNN builds a kernel per
-# new matrix shape, which on bf16 CPUs cost more than the padding when every prompt
-# length was new.
-PAD_MULTIPLE = 32
 
 
 def generator_precision(precision: str, device: str) -> str:
@@ -119,8 +115,7 @@ class Answerer:
         with self._active(name), torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
                 batch = list(prompts[start : start + batch_size])
-                enc = self.tokenizer(batch, return_tensors="pt", padding=True, pad_to_multiple_of=PAD_MULTIPLE,
-                                     add_special_tokens=False).to(self.device)
+                enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
                 t0 = time.perf_counter()
                 generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                                 pad_token_id=self.tokenizer.pad_token_id)
