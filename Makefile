@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install demo drift-demo pipeline serve rollback test test-fast ui lock clean
+.PHONY: install demo drift-demo pipeline serve rollback test test-fast reliability ui lock clean
 
 install: $(STAMP)
 
@@ -56,6 +56,11 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+# The long security, fuzzing and bad-data checks behind RELIABILITY.md; figures land in
+# artifacts/reliability/ (FUZZ=<examples per operation and mode>, 200 by default).
+reliability: install
+	$(BIN)/python reliability/run.py --fuzz-examples $(or $(FUZZ),200)
 
 # Re-resolve from pyproject.toml in a scratch venv, then pin the result.
 lock:

@@ -27,6 +27,7 @@ def fuzz_schema(port: int, key: str) -> dict:
     return schema
 
 
+@pytest.mark.slow
 def test_no_input_produces_a_server_error(secured_service):
     import schemathesis
     from hypothesis import HealthCheck, given, settings

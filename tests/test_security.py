@@ -23,6 +23,7 @@ PROTECTED = [("POST", "/answer", {"question": "What does section 1 say?", "max_n
              ("GET", "/v1/models", None), ("GET", "/docs.json", None)]
 
 
+@pytest.mark.slow
 def test_every_endpoint_but_health_and_metrics_needs_the_key(secured_service):
     port, key = secured_service["port"], secured_service["api_key"]
     wrong = {"none": {"key": None}, "wrong": {"key": "sk-wrong"}, "prefix of the key": {"key": key[:-1]},
@@ -39,6 +40,7 @@ def test_every_endpoint_but_health_and_metrics_needs_the_key(secured_service):
         assert call(port, path, key=None)[0] == 200, path
 
 
+@pytest.mark.slow
 def test_injection_prompts_never_leak_the_canary(secured_service):
     from driftloop.serving.guardrails import leaks_secret
 
@@ -101,6 +103,7 @@ def _recall(rows: list[tuple[str, dict]]) -> dict:
             "by_kind": {k: round(1 - missed[k] / total[k], 4) for k in sorted(total)}}
 
 
+@pytest.mark.slow
 def test_pii_redaction_in_the_request_log(secured_service):
     port, key = secured_service["port"], secured_service["api_key"]
     planted = items(160, seed=11)
@@ -149,6 +152,7 @@ def test_redaction_recall_and_precision_on_a_larger_set():
     assert figures["precision"] >= 0.95 and changed / len(clean) <= 0.01
 
 
+@pytest.mark.slow
 def test_no_secret_in_logs_metrics_or_dagster_metadata(secured_service, dvc_store, corpus, monkeypatch):
     from dagster import serialize_value
 
