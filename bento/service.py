@@ -72,14 +72,6 @@ class GenerateRequest(BaseModel):
     max_new_tokens: int = 64
 
 
-def _one_compute_thread() -> None:
-    import faiss
-    import torch
-
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-
-
 @bentoml.service(name="driftloop-models", resources=_resources(), traffic={"timeout": 300})
 class Models:
     def __init__(self) -> None:
@@ -89,24 +81,16 @@ class Models:
         device = _device()
         self.generation = Generation(bundle, device)
         self.retrieval = Retrieval(bundle, device)
-        # Generation keeps one thread for its whole life. Retrieval runs in a lane of its
-        # own: on the single thread BentoML gives sync APIs, each request's embed and search
-        # queued behind a whole generate batch and so reached the generate batcher one at a
-        # time, which kept batches small. The lane computes on one core: a second thread
-        # running torch with the default thread count brought a second OpenMP pool, and
-        # generation on 2 cores then ran 1.7x slower (measured 2.3 s against 1.35 s per
-        # answer, bf16); with one thread in the lane the cost is 3%.
-        self._generator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval", initializer=_one_compute_thread)
+        # Retrieval runs in a lane of its own: on the single thread BentoML gives sync APIs,
+        # each request's embed and search queued behind a whole generate batch and so
+        # reached the generate batcher one at a time, which kept batches small.
+        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
 
     async def _in_lane(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self._lane, func, *args)
 
     @bentoml.api(batchable=True, max_batch_size=int(os.environ.get("DRIFTLOOP_MAX_BATCH", "8")), max_latency_ms=120_000)
-    async def generate(self, requests: list[GenerateRequest]) -> list[dict]:
-        return await asyncio.get_running_loop().run_in_executor(self._generator, self._generate, requests)
-
-    def _generate(self, requests: list[GenerateRequest]) -> list[dict]:
+    def generate(self, requests: list[GenerateRequest]) -> list[dict]:
         longest = max(r.max_new_tokens for r in requests)
         out = self.generation.generate([r.prompt for r in requests], longest)
         # One batch decodes to its longest request; each answer is cut to what it asked for.
@@ -128,9 +112,8 @@ class Models:
         return (await self._in_lane(self.retrieval.search, np.asarray([vector], dtype="float32"), k))[0]
 
     @bentoml.api
-    async def count_tokens(self, text: str) -> int:
-        # On the generator's thread: a fast tokenizer used from two threads at once can fail ("Already borrowed").
-        return await asyncio.get_running_loop().run_in_executor(self._generator, self.generation.count_tokens, text)
+    def count_tokens(self, text: str) -> int:
+        return self.generation.count_tokens(text)
 
 
 def openai_error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
