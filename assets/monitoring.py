@@ -11,7 +11,7 @@ import io
 import json
 import os
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -47,8 +47,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+# The schedules refresh both daily; a day and two hours without one means the daemon or
+# the schedule is off, and the UI should say so before anyone trusts a stale "no drift".
+DAILY = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25))
+
+
 @dg.asset(key=INFERENCE_LOG, partitions_def=daily, group_name="monitoring", kinds={"json"}, owners=OWNERS, code_version="1",
-          tags={"stage": "monitoring"})
+          tags={"stage": "monitoring"}, freshness_policy=DAILY)
 def inference_log(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """One day of served requests (PII already redacted by the service) with their feedback
     joined in; corrupt lines are counted and skipped; shadow answers compared with the
@@ -113,7 +118,7 @@ def _reference_embeddings(dvc: DvcStore, models: ModelCatalog, limit: int, seed:
 
 
 @dg.asset(key=DRIFT_REPORT, deps=[QA_PAIRS, DEPLOYMENT], group_name="monitoring", kinds={"scikitlearn"}, owners=OWNERS, code_version="1",
-          tags={"stage": "monitoring"})
+          tags={"stage": "monitoring"}, freshness_policy=DAILY)
 def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, models: ModelCatalog, dvc: DvcStore) -> dg.MaterializeResult:
     """Drift of the traffic served since the current version went live. Queries: MMD
     permutation test and a domain classifier's ROC AUC on their embeddings, against the

@@ -4,6 +4,7 @@ import hashlib
 import json
 import random
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -93,6 +94,8 @@ def base_model(context: dg.AssetExecutionContext, models: ModelCatalog) -> dg.Ma
     key=LORA_ADAPTER, deps=[BASE_MODEL, INSTRUCTION_DATASET], group_name="training", kinds={"pytorch", "peft"}, owners=OWNERS,
     code_version="1", tags={"stage": "training", "driftloop/gpu": "preferred"}, op_tags=GPU_POD,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
+    # The weekly retrain (when on) keeps the adapter under 8 days old; older means it stopped.
+    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=8), warn_window=timedelta(days=7, hours=6)),
 )
 def lora_adapter(
     context: dg.AssetExecutionContext, config: LoraAdapterConfig, dvc: DvcStore, models: ModelCatalog, model_registry: ModelRegistry

@@ -86,8 +86,10 @@ def quality(port: int, pairs: list[dict], embedder) -> dict:
 def latest(instance, key_path: list[str]):
     import dagster as dg
 
-    event = instance.get_latest_materialization_event(dg.AssetKey(key_path))
-    return (event.storage_id, {k: v.value for k, v in event.asset_materialization.metadata.items()}) if event else (None, {})
+    records = instance.fetch_materializations(dg.AssetKey(key_path), limit=1, ascending=False).records
+    if not records:
+        return None, {}
+    return records[0].storage_id, {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
 def wait_for(condition, what: str, timeout: float, poll: float = 5.0):
@@ -112,6 +114,7 @@ def main() -> int:
     parser.add_argument("--eval-questions", type=int, default=12)
     parser.add_argument("--fresh", action="store_true", help="start from an empty home")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--run-config", type=Path, help="YAML merged over the demo's run config (per op), for the main job and every retrain")
     args = parser.parse_args()
     home = args.home.resolve()
     if args.fresh and home.exists():
@@ -126,21 +129,31 @@ def main() -> int:
         "evaluation__eval_report": {"config": {"max_questions": args.eval_questions, "judge": "none"}},
         "serving__deployment": {"config": {"port": args.port}},
     }}
+    if args.run_config:
+        import yaml
+
+        for op, extra in (yaml.safe_load(args.run_config.read_text(encoding="utf-8")) or {}).get("ops", {}).items():
+            config["ops"].setdefault(op, {"config": {}})["config"].update(extra.get("config", {}))
     config_path = home / "retrain.yaml"
     config_path.write_text(json.dumps(config), encoding="utf-8")
     env = {"DRIFTLOOP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"), "DRIFTLOOP_SERVE_PORT": str(args.port),
            "DRIFTLOOP_SENSORS": "running", "DRIFTLOOP_SENSOR_INTERVAL_S": "15", "DRIFTLOOP_DRIFT_CHECK_EVERY": str(args.traffic // 2),
-           "DRIFTLOOP_RETRAIN_CONFIG": str(config_path), "DRIFTLOOP_INBOX_DIR": str(inbox)}
+           "DRIFTLOOP_RUN_CONFIG": str(config_path), "DRIFTLOOP_INBOX_DIR": str(inbox)}
     os.environ.update(env)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     import dagster as dg
 
     from driftloop.data.corpus import read_directory
     from driftloop.data.qa import derive_qa_pairs
-    from driftloop.models.embedding import load_embedder
+    from driftloop.orchestration.definitions import RESOURCES, defs
+    from driftloop.orchestration.profile import load_profile
     from driftloop.resources.registry import ModelRegistry
     from driftloop.serving.supervisor import SupervisorClient
 
+    # The sensors give each job the ops it has from the shared file; the main job, run here, likewise.
+    pipeline_ops = set(defs.get_repository_def().get_job("driftloop_pipeline").graph.node_dict)
+    pipeline_config = home / "pipeline.yaml"
+    pipeline_config.write_text(json.dumps({"ops": {k: v for k, v in config["ops"].items() if k in pipeline_ops}}), encoding="utf-8")
     timeline = Timeline()
     bin_dir = Path(sys.executable).parent
     ui = Group([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.ui_port)], home / "dagster-dev.log")
@@ -151,7 +164,7 @@ def main() -> int:
         if ModelRegistry().registry().champion() is None:
             timeline.add("no champion yet: running the main job once")
             run = subprocess.run([str(bin_dir / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline",
-                                  "-c", str(config_path)], cwd=ROOT)
+                                  "-c", str(pipeline_config)], cwd=ROOT)
             if run.returncode != 0 or ModelRegistry().registry().champion() is None:
                 raise SystemExit("drift-demo: the main job did not produce a served champion; see the UI")
         else:
@@ -160,10 +173,12 @@ def main() -> int:
         first = ModelRegistry().registry().champion().version
         timeline.add(f"champion {first} serving on http://127.0.0.1:{args.port}")
 
-        embedder = load_embedder("all-MiniLM-L6-v2", "cpu", "fp32")
-        qa = [json.loads(line) for line in (home / "data" / "datasets" / "qa_pairs.jsonl").read_text().splitlines()]
+        # The answers are scored with the embedding model the pipeline was configured with.
+        resources = load_profile().bind(RESOURCES)
+        embedder = resources["models"].embedder()
+        qa = [json.loads(line) for line in resources["dvc"].dataset_path("qa_pairs").read_text().splitlines()]
         rng = random.Random(0)
-        in_dist = [r["question"] for r in rng.sample([r for r in qa if r["split"] == "eval"], args.traffic)]
+        in_dist = [r["question"] for r in rng.choices([r for r in qa if r["split"] == "eval"], k=args.traffic)]
         topic = [p.to_row() for p in derive_qa_pairs(read_directory(NEW_TOPIC, 10**6).documents)]
 
         def reports_since(storage_id):
@@ -196,6 +211,7 @@ def main() -> int:
 
         shifted = [rng.choice(NATURAL + [p["question"] for p in topic]) for _ in range(args.traffic)]
         timeline.add(f"sending {len(shifted)} questions on the new topic")
+        shift_at = time.monotonic()
         send(args.port, shifted)
         drifted = wait_for(lambda: [r for r in reports_since(mark) if r["drifted"]], "a drifted report", 1200)
         timeline.add(f"drift detected: {drifted[0]['summary']}")
@@ -207,7 +223,10 @@ def main() -> int:
         timeline.add(f"retrain {done[0].status.value}; gate {'passed' if gate.get('gate_passed') else 'failed'} for {gate.get('challenger')}; "
                      f"champion {'changed to ' + champion if champion != first else 'unchanged: ' + champion}")
         active = (SupervisorClient(f"http://127.0.0.1:{args.port + 1}").status().get("active") or {}).get("name")
-        timeline.add(f"serving {active} (model {deployed()[-1]['model_version']})")
+        serving_model = deployed()[-1]["model_version"]
+        shift_to_serving = round(time.monotonic() - shift_at, 1) if serving_model != first else None
+        timeline.add(f"serving {active} (model {serving_model})"
+                     + (f": {shift_to_serving:.0f} s from the first new-topic question to the new version serving" if shift_to_serving else ""))
         after = quality(args.port, topic, embedder)
         timeline.add(f"new-topic quality after the retrain: {after}")
 
@@ -217,8 +236,15 @@ def main() -> int:
         print("\nNew-topic answers (mean cosine to the reference answer; share citing a new document)")
         for label, q in (("before the documents", before), ("after the index refresh", refreshed), ("after the retrain", after)):
             print(f"  {label:<24} similarity {q['similarity']:.3f}  cited new docs {q['cited_new_docs']:.2f}  model {q.get('model')}")
+        runs = {trigger: [{"run_id": r.run_id, "status": r.status.value, "tags": dict(r.tags)}
+                          for r in instance.get_runs(dg.RunsFilter(tags={"driftloop/trigger": trigger}))]
+                for trigger in ("traffic", "new_documents", "drift")}
+        outcome = {"first_champion": first, "champion": champion, "gate_passed": gate.get("gate_passed"), "challenger": gate.get("challenger"),
+                   "serving_model": serving_model, "active": active, "shift_to_serving_s": shift_to_serving,
+                   "in_distribution_reports": checks, "drifted_report": drifted[0], "runs": runs}
         (home / "timeline.json").write_text(json.dumps({"events": timeline.events, "quality": {"before": before, "refresh": refreshed,
-                                                                                              "retrain": after}}, indent=2))
+                                                                                              "retrain": after}, "outcome": outcome},
+                                                       indent=2, default=str))
         return 0
     except KeyboardInterrupt:
         return 130

@@ -7,6 +7,7 @@ brings back any recorded version from the remote.
 """
 
 
+import fcntl
 import os
 import time
 from dataclasses import dataclass
@@ -56,9 +57,14 @@ class DvcStore(dg.ConfigurableResource):
     def _repo(self):
         from dvc.repo import Repo
 
-        if not (self.root / ".dvc").is_dir():
+        if not (self.root / ".dvc" / "config").is_file():
             self.root.mkdir(parents=True, exist_ok=True)
-            Repo.init(str(self.root), no_scm=True, force=True)
+            # Steps in parallel processes may both find no workspace; one initializes it, and
+            # none opens it half-made (without its no_scm setting DVC looks for git and fails).
+            with (self.root.parent / ".dvc-init.lock").open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (self.root / ".dvc" / "config").is_file():
+                    Repo.init(str(self.root), no_scm=True, force=True)
         repo = Repo(str(self.root))
         with repo.config.edit() as conf:
             conf["core"]["analytics"] = False

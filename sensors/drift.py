@@ -64,16 +64,24 @@ def drift_check_on_traffic(context: dg.SensorEvaluationContext):
         context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": pending, "total": total}))
         return dg.SkipReason(f"{pending} new requests since the last drift check; checking every {every}")
     context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": 0, "total": total}))
-    return dg.RunRequest(run_key=f"drift-check-{total}", tags={"driftloop/trigger": "traffic", "driftloop/requests_seen": str(total)})
+    return dg.RunRequest(run_key=f"drift-check-{total}", run_config=sensor_run_config(context, "drift_check"), tags={"driftloop/trigger": "traffic", "driftloop/requests_seen": str(total)})
 
 
-def _retrain_config() -> dict:
-    path = os.environ.get("DRIFTLOOP_RETRAIN_CONFIG")
+def sensor_run_config(context: dg.SensorEvaluationContext, job_name: str) -> dict:
+    """Run config for a run this code location's sensors start: DRIFTLOOP_RUN_CONFIG names
+    one YAML file of per-op settings shared by every job; each job gets the ops it has
+    (Dagster refuses config for ops a job lacks)."""
+    path = os.environ.get("DRIFTLOOP_RUN_CONFIG")
     if not path:
         return {}
     import yaml
 
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    ops = config.get("ops") or {}
+    if context.repository_def is not None and ops:
+        names = set(context.repository_def.get_job(job_name).graph.node_dict)
+        config = {**config, "ops": {name: value for name, value in ops.items() if name in names}}
+    return config
 
 
 @dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", minimum_interval_seconds=_interval(), default_status=sensor_status(),
@@ -98,7 +106,7 @@ def drift_retrain(context: dg.SensorEvaluationContext):
         else:
             fired.append(window)
             requests.append(dg.RunRequest(
-                run_key=f"drift-{window}", run_config=_retrain_config(),
+                run_key=f"drift-{window}", run_config=sensor_run_config(context, "retrain_and_redeploy"),
                 tags={"driftloop/trigger": "drift", "driftloop/drift_window": window, "driftloop/drift_report_run": record.run_id,
                       "driftloop/drift_reasons": ",".join(meta.get("reasons") or [])[:200],
                       "driftloop/drift_summary": str(meta.get("summary", ""))[:500]}))

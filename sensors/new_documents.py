@@ -9,7 +9,7 @@ import dagster as dg
 
 from driftloop.assets.data import SOURCE_DOCUMENTS, source_locations
 from driftloop.data.corpus import fingerprint
-from driftloop.sensors.drift import _interval, sensor_status
+from driftloop.sensors.drift import _interval, sensor_run_config, sensor_status
 
 
 @dg.sensor(name="new_documents", job_name="refresh_index", minimum_interval_seconds=_interval(), default_status=sensor_status(),
@@ -18,6 +18,9 @@ def new_documents(context: dg.SensorEvaluationContext):
     current = fingerprint(source_locations())
     event = context.instance.get_latest_materialization_event(SOURCE_DOCUMENTS)
     recorded = event.asset_materialization.metadata.get("source_fingerprint") if event and event.asset_materialization else None
-    if recorded is not None and recorded.value == current:
+    if recorded is None:
+        # The first ingest belongs to the main job; a refresh racing it would ingest twice.
+        return dg.SkipReason("nothing ingested yet: the main job makes the first ingest")
+    if recorded.value == current:
         return dg.SkipReason("the source is unchanged since the last ingest")
-    return dg.RunRequest(run_key=f"documents-{current}", tags={"driftloop/trigger": "new_documents", "driftloop/source_fingerprint": current})
+    return dg.RunRequest(run_key=f"documents-{current}", run_config=sensor_run_config(context, "refresh_index"), tags={"driftloop/trigger": "new_documents", "driftloop/source_fingerprint": current})

@@ -126,6 +126,9 @@ def test_drift_checks_follow_new_traffic(stage, monkeypatch):
 def test_new_documents_in_the_inbox_start_one_refresh(stage, dvc_store):
     instance = stage["instance"]
     assert not sensor_tick(new_documents, instance).run_requests  # ingested as it is
+    # Nothing ingested yet: the first ingest is the main job's, never a refresh racing it.
+    first = sensor_tick(new_documents, dg.DagsterInstance.ephemeral())
+    assert not first.run_requests and "nothing ingested yet" in first.skip_message
     inbox = stage["home"] / "data" / "inbox"
     inbox.mkdir(parents=True)
     (inbox / "k8s.md").write_text("# Pod eviction\n\n" + " ".join(NEW_TOPIC * 3) + ".\n")

@@ -208,8 +208,9 @@ def plot_drift(ref_embeddings, cur_embeddings, ref_columns: dict | None = None, 
         if len(both) and both.min() < both.max():
             lo, hi = np.quantile(both, [0.005, 0.995])
             bins = np.linspace(lo, hi, 31) if hi > lo else 30
-            ax.hist(np.clip(r, lo, hi), bins=bins, density=True, alpha=0.5, color="tab:blue", label="reference")
-            ax.hist(np.clip(c, lo, hi), bins=bins, density=True, alpha=0.5, color="tab:orange", label="current")
+            for values, color, label in ((r, "tab:blue", "reference"), (c, "tab:orange", "current")):
+                if len(values):  # a density of no values divides by zero
+                    ax.hist(np.clip(values, lo, hi), bins=bins, density=True, alpha=0.5, color=color, label=label)
         elif len(both):
             ax.bar(["reference", "current"], [len(r), len(c)], color=["tab:blue", "tab:orange"])
         else:

@@ -1,0 +1,98 @@
+"""The closed loop, reduced, against a real Dagster daemon and webserver and a real
+BentoML service behind the supervisor: `make drift-demo`'s own scenario
+(orchestration/drift_demo.py) on a small corpus with tiny models chosen by a profile
+file, so the code under test is the product's, end to end:
+
+in-distribution traffic retrains nothing; documents on a new topic start one index
+refresh and redeploy without training; questions on that topic are flagged by the drift
+check, and the drift sensor starts exactly one retrain, which passes the gate and puts
+the new version on the stable port."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def free_pair() -> int:
+    """A port whose successor is free too: the supervisor's control port is port + 1."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                with socket.socket() as second:
+                    second.bind(("127.0.0.1", port + 1))
+                    return port
+            except OSError:
+                continue
+    raise RuntimeError("no two adjacent free ports")
+
+
+@pytest.mark.timeout(1800)
+def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_path, tiny_llama, tiny_embedding_model):
+    corpus = write_corpus(tmp_path / "corpus", n_docs=16)
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({"resources": {"models": {
+        "embedding_model": tiny_embedding_model, "generator_model": tiny_llama, "device": "cpu", "embedding_precision": "fp32"}}}))
+    # Tiny random models answer nonsense: the floors are off, so the gate passes on its rules
+    # alone; that a failing challenger never serves is tests/test_evaluation_assets.py's part.
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text(yaml.safe_dump({"ops": {
+        "data__qa_pairs": {"config": {"eval_fraction": 0.4}},
+        "retrieval__chunks": {"config": {"chunk_tokens": 48, "overlap_tokens": 8}},
+        "retrieval__vector_index": {"config": {"min_recall": 0.0, "min_mrr": 0.0}},
+        "training__lora_adapter": {"config": {"batch_size": 4, "max_seq_length": 256, "warmup_steps": 0, "min_examples": 4}},
+        "evaluation__eval_report": {"config": {"max_new_tokens": 6, "k": 2, "min_semantic_similarity": 0.0, "max_empty_rate": 1.0,
+                                               "max_toxic_rate": 1.0, "max_pii_rate": 1.0, "no_regression": []}},
+        "monitoring__drift_report": {"config": {"min_queries": 30, "permutations": 200, "reference_queries": 200}},
+    }}))
+    home, port, ui_port = tmp_path / "home", free_pair(), free_pair()
+    env = {**os.environ, "DRIFTLOOP_PROFILE_FILE": str(profile), "DRIFTLOOP_SOURCE_DIR": str(corpus), "DRIFTLOOP_WARMUP_REQUESTS": "2"}
+    env.pop("DRIFTLOOP_PROFILE", None)
+    demo = subprocess.run(
+        [sys.executable, "-m", "driftloop.orchestration.drift_demo", "--home", str(home), "--port", str(port), "--ui-port", str(ui_port),
+         "--traffic", "40", "--train-steps", "2", "--eval-questions", "4", "--run-config", str(run_config), "--timeout", "900"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700,
+    )
+    tail = demo.stdout[-4000:] + demo.stderr[-4000:] + "\n--- dagster ---\n" + _tail(home / "dagster-dev.log")
+    assert demo.returncode == 0, tail
+    result = json.loads((home / "timeline.json").read_text())
+    outcome, quality = result["outcome"], result["quality"]
+
+    # In-distribution traffic: checked, never drifted, nothing retrained on it.
+    assert outcome["in_distribution_reports"] and not any(r["drifted"] for r in outcome["in_distribution_reports"]), tail
+    assert all(r["status"] == "SUCCESS" for r in outcome["runs"]["traffic"]) and len(outcome["runs"]["traffic"]) >= 2
+
+    # New documents: one refresh, which trained nothing, and the new topic is now cited.
+    refreshes = outcome["runs"]["new_documents"]
+    assert len(refreshes) == 1 and refreshes[0]["status"] == "SUCCESS", refreshes
+    assert quality["before"]["cited_new_docs"] == 0 and quality["refresh"]["cited_new_docs"] > 0, quality
+    assert quality["refresh"]["model"] == outcome["first_champion"]
+
+    # The shift: flagged, one retrain for its window, gated, and the new version serving.
+    assert outcome["drifted_report"]["drifted"] and outcome["drifted_report"]["enough_data"]
+    retrains = outcome["runs"]["drift"]
+    assert len(retrains) == 1 and retrains[0]["status"] == "SUCCESS", retrains
+    assert retrains[0]["tags"]["driftloop/drift_window"] and retrains[0]["tags"]["driftloop/drift_reasons"]
+    assert outcome["gate_passed"] is True and outcome["champion"] == outcome["challenger"] != outcome["first_champion"]
+    assert outcome["serving_model"] == outcome["champion"] == quality["retrain"]["model"]
+    assert outcome["shift_to_serving_s"] and outcome["shift_to_serving_s"] > 0
+    assert quality["retrain"]["answered"] == quality["refresh"]["answered"] > 0
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
