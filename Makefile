@@ -59,8 +59,13 @@ test-fast: install
 
 # The long security, fuzzing and bad-data checks behind RELIABILITY.md; figures land in
 # artifacts/reliability/ (FUZZ=<examples per operation and mode>, 200 by default).
+# Then the crash, daemon, overload and redeploy checks: 20 kill -9s of training, embedding and
+# deployment steps; 15 daemon kills; 3 minutes at 4x capacity; 6 redeploys under load.
 reliability: install
 	$(BIN)/python reliability/run.py --fuzz-examples $(or $(FUZZ),200)
+	$(BIN)/python reliability/crash.py --train-kills 8 --embed-kills 6 --deploy-kills 6
+	$(BIN)/python reliability/daemon.py --kills 15 --windows 12
+	$(BIN)/python reliability/load.py --overload-s 180 --switches 6
 
 # Re-resolve from pyproject.toml in a scratch venv, then pin the result.
 lock:

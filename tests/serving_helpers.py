@@ -121,3 +121,52 @@ def record_figures(name: str, figures: dict) -> dict:
 def read_request_log(root: Path, kind: str = "requests") -> list[dict]:
     return [json.loads(line) for path in sorted((Path(root) / kind).glob("date=*/*.jsonl"))
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def build_tiny_models(folder: Path) -> tuple[str, str]:
+    """The tiny Llama and tiny embedding model of tests/conftest.py's fixtures, built into
+    `folder` for the scripts under reliability/ that run outside pytest."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    from driftloop.models.embedding import resolve_embedding_model
+    from driftloop.models.generator import PACKAGED_GGUF, _packaged_gguf
+
+    folder = Path(folder)
+    llama, raw, st = folder / "tiny-llama", folder / "tiny-bert-raw", folder / "tiny-st"
+    if not (llama / "config.json").is_file():
+        gguf = _packaged_gguf(next(iter(PACKAGED_GGUF)))
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+        LlamaForCausalLM(config).save_pretrained(llama)
+        tokenizer.save_pretrained(llama)
+    if not (st / "modules.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(resolve_embedding_model("all-MiniLM-L6-v2"))
+        torch.manual_seed(0)
+        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=256)).save_pretrained(raw)
+        tokenizer.save_pretrained(raw)
+        SentenceTransformer(modules=[models.Transformer(str(raw), max_seq_length=128), models.Pooling(32, "mean")]).save(str(st))
+    return str(llama), str(st)
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident memory in bytes of a process and all its descendants (0 once it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
