@@ -82,6 +82,9 @@ def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, dvc: DvcStor
 @dg.asset(
     key=EMBEDDINGS, deps=[CHUNKS], group_name="retrieval", kinds={"pytorch", "numpy"}, owners=OWNERS, code_version="1",
     tags={"stage": "retrieval", "driftloop/gpu": "optional"}, op_tags=GPU_POD,
+    # A killed worker leaves nothing half-written (a version is published by one rename),
+    # so the step is simply retried; it re-embeds what the last published version lacks.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
 )
 def embeddings(context: dg.AssetExecutionContext, dvc: DvcStore, models: ModelCatalog, vector_store: VectorStore) -> dg.MaterializeResult:
     """Unit-norm chunk vectors from the catalog's embedding model. Cached by content

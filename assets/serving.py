@@ -92,8 +92,10 @@ def _audit(record: dict) -> None:
         handle.write(json.dumps({"at": datetime.now(UTC).isoformat(), **record}) + "\n")
 
 
+# A deploy is idempotent (the same tag already serving is "unchanged"), so a worker
+# killed mid-switch is simply retried; the supervisor keeps the old version serving.
 @dg.asset(key=DEPLOYMENT, deps=[BENTO], group_name="serving", kinds={"bentoml", "kubernetes"}, owners=OWNERS, code_version="1",
-          tags={"stage": "serving"})
+          tags={"stage": "serving"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=5))
 def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig) -> dg.MaterializeResult:
     """Deploy the latest bento. Locally, a supervisor starts it beside the running version,
     waits until it is ready, switches the stable port to it and stops the old one; for
