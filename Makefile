@@ -62,6 +62,7 @@ test-fast: install
 # Then the crash, daemon, overload and redeploy checks: 20 kill -9s of training, embedding and
 # deployment steps; 15 daemon kills; 3 minutes at 4x capacity; 6 redeploys under load.
 reliability: install
+	$(BIN)/python -m pytest -q -m reliability
 	$(BIN)/python reliability/run.py --fuzz-examples $(or $(FUZZ),200)
 	$(BIN)/python reliability/crash.py --train-kills 8 --embed-kills 6 --deploy-kills 6
 	$(BIN)/python reliability/daemon.py --kills 15 --windows 12

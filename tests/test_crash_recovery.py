@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reliability.crash import CrashLab, run_deploy_stage, summarize  # noqa: E402
 from serving_helpers import record_figures  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.reliability]
 
 
 @pytest.fixture(scope="module")

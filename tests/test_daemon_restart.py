@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reliability.daemon import restart_storage, sensor_storm  # noqa: E402
 from serving_helpers import record_figures  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.reliability]
 
 
 def test_daemon_killed_during_sensor_evaluation_starts_one_retrain_per_drift_window(tmp_path):

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reliability.load import overload, redeploy_under_load  # noqa: E402
 from serving_helpers import make_bundle, record_figures, serve  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 LIMIT = 2
 
 
