@@ -246,11 +246,16 @@ class CrashLab:
                    "artifact_problems": problems, "verified_folders": verified, "staging_left": staging}
         if delay is None:
             return outcome
+        if first["success"]:
+            # The step's retry policy ran it again inside the same run.
+            outcome.update(retried_in_run=True, retry_success=True, retry_problems=problems)
+            outcome["recovered"] = not problems
+            return outcome
         retried = self.run("embed", from_failure=first["run_id"])
         problems = self.artifact_problems()[0]
         meta = self._last_materialization(["retrieval", "embeddings"], retried["run_id"])
         outcome.update(retry_success=retried["success"], retry_problems=problems, embedded=(meta or {}).get("embedded"))
-        outcome["recovered"] = bool(not first["success"] and retried["success"] and not outcome["artifact_problems"] and not problems)
+        outcome["recovered"] = bool(retried["success"] and not outcome["artifact_problems"] and not problems)
         return outcome
 
     # -- deployment ------------------------------------------------------------------------------
@@ -286,13 +291,16 @@ class CrashLab:
         first = self.finish(proc)
         outcome = {"stage": "deploy", "killed": delay is not None, "after_s": round(delay or 0, 2), "first_run_success": first["success"],
                    "tag": bento["tag"]}
-        if delay is not None:
+        if delay is not None and first["success"]:
+            # The step's retry policy ran it again inside the same run.
+            outcome.update(retried_in_run=True, retry_success=True)
+        elif delay is not None:
             retried = self.run("deploy", from_failure=first["run_id"])
             meta = self._last_materialization(["serving", "deployment"], retried["run_id"]) or {}
             outcome.update(retry_success=retried["success"], action=meta.get("action"))
         status, body = call(port, "/answer", {"question": "What does section 1 say?", "max_new_tokens": 2})
         outcome["serving_after"] = json.loads(body).get("model_version") if status == 200 else f"HTTP {status}"
-        outcome["recovered"] = bool(delay is not None and not first["success"] and outcome.get("retry_success")
+        outcome["recovered"] = bool(delay is not None and outcome.get("retry_success")
                                     and outcome["serving_after"] == bento["model_version"])
         return outcome
 
