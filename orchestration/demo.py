@@ -100,8 +100,13 @@ def main() -> int:
         run = subprocess.run([_bin("dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", args.job], cwd=ROOT)
         if run.returncode == 0 and args.job == "driftloop_pipeline" and not _latest_report_has_champion():
             print("First champion promoted; retraining once more so the report compares base, champion and challenger.", flush=True)
-            run = subprocess.run([_bin("dagster"), "asset", "materialize", "-f", "orchestration/definitions.py",
-                                  "--select", "training/lora_adapter*", "--config-json", RETRAIN], cwd=ROOT)
+            # The retrain job (data refresh, training, evaluation, gate, redeploy), as the drift
+            # sensor starts it; "everything downstream of the adapter" would also start a shadow
+            # of the version that now serves and the monitoring checks.
+            retrain_config = home / "demo-retrain.yaml"
+            retrain_config.write_text(RETRAIN, encoding="utf-8")
+            run = subprocess.run([_bin("dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "retrain_and_redeploy",
+                                  "-c", str(retrain_config)], cwd=ROOT)
         if run.returncode == 0:
             print(f"Champion served: http://127.0.0.1:{SERVE_PORT}/answer and the OpenAI API at http://127.0.0.1:{SERVE_PORT}/v1", flush=True)
             print(f"Lineage materialized: http://127.0.0.1:{args.port}/asset-groups   Ctrl-C stops everything.", flush=True)
