@@ -145,15 +145,14 @@ def main() -> int:
 
     from driftloop.data.corpus import read_directory
     from driftloop.data.qa import derive_qa_pairs
-    from driftloop.orchestration.definitions import RESOURCES, defs
-    from driftloop.orchestration.profile import load_profile
+    from driftloop.orchestration.definitions import defs
     from driftloop.resources.registry import ModelRegistry
+    from driftloop.sensors.drift import config_for_job
     from driftloop.serving.supervisor import SupervisorClient
 
     # The sensors give each job the ops it has from the shared file; the main job, run here, likewise.
-    pipeline_ops = set(defs.get_repository_def().get_job("driftloop_pipeline").graph.node_dict)
     pipeline_config = home / "pipeline.yaml"
-    pipeline_config.write_text(json.dumps({"ops": {k: v for k, v in config["ops"].items() if k in pipeline_ops}}), encoding="utf-8")
+    pipeline_config.write_text(json.dumps(config_for_job(config, defs.get_repository_def().get_job("driftloop_pipeline"))), encoding="utf-8")
     timeline = Timeline()
     bin_dir = Path(sys.executable).parent
     ui = Group([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.ui_port)], home / "dagster-dev.log")
@@ -174,7 +173,7 @@ def main() -> int:
         timeline.add(f"champion {first} serving on http://127.0.0.1:{args.port}")
 
         # The answers are scored with the embedding model the pipeline was configured with.
-        resources = load_profile().bind(RESOURCES)
+        resources = defs.resources
         embedder = resources["models"].embedder()
         qa = [json.loads(line) for line in resources["dvc"].dataset_path("qa_pairs").read_text().splitlines()]
         rng = random.Random(0)

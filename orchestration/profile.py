@@ -49,15 +49,20 @@ def _value(value):
     return value
 
 
+def _settings(profile: str, path: Path, sections: set[str]) -> dict:
+    if not path.is_file():
+        raise ProfileError(f"{profile} profile: no settings file at {path}; set DRIFTLOOP_PROFILE_FILE")
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(settings) - sections
+    if unknown:
+        raise ProfileError(f"{path}: unknown sections {sorted(unknown)}; the {profile} profile takes {' and '.join(sorted(sections))}")
+    return settings
+
+
 def production_profile(path: Path) -> Profile:
     from dagster_k8s import k8s_job_executor
 
-    if not path.is_file():
-        raise ProfileError(f"production profile: no settings file at {path}; set DRIFTLOOP_PROFILE_FILE")
-    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    unknown = set(settings) - {"executor", "resources"}
-    if unknown:
-        raise ProfileError(f"{path}: unknown sections {sorted(unknown)}; expected executor and resources")
+    settings = _settings("production", path, {"executor", "resources"})
     return Profile("production", k8s_job_executor.configured(settings.get("executor") or {}, name="k8s"), settings.get("resources") or {})
 
 
@@ -66,14 +71,7 @@ def local_profile(path: str | Path | None) -> Profile:
     resources (other models, other folders) but not the executor."""
     if not path:
         return Profile("local", LOCAL_EXECUTOR)
-    path = Path(path)
-    if not path.is_file():
-        raise ProfileError(f"local profile: no settings file at {path} (DRIFTLOOP_PROFILE_FILE)")
-    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    unknown = set(settings) - {"resources"}
-    if unknown:
-        raise ProfileError(f"{path}: the local profile takes only a resources section, not {sorted(unknown)}")
-    return Profile("local", LOCAL_EXECUTOR, settings.get("resources") or {})
+    return Profile("local", LOCAL_EXECUTOR, _settings("local", Path(path), {"resources"}).get("resources") or {})
 
 
 def load_profile(name: str | None = None, path: str | Path | None = None) -> Profile:

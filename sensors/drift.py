@@ -77,11 +77,15 @@ def sensor_run_config(context: dg.SensorEvaluationContext, job_name: str) -> dic
     import yaml
 
     config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if context.repository_def is None:
+        return config
+    return config_for_job(config, context.repository_def.get_job(job_name))
+
+
+def config_for_job(config: dict, job: dg.JobDefinition) -> dict:
+    """`config` with only the ops `job` has: Dagster refuses config for any other op."""
     ops = config.get("ops") or {}
-    if context.repository_def is not None and ops:
-        names = set(context.repository_def.get_job(job_name).graph.node_dict)
-        config = {**config, "ops": {name: value for name, value in ops.items() if name in names}}
-    return config
+    return {**config, "ops": {name: value for name, value in ops.items() if name in job.graph.node_dict}} if ops else config
 
 
 @dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", minimum_interval_seconds=_interval(), default_status=sensor_status(),
