@@ -216,6 +216,7 @@ def restart_storage(work: Path, run_seconds: int = 60) -> dict:
         status_after_kill = lab.instance.get_run_by_id(run_id).status.value
         lab.start("webserver")
         lab.start("daemon")
+        restarted = time.time()
         read_back = lab.graphql("""{ runsOrError { ... on Runs { results { runId status jobName } } }
             assetNodes { assetKey { path } assetMaterializations(limit: 5) { runId } }
             sensorOrError(sensorSelector: {repositoryLocationName: "daemon_defs.py", repositoryName: "__repository__", sensorName: "drift_retrain"}) {
@@ -226,16 +227,19 @@ def restart_storage(work: Path, run_seconds: int = 60) -> dict:
         out.update(runs_before=history_before, runs_read_back=len(runs), cursor_before=cursor_before, cursor_after=cursor_after,
                    materializations_read_back=materialized, interrupted_run=run_id, status_right_after_kill=status_after_kill)
         # Then: is the interrupted run marked failed and retried by run retries?
-        deadline, retried = time.time() + 240, None
+        deadline, retried, failed_after = time.time() + 240, None, None
         while time.time() < deadline:
             run = lab.instance.get_run_by_id(run_id)
+            if failed_after is None and run.is_finished:
+                failed_after = round(time.time() - restarted, 1)
             retried = next((r for r in lab.instance.get_runs() if r.tags.get("dagster/parent_run_id") == run_id), None)
             if retried is not None and retried.is_finished:
                 break
             time.sleep(2)
         out.update(interrupted_status_later=lab.instance.get_run_by_id(run_id).status.value,
                    retry_run=retried.run_id if retried else None, retry_status=retried.status.value if retried else None,
-                   retry_number=retried.tags.get("dagster/retry_number") if retried else None)
+                   retry_number=retried.tags.get("dagster/retry_number") if retried else None,
+                   finished_after_restart_s=failed_after, retry_done_after_restart_s=round(time.time() - restarted, 1))
     finally:
         lab.stop_all()
     return out
@@ -255,6 +259,7 @@ def main() -> int:
     if not args.skip_storage:
         storage = record_figures("storage_restart", restart_storage(work))
         ok &= storage["runs_read_back"] >= storage["runs_before"] and storage["cursor_after"] == storage["cursor_before"]
+        ok &= storage["interrupted_status_later"] == "FAILURE" and storage["retry_status"] == "SUCCESS"
     shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
 
