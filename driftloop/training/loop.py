@@ -105,6 +105,29 @@ def answer_loss(model, inputs: dict, reduction: str = "mean"):
     return F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
 
 
+def store_frozen_linears(model, dtype) -> int:
+    """Keep the frozen linear weights in `dtype`; returns how many were converted.
+
+    Autocast re-casts a weight that needs no gradient on every forward pass (its cast
+    cache only keeps leaves that require grad), so a bf16 run would convert the whole
+    base model once per micro-batch. Stored in bf16 they are read as they are, at half
+    the memory. LoRA weights, norms and the embedding stay float32: the residual stream
+    keeps the precision autocast gives it, and a tied output head is the embedding.
+    """
+    import torch
+
+    embedding = model.get_input_embeddings()
+    tied = embedding.weight if embedding is not None else None
+    converted = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad and module.weight is not tied:
+            module.weight.data = module.weight.data.to(dtype)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias.data = module.bias.data.to(dtype)
+            converted += 1
+    return converted
+
+
 def attach_lora(model, settings: LoraSettings):
     from peft import LoraConfig, get_peft_model
 
@@ -214,6 +237,8 @@ def train_lora(
     if settings.lean_activations:
         patch_lean_activations(base)
     peft_model = attach_lora(base, settings).to(device)
+    if precision == "bf16":
+        store_frozen_linears(peft_model, torch.bfloat16)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
 
