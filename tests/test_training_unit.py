@@ -163,3 +163,19 @@ def test_fast_path_is_the_same_optimisation_step(tiny_llama):
     assert fast_loss == pytest.approx(stock_loss, rel=1e-5)
     for name, grad in stock.items():
         assert torch.allclose(fast[name], grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_bf16_training_stores_frozen_linears_in_bf16_and_still_learns(tiny_llama, tmp_path):
+    import torch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    items, _ = encode_dataset(chat_examples(32), tokenizer, 256, "error", 4)
+    settings = LoraSettings(rank=16, alpha=32, learning_rate=3e-2, max_steps=30, batch_size=8, max_seq_length=128, warmup_steps=2,
+                            checkpoint_every=100, precision="bf16", target_modules=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"))
+    model, result = train_lora(tiny_llama, items, settings, tmp_path / "ckpt")
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    frozen_linear = [n for n in dtypes if n.endswith(("base_layer.weight", "gate_proj.weight"))]
+    assert frozen_linear and all(dtypes[n] == torch.bfloat16 for n in frozen_linear)
+    assert all(dtype == torch.float32 for n, dtype in dtypes.items() if "lora_" in n or "norm" in n or "embed_tokens" in n)
+    first, last = sum(h.loss for h in result.history[:5]) / 5, sum(h.loss for h in result.history[-5:]) / 5
+    assert result.precision == "bf16" and last < first - 0.3, (first, last)
