@@ -1,10 +1,10 @@
 """The driftloop inference service: RAG answers with cited chunks, an OpenAI-compatible
 chat API, feedback, health and Prometheus metrics.
 
-Two BentoML services: `Models` holds the generator (base model + champion adapter) and
-the embedding model behind batchable APIs, so concurrent requests are batched
-adaptively; `DriftloopRAG` is the public face (guardrails, retrieval, the request log,
-API keys) and calls `Models` through a dependency. It serves the bundle in
+Two BentoML services: `Models` holds the generator (base model + champion adapter)
+behind a batchable API, so concurrent requests are batched adaptively; `DriftloopRAG`
+is the public face (guardrails, retrieval with the embedding model and the index, the
+request log, API keys) and calls `Models` through a dependency. It serves the bundle in
 DRIFTLOOP_BUNDLE, or the one packed beside this file when built as a bento.
 """
 
@@ -74,20 +74,15 @@ class GenerateRequest(BaseModel):
 
 @bentoml.service(name="driftloop-models", resources=_resources(), traffic={"timeout": 300})
 class Models:
+    """The generator alone: its process owns the cores, so its intra-op thread pool is the
+    only one computing there. A second thread running torch ops in this process (retrieval
+    did, once) starts a second OpenMP pool that competes for the same two cores and made
+    every generate batch about 1.7x slower."""
+
     def __init__(self) -> None:
-        from driftloop.serving.engine import Generation, Retrieval
+        from driftloop.serving.engine import Generation
 
-        bundle = load_bundle(_bundle_dir())
-        device = _device()
-        self.generation = Generation(bundle, device)
-        self.retrieval = Retrieval(bundle, device)
-        # Retrieval runs in a lane of its own: on the single thread BentoML gives sync APIs,
-        # each request's embed and search queued behind a whole generate batch and so
-        # reached the generate batcher one at a time, which kept batches small.
-        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
-
-    async def _in_lane(self, func, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._lane, func, *args)
+        self.generation = Generation(load_bundle(_bundle_dir()), _device())
 
     @bentoml.api(batchable=True, max_batch_size=int(os.environ.get("DRIFTLOOP_MAX_BATCH", "8")), max_latency_ms=120_000)
     def generate(self, requests: list[GenerateRequest]) -> list[dict]:
@@ -100,16 +95,6 @@ class Models:
                 result["text"] = self.generation.answerer.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 result["completion_tokens"] = request.max_new_tokens
         return out
-
-    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        return (await self._in_lane(self.retrieval.embed, texts)).tolist()
-
-    @bentoml.api
-    async def search(self, vector: list[float], k: int = 3) -> list[dict]:
-        import numpy as np
-
-        return (await self._in_lane(self.retrieval.search, np.asarray([vector], dtype="float32"), k))[0]
 
     @bentoml.api
     def count_tokens(self, text: str) -> int:
@@ -213,6 +198,16 @@ class DriftloopRAG:
         self.log = RequestLog(default_root(), float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_PROMPT", settings.get("price_per_1k_prompt", 0.0))),
                               float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_COMPLETION", settings.get("price_per_1k_completion", 0.0))))
         self.model_names = [self.bundle.model_version, "driftloop"]
+        # Retrieval lives here, beside the guardrails, not in the generator's process: a
+        # question's embedding and search take milliseconds on one thread, and here they
+        # neither queue behind a generate batch nor start a second thread pool beside it.
+        import torch
+
+        from driftloop.serving.engine import Retrieval
+
+        torch.set_num_threads(int(os.environ.get("DRIFTLOOP_RETRIEVAL_THREADS", "1")))
+        self.retrieval = Retrieval(self.bundle, _device())
+        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
         # A shadow answers copies of live requests: logged for comparison, seen by nobody.
         self.role = os.environ.get("DRIFTLOOP_ROLE", "primary")
         self.started = int(time.time())
@@ -246,8 +241,7 @@ class DriftloopRAG:
         together; straight to the models service, so nothing reaches the request log."""
         async def one(n: int) -> None:
             question = "How do I use this? " + "Explain it in detail, step by step. " * n
-            vector = (await self._models("embed", [question]))[0]
-            chunks = await self._models("search", vector, 3)
+            chunks = await self._retrieve(question, 3)
             await self._models("generate", [GenerateRequest(prompt=self._prompt(question, chunks), max_new_tokens=2)])
 
         for n in range(rounds):
@@ -276,6 +270,12 @@ class DriftloopRAG:
                     raise
                 errors_total.labels(endpoint=f"models.{method}", status="retried").inc()
 
+    async def _retrieve(self, question: str, k: int) -> list[dict]:
+        def search() -> list[dict]:
+            return self.retrieval.search(self.retrieval.embed([question]), k)[0]
+
+        return await asyncio.get_running_loop().run_in_executor(self._lane, search)
+
     def _prompt(self, question: str, chunks: list[dict]) -> str:
         context = "\n\n".join(c["text"] for c in chunks)[:2000]
         messages = self.prompt.messages(question, context)
@@ -286,8 +286,7 @@ class DriftloopRAG:
         request_id, started = request_id or new_request_id(), time.perf_counter()
         try:
             self.guardrails.check_input(question)
-            vector = (await self._models("embed", [question]))[0]
-            chunks = await self._models("search", vector, k)
+            chunks = await self._retrieve(question, k)
             generated = (await self._models("generate", [GenerateRequest(prompt=self._prompt(question, chunks), max_new_tokens=max_new_tokens)]))[0]
         except GuardrailViolation as err:
             if not isinstance(err, Overloaded):

@@ -38,6 +38,9 @@ def _designed(status: int | None, body: str) -> bool:
     return status == 503 and "overloaded" in body
 
 
+SHED_BACKOFF_S = 0.02
+
+
 def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: int = 4) -> dict:
     clients = max_concurrency * factor
     stop = threading.Event()
@@ -61,6 +64,11 @@ def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: 
                     latencies.append(time.perf_counter() - started)
                 if not _designed(status, body):
                     undesigned.append(f"{status} {body[:200]}")
+            if status in (429, 503):
+                # A client told to back off waits a moment, as any retrying client does; without
+                # it the load generator, on the same two cores, spins on instant 429s and
+                # measures its own CPU use rather than the service's.
+                time.sleep(SHED_BACKOFF_S)
 
     def prober() -> None:
         while not stop.is_set():
