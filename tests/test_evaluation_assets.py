@@ -148,25 +148,3 @@ def test_eval_sets_that_cannot_be_scored_are_refused():
     rows = [{"qa_id": "a", "split": "eval", "question": "q", "answer": "", "context": "c", "doc_id": "d"}]
     with pytest.raises(EvaluationError, match="1 of 1 eval questions lack a reference"):
         eval_items(rows, 10)
-
-
-def test_batched_answers_prefill_each_prompt_alone_and_match_one_at_a_time(tiny_llama):
-    """The batch's cache is built from unpadded per-prompt prefills; greedy answers of the
-    batch are then those of each prompt alone (fp32, so no rounding differs)."""
-    from transformers import AutoTokenizer
-
-    from driftloop.evaluation.generate import Answerer
-
-    answerer = Answerer(tiny_llama, "cpu", precision="fp32")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": "What does json.dumps do? " * n}], tokenize=False, add_generation_prompt=True)
-               for n in (1, 3, 7, 12)]
-    taken = []
-    prefill = answerer._prefill
-    answerer._prefill = lambda enc: taken.append(prefill(enc)) or taken[-1]
-    batch = answerer.answer("base", prompts, ["a", "b", "c", "d"], max_new_tokens=12, batch_size=4)
-    assert taken and taken[0] is not None
-    assert taken[0].layers[0].keys.shape[0] == 4
-    alone = [answerer.answer("base", [p], [str(i)], max_new_tokens=12)[0] for i, p in enumerate(prompts)]
-    assert [a.answer for a in batch] == [a.answer for a in alone]
-    assert [a.new_tokens for a in batch] == [a.new_tokens for a in alone] and all(a.new_tokens for a in batch)

@@ -117,10 +117,8 @@ class Answerer:
                 batch = list(prompts[start : start + batch_size])
                 enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
                 t0 = time.perf_counter()
-                cache = self._prefill(enc) if len(batch) > 1 else None
                 generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                                pad_token_id=self.tokenizer.pad_token_id,
-                                                **({"past_key_values": cache} if cache is not None else {}))
+                                                pad_token_id=self.tokenizer.pad_token_id)
                 seconds = (time.perf_counter() - t0) / len(batch)
                 new = generated[:, enc["input_ids"].shape[1] :]
                 for row, qid in zip(new, ids[start : start + batch_size], strict=True):
@@ -129,38 +127,6 @@ class Answerer:
                         tokens = tokens[: tokens.index(self.tokenizer.eos_token_id)]
                     out.append(Answer(qid, self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), seconds, len(tokens)))
         return out
-
-    def _prefill(self, enc):
-        """The batch's key/value cache for all but each prompt's last token, every prompt
-        run alone and unpadded, then left-padded into one cache that generate continues.
-
-        A padded batch prefill computes every row at the longest row's length and takes
-        attention's masked path: on a CPU that made a batch of 8 RAG prompts cost 1.5x
-        their separate prefills, while decoding the batch together costs about what one
-        row does. None where this does not apply (a prompt of one token, right padding,
-        a cache that is not a plain per-layer key/value cache); generate then prefills.
-        """
-        import torch
-        import torch.nn.functional as F
-        from transformers import DynamicCache
-
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        width = ids.shape[1]
-        caches = []
-        for row in range(ids.shape[0]):
-            n = int(mask[row].sum())
-            if n < 2 or not bool(mask[row, width - n :].all()):
-                return None
-            cache = self.model(input_ids=ids[row : row + 1, width - n : width - 1], use_cache=True, logits_to_keep=1).past_key_values
-            if not isinstance(cache, DynamicCache) or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
-                return None
-            caches.append(cache)
-        merged = caches[0]
-        for i, layer in enumerate(merged.layers):
-            for name in ("keys", "values"):
-                parts = [getattr(c.layers[i], name) for c in caches]
-                setattr(layer, name, torch.cat([F.pad(t, (0, 0, width - 1 - t.shape[-2], 0)) for t in parts], dim=0))
-        return merged
 
     def answer_nll(self, name: str, prompts: Sequence[str], references: Sequence[str]) -> tuple[float, int]:
         """Summed negative log-likelihood of the reference answers given their prompts, and the token count."""
