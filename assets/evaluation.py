@@ -161,7 +161,7 @@ def eval_report(
     result["versions"] = {"challenger": challenger.version, "champion": champion.version if champion else None, "base": base.version,
                           "index": index.version, "generator_precision": answerer.precision}
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
     folder = registry.root / "reports" / f"{stamp}-{challenger.version}-{context.run.run_id[:8]}"
     markdown = write_report(folder, result, gate, f"Evaluation of {challenger.version}")
     verdict = "passed" if gate["passed"] else "failed: " + "; ".join(gate["failures"])

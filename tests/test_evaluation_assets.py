@@ -106,7 +106,8 @@ def test_gate_promotes_good_and_blocks_broken_adapters(corpus, dvc_store, tiny_l
     assert check.event_specific_data.check_name == GATE and not check.event_specific_data.passed
     assert "perplexity" in check.event_specific_data.description and "regresses against champion" in check.event_specific_data.description
     assert reg.champion().version == good
-    latest = json.loads((sorted(folder.iterdir())[-1] / "result.json").read_text())
+    (latest_dir,) = [d for d in folder.iterdir() if d.name.endswith(second.run_id[:8])]
+    latest = json.loads((latest_dir / "result.json").read_text())
     assert set(latest["result"]["models"]) == {"base", "champion", "challenger"}
 
     # Declarative automation: champion's condition waits for the blocking gate; plain
