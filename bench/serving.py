@@ -1,6 +1,7 @@
 """Serving throughput and latency: the BentoML service against a naive HTTP baseline.
 
-Ours: `bentoml serve bento.service:DriftloopRAG` on a bundle of the real default models
+Ours: `bentoml serve bento.service:DriftloopRAG` (its event-driven batcher, up to
+DRIFTLOOP_MAX_BATCH requests per generate batch) on a bundle of the real default models
 (SmolLM2-135M-Instruct, all-MiniLM-L6-v2), a FAISS index over --docs documents spread
 over the default corpus, and a freshly initialised LoRA adapter (r=8 on q/k/v/o; B is zero
 at init, so answers equal the base model's, but the served path runs the adapter).
@@ -225,8 +226,8 @@ def generate_batches(port: int) -> tuple[float, float] | None:
         return None
     totals = {}
     for line in lines:
-        if line.startswith("bentoml_service_adaptive_batch_size_") and 'method_name="generate"' in line:
-            kind = line.split("{")[0].rsplit("_", 1)[1]
+        if line.startswith("driftloop_generate_batch_size_") and not line.startswith("driftloop_generate_batch_size_bucket"):
+            kind = line.split("{")[0].split(" ")[0].rsplit("_", 1)[1]
             totals[kind] = totals.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
     return (totals["sum"], totals["count"]) if "sum" in totals and "count" in totals else None
 
@@ -257,10 +258,8 @@ def run_side(side: str, bundle, work: Path, questions: list[str], args) -> dict:
     proc = start(side, bundle, work, port)
     try:
         ready_s = wait_ready(proc, port, work / f"{side}.log")
-        # BentoML's batcher spends its first 11 calls per API training its latency model,
-        # one request per call with idle waits of up to 8 s: start-up, not serving. One
-        # client at a time, because a burst during that training was seen to leave the
-        # batcher holding lone requests for tens of seconds afterwards.
+        # The same warm-up for both sides, one client at a time: first calls build kernels
+        # and fill allocator pools, which is start-up, not serving.
         warm = [run_level(port, questions, 1, args.warmup, args.max_new_tokens, offset=10_000)]
         levels = [run_level(port, questions, c, n, args.max_new_tokens) for c, n in zip(args.clients, args.requests, strict=True)]
     finally:
@@ -300,7 +299,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    labels = {"baseline": "baseline: HTTPServer + pipeline", "ours": "driftloop (BentoML, adaptive batching)"}
+    labels = {"baseline": "baseline: HTTPServer + pipeline", "ours": "driftloop (BentoML, event-driven batching)"}
     print("\n| server | clients | requests | errors | req/s | p50 s | p99 s | mean generate batch |\n|---|---|---|---|---|---|---|---|")
     for side, result in sides.items():
         for level in result["levels"]:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bentoml
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -34,6 +34,9 @@ from driftloop.serving.bundle import load_bundle  # noqa: E402
 from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
 from driftloop.serving.requestlog import RequestLog, default_root, new_request_id  # noqa: E402
 from driftloop.serving.shadow import request_id_from  # noqa: E402
+from driftloop.serving.traffic import release_request_timers  # noqa: E402
+
+release_request_timers()
 
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
 
@@ -57,6 +60,8 @@ latency_hist = bentoml.metrics.Histogram(name="driftloop_request_seconds", docum
                                          labelnames=["endpoint"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
 tokens_total = bentoml.metrics.Counter(name="driftloop_tokens", documentation="Tokens processed", labelnames=["kind"])
 blocks_total = bentoml.metrics.Counter(name="driftloop_guardrail_blocks", documentation="Requests or answers blocked", labelnames=["reason"])
+batch_size = bentoml.metrics.Histogram(name="driftloop_generate_batch_size", documentation="Requests per generate batch",
+                                       buckets=(1, 2, 4, 8, 16, 32, 64))
 errors_total = bentoml.metrics.Counter(name="driftloop_errors", documentation="Requests that failed", labelnames=["endpoint", "status"])
 
 
@@ -67,33 +72,48 @@ class Overloaded(GuardrailViolation):
         super().__init__(503, "overloaded", f"the model server is at capacity, retry shortly ({detail})")
 
 
-class GenerateRequest(BaseModel):
-    prompt: str
-    max_new_tokens: int = 64
-
-
 @bentoml.service(name="driftloop-models", resources=_resources(), traffic={"timeout": 300})
 class Models:
-    """The generator alone: its process owns the cores, so its intra-op thread pool is the
-    only one computing there. A second thread running torch ops in this process (retrieval
-    did, once) starts a second OpenMP pool that competes for the same two cores; probes
-    measured generation 1.5x to 1.7x slower then."""
+    """The generator alone, on one thread of its own that loads it and runs every batch.
+
+    Its process owns the cores, so that one thread's intra-op pool is the only one
+    computing there. Torch ops from a second thread start a second OpenMP team that
+    competes for the same cores: with retrieval in a thread here, generation ran 1.5x to
+    1.7x slower; with the model loaded on the main thread and batches run on BentoML's
+    worker threads, a batch of 8 decoded 25% slower than on the thread that loaded it
+    (probes on 2 cores). Batching is `Batcher`'s, driven by events, not BentoML's
+    polling dispatcher (driftloop/serving/batcher.py says why)."""
 
     def __init__(self) -> None:
+        from driftloop.serving.batcher import Batcher
         from driftloop.serving.engine import Generation
 
-        self.generation = Generation(load_bundle(_bundle_dir()), _device())
+        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self.generation = self._lane.submit(lambda: Generation(load_bundle(_bundle_dir()), _device())).result()
+        self.batcher = Batcher(self._generate, self._lane, max_batch=int(os.environ.get("DRIFTLOOP_MAX_BATCH", "8")),
+                               max_queue=int(os.environ.get("DRIFTLOOP_MAX_QUEUE", "64")),
+                               max_wait_s=float(os.environ.get("DRIFTLOOP_MAX_QUEUE_WAIT_S", "120")),
+                               window_s=float(os.environ.get("DRIFTLOOP_BATCH_WINDOW_MS", "10")) / 1000)
 
-    @bentoml.api(batchable=True, max_batch_size=int(os.environ.get("DRIFTLOOP_MAX_BATCH", "8")), max_latency_ms=120_000)
-    def generate(self, requests: list[GenerateRequest]) -> list[dict]:
-        longest = max(r.max_new_tokens for r in requests)
-        out = self.generation.generate([r.prompt for r in requests], longest)
+    @bentoml.api
+    async def generate(self, prompt: str, max_new_tokens: int = 64) -> dict:
+        from driftloop.serving.batcher import QueueFull
+
+        try:
+            return await self.batcher.submit((prompt, max_new_tokens))
+        except QueueFull as err:
+            raise bentoml.exceptions.ServiceUnavailable(f"generation queue: {err}") from None
+
+    def _generate(self, requests: list[tuple[str, int]]) -> list[dict]:
+        longest = max(n for _, n in requests)
+        out = self.generation.generate([prompt for prompt, _ in requests], longest)
+        batch_size.observe(len(requests))
         # One batch decodes to its longest request; each answer is cut to what it asked for.
-        for result, request in zip(out, requests, strict=True):
-            if result["completion_tokens"] > request.max_new_tokens:
-                ids = self.generation.answerer.tokenizer(result["text"], add_special_tokens=False)["input_ids"][: request.max_new_tokens]
-                result["text"] = self.generation.answerer.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                result["completion_tokens"] = request.max_new_tokens
+        tokenizer = self.generation.answerer.tokenizer
+        for result, (_, limit) in zip(out, requests, strict=True):
+            if result["completion_tokens"] > limit:
+                result["text"] = tokenizer.decode(tokenizer(result["text"], add_special_tokens=False)["input_ids"][:limit], skip_special_tokens=True).strip()
+                result["completion_tokens"] = limit
         return out
 
     @bentoml.api
@@ -215,8 +235,8 @@ class DriftloopRAG:
     async def __is_ready__(self) -> bool:
         """Ready only once the models service answers and has been warmed up: BentoML's own
         /readyz would say ready while the dependency is still loading, and a cold service
-        (its batcher not yet calibrated, no kernels built) answers its first requests
-        several times slower, so a switch to it would show as a latency spike."""
+        (no kernels built yet for its shapes) answers its first requests several times
+        slower, so a switch to it would show as a latency spike."""
         if getattr(self, "_models_ready", False):
             return True
         try:
@@ -236,20 +256,20 @@ class DriftloopRAG:
         return True
 
     async def _warm_up(self, rounds: int) -> None:
-        """Requests of varied length through the models, one at a time (BentoML's batcher
-        calibrates its latency model on its first calls and sends them unbatched) and then
-        together; straight to the models service, so nothing reaches the request log."""
+        """Requests of varied length through the models, one at a time and then together,
+        so the kernels of single and batched shapes are built before real traffic; straight
+        to the models service, so nothing reaches the request log."""
         async def one(n: int) -> None:
             question = "How do I use this? " + "Explain it in detail, step by step. " * n
             chunks = await self._retrieve(question, 3)
-            await self._models("generate", [GenerateRequest(prompt=self._prompt(question, chunks), max_new_tokens=2)])
+            await self._models("generate", prompt=self._prompt(question, chunks), max_new_tokens=2)
 
         for n in range(rounds):
             await one(n)
         if rounds:
             await asyncio.gather(*(one(n) for n in range(min(rounds, 4))))
 
-    async def _models(self, method: str, *args):
+    async def _models(self, method: str, *args, **kwargs):
         """Call the models service; every call is a pure function of its input, so a
         connection dropped by the dependency (seen right after start-up, when its
         keep-alive connections are recycled) is retried instead of failing the request."""
@@ -257,7 +277,7 @@ class DriftloopRAG:
 
         for attempt in range(3):
             try:
-                return await getattr(self.models.to_async, method)(*args)
+                return await getattr(self.models.to_async, method)(*args, **kwargs)
             except bentoml.exceptions.BentoMLException as err:
                 # Its batch queue full (503) or its own limit reached (429): shed load, stay healthy.
                 if int(getattr(err, "error_code", 500)) in (429, 503):
@@ -287,7 +307,7 @@ class DriftloopRAG:
         try:
             self.guardrails.check_input(question)
             chunks = await self._retrieve(question, k)
-            generated = (await self._models("generate", [GenerateRequest(prompt=self._prompt(question, chunks), max_new_tokens=max_new_tokens)]))[0]
+            generated = await self._models("generate", prompt=self._prompt(question, chunks), max_new_tokens=max_new_tokens)
         except GuardrailViolation as err:
             if not isinstance(err, Overloaded):
                 blocks_total.labels(reason=err.code).inc()

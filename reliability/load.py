@@ -41,6 +41,27 @@ def _designed(status: int | None, body: str) -> bool:
 SHED_BACKOFF_S = 0.02
 
 
+def rss_by_process(pid: int) -> dict[str, int]:
+    """Resident bytes of the service's processes by role: the models worker, the public
+    worker, the `bentoml serve` parent; so a growth can be pinned to one of them."""
+    import psutil
+
+    out: dict[str, int] = {}
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return out
+    for proc in procs:
+        try:
+            line = " ".join(proc.cmdline())
+            role = "models" if "driftloop-models" in line else "rag" if "worker.service" in line else "server"
+            out[role] = out.get(role, 0) + proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: int = 4) -> dict:
     clients = max_concurrency * factor
     stop = threading.Event()
@@ -48,6 +69,7 @@ def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: 
     undesigned: list[str] = []
     health: Counter = Counter()
     rss: list[tuple[float, int]] = []
+    by_role: list[dict[str, int]] = []
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -84,6 +106,7 @@ def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: 
         t0 = time.monotonic()
         while not stop.is_set():
             rss.append((time.monotonic() - t0, process_tree_rss(pid)))
+            by_role.append(rss_by_process(pid))
             time.sleep(1.0)
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
@@ -104,6 +127,11 @@ def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: 
     # Growth: the last quarter's mean against the first quarter's, after the load began.
     quarter = max(1, len(values) // 4)
     first, last = sum(values[:quarter]) / quarter, sum(values[-quarter:]) / quarter
+    # The trend, not only its ends: a pool that fills and stops shows flat late quarters.
+    quarters = [round(sum(values[i * quarter:(i + 1) * quarter]) / quarter / 2**20, 1) for i in range(4)] if len(values) >= 4 else []
+    roles = sorted({r for sample in by_role for r in sample})
+    role_mb = {r: [round(sum(s.get(r, 0) for s in by_role[i * quarter:(i + 1) * quarter]) / quarter / 2**20, 1) for i in range(4)]
+               for r in roles} if len(by_role) >= 4 else {}
     served = statuses.get("200", 0)
     latencies.sort()
     return {
@@ -115,6 +143,7 @@ def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: 
         "rss_mb_before": round(before / 2**20, 1), "rss_mb_max": round(max(values) / 2**20, 1),
         "rss_mb_first_quarter": round(first / 2**20, 1), "rss_mb_last_quarter": round(last / 2**20, 1),
         "rss_growth_pct": round(100 * (last - first) / first, 1), "rss_samples": len(values),
+        "rss_mb_quarters": quarters, "rss_mb_quarters_by_process": role_mb,
         "recovery_status": recovery, "recovery_s": round(recovery_s, 2),
     }
 
