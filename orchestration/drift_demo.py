@@ -217,6 +217,15 @@ def main() -> int:
         retrain = wait_for(lambda: instance.get_runs(dg.RunsFilter(tags={"driftloop/trigger": "drift"})), "the retrain run", 300)
         timeline.add(f"retrain run {retrain[0].run_id[:8]} started by the drift_retrain sensor (window {retrain[0].tags['driftloop/drift_window']})")
         done = wait_for(lambda: [r for r in instance.get_runs(dg.RunsFilter(run_ids=[retrain[0].run_id])) if r.is_finished], "the retrain", args.timeout)
+        # The runs the scenario caused, taken now: the quality probe below is traffic on the
+        # new topic too, and may itself start drift checks (and, for the new version's own
+        # window, a retrain); those are reported apart, not counted as the shift's.
+        def runs_by_trigger(exclude: set[str] = frozenset()) -> dict:
+            return {trigger: [{"run_id": r.run_id, "status": r.status.value, "tags": dict(r.tags)}
+                              for r in instance.get_runs(dg.RunsFilter(tags={"driftloop/trigger": trigger})) if r.run_id not in exclude]
+                    for trigger in ("traffic", "new_documents", "drift")}
+
+        runs = runs_by_trigger()
         gate = latest(instance, ["evaluation", "eval_report"])[1]
         champion = ModelRegistry().registry().champion().version
         timeline.add(f"retrain {done[0].status.value}; gate {'passed' if gate.get('gate_passed') else 'failed'} for {gate.get('challenger')}; "
@@ -235,12 +244,13 @@ def main() -> int:
         print("\nNew-topic answers (mean cosine to the reference answer; share citing a new document)")
         for label, q in (("before the documents", before), ("after the index refresh", refreshed), ("after the retrain", after)):
             print(f"  {label:<24} similarity {q['similarity']:.3f}  cited new docs {q['cited_new_docs']:.2f}  model {q.get('model')}")
-        runs = {trigger: [{"run_id": r.run_id, "status": r.status.value, "tags": dict(r.tags)}
-                          for r in instance.get_runs(dg.RunsFilter(tags={"driftloop/trigger": trigger}))]
-                for trigger in ("traffic", "new_documents", "drift")}
+        later = runs_by_trigger({r["run_id"] for group in runs.values() for r in group})
+        for r in later["drift"]:
+            print(f"  after the new version went live: retrain {r['run_id'][:8]} ({r['status']}) for window "
+                  f"{r['tags'].get('driftloop/drift_window')}: {r['tags'].get('driftloop/drift_reasons')}")
         outcome = {"first_champion": first, "champion": champion, "gate_passed": gate.get("gate_passed"), "challenger": gate.get("challenger"),
                    "serving_model": serving_model, "active": active, "shift_to_serving_s": shift_to_serving,
-                   "in_distribution_reports": checks, "drifted_report": drifted[0], "runs": runs}
+                   "in_distribution_reports": checks, "drifted_report": drifted[0], "runs": runs, "runs_after_new_version": later}
         (home / "timeline.json").write_text(json.dumps({"events": timeline.events, "quality": {"before": before, "refresh": refreshed,
                                                                                               "retrain": after}, "outcome": outcome},
                                                        indent=2, default=str))
