@@ -30,6 +30,7 @@ from driftloop.offline import enforce_offline
 enforce_offline()
 
 from driftloop.prompts import load_prompt  # noqa: E402 - offline switches first
+from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
 from driftloop.serving.bundle import load_bundle  # noqa: E402
 from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
 from driftloop.serving.requestlog import RequestLog, default_root, new_request_id  # noqa: E402
@@ -85,7 +86,6 @@ class Models:
     polling dispatcher (driftloop/serving/batcher.py says why)."""
 
     def __init__(self) -> None:
-        from driftloop.serving.batcher import Batcher
         from driftloop.serving.engine import Generation
 
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
@@ -97,8 +97,6 @@ class Models:
 
     @bentoml.api
     async def generate(self, prompt: str, max_new_tokens: int = 64) -> dict:
-        from driftloop.serving.batcher import QueueFull
-
         try:
             return await self.batcher.submit((prompt, max_new_tokens))
         except QueueFull as err:

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from serving_helpers import KEY, call, process_tree_rss  # noqa: E402
+from serving_helpers import KEY, call  # noqa: E402
 
 QUESTION = {"question": "What does section 2 say about the river?", "max_new_tokens": 24}
 
@@ -105,13 +105,15 @@ def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: 
     def sampler() -> None:
         t0 = time.monotonic()
         while not stop.is_set():
-            rss.append((time.monotonic() - t0, process_tree_rss(pid)))
-            by_role.append(rss_by_process(pid))
+            # One walk of the process tree per sample: the total is the sum of the roles.
+            sample = rss_by_process(pid)
+            rss.append((time.monotonic() - t0, sum(sample.values())))
+            by_role.append(sample)
             time.sleep(1.0)
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     threads += [threading.Thread(target=prober, daemon=True), threading.Thread(target=sampler, daemon=True)]
-    before = process_tree_rss(pid)
+    before = sum(rss_by_process(pid).values())
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -128,10 +130,11 @@ def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: 
     quarter = max(1, len(values) // 4)
     first, last = sum(values[:quarter]) / quarter, sum(values[-quarter:]) / quarter
     # The trend, not only its ends: a pool that fills and stops shows flat late quarters.
-    quarters = [round(sum(values[i * quarter:(i + 1) * quarter]) / quarter / 2**20, 1) for i in range(4)] if len(values) >= 4 else []
-    roles = sorted({r for sample in by_role for r in sample})
-    role_mb = {r: [round(sum(s.get(r, 0) for s in by_role[i * quarter:(i + 1) * quarter]) / quarter / 2**20, 1) for i in range(4)]
-               for r in roles} if len(by_role) >= 4 else {}
+    def quarter_means_mb(series: list[int]) -> list[float]:
+        return [round(sum(series[i * quarter:(i + 1) * quarter]) / quarter / 2**20, 1) for i in range(4)] if len(series) >= 4 else []
+
+    quarters = quarter_means_mb(values)
+    role_mb = {r: quarter_means_mb([s.get(r, 0) for s in by_role]) for r in sorted({r for s in by_role for r in s})}
     served = statuses.get("200", 0)
     latencies.sort()
     return {

@@ -152,21 +152,3 @@ def build_tiny_models(folder: Path) -> tuple[str, str]:
         tokenizer.save_pretrained(raw)
         SentenceTransformer(modules=[models.Transformer(str(raw), max_seq_length=128), models.Pooling(32, "mean")]).save(str(st))
     return str(llama), str(st)
-
-
-def process_tree_rss(pid: int) -> int:
-    """Resident memory in bytes of a process and all its descendants (0 once it is gone)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
