@@ -149,7 +149,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, mo
     png = plot_drift(ref_vectors, cur_vectors, ref_columns, cur_columns, report, seed=config.seed)
 
     window = {"start": start.isoformat(), "end": now.isoformat(), "serving": (live or {}).get("model_version"),
-              "tag": (live or {}).get("tag")}
+              "tag": (live or {}).get("tag"), "retrained_for": (live or {}).get("drift_window")}
     folder = _home() / "artifacts" / "monitoring" / "drift" / f"{now:%Y%m%dT%H%M%S}-{context.run.run_id[:8]}"
     body = {"window": window, "corrupt_lines": requests.corrupt + feedback.corrupt, **report.to_dict()}
     _write_atomic(folder / "report.json", json.dumps(body, indent=2).encode())
@@ -164,6 +164,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, mo
         "window_start": dg.MetadataValue.text(window["start"]),
         "window_end": dg.MetadataValue.text(window["end"]),
         "serving": dg.MetadataValue.text(str(window["serving"])),
+        "retrained_for_window": dg.MetadataValue.text(window["retrained_for"] or ""),
         "n_current": dg.MetadataValue.int(report.n_current),
         "n_reference": dg.MetadataValue.int(report.n_reference),
         "corrupt_lines": dg.MetadataValue.int(body["corrupt_lines"]),

@@ -131,7 +131,11 @@ def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig) -> d
         _audit({"target": "local", "tag": tag, "model_version": model_version, "action": "failed", "error": str(err)[:2000],
                 "run_id": context.run.run_id, "by": by})
         raise dg.Failure(description=f"serving/deployment: {tag} did not go live; the previous version keeps serving: {err}") from err
-    _audit({"target": "local", "tag": tag, "model_version": model_version, **outcome, "run_id": context.run.run_id, "by": by})
+    # A version a drift retrain put live carries that drift's window, so the drift sensor can
+    # tell a shift the retrain did not cure from a new one.
+    drift_window = context.run.tags.get("driftloop/drift_window")
+    _audit({"target": "local", "tag": tag, "model_version": model_version, **outcome, "run_id": context.run.run_id, "by": by,
+            **({"drift_window": drift_window} if drift_window else {})})
     context.log.info(f"{tag} ({model_version}) {outcome['action']} on http://127.0.0.1:{config.port}")
     return dg.MaterializeResult(metadata={
         "tag": dg.MetadataValue.text(tag), "model_version": dg.MetadataValue.text(model_version),

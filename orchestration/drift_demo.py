@@ -92,6 +92,19 @@ def latest(instance, key_path: list[str]):
     return records[0].storage_id, {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
+def sensor_verdict(instance, after: float) -> str | None:
+    """What the drift_retrain sensor said on its first tick that began after `after` (when a
+    report was stored): the runs it requested, or its skip reason."""
+    state = next((s for s in instance.all_instigator_state() if s.name == "drift_retrain"), None)
+    if state is None:
+        return None
+    ticks = [t for t in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=20) if t.timestamp > after and t.is_completed]
+    if not ticks:
+        return None
+    tick = min(ticks, key=lambda t: t.timestamp)
+    return f"requested {', '.join(tick.run_keys)}" if tick.run_keys else f"skipped: {tick.skip_reason}"
+
+
 def wait_for(condition, what: str, timeout: float, poll: float = 5.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -183,7 +196,7 @@ def main() -> int:
         def reports_since(storage_id):
             records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(["monitoring", "drift_report"]),
                                                                             after_storage_id=storage_id), limit=50, ascending=True).records
-            return [{k: v.value for k, v in r.asset_materialization.metadata.items()} for r in records]
+            return [{**{k: v.value for k, v in r.asset_materialization.metadata.items()}, "stored_at": r.timestamp} for r in records]
 
         mark, _ = latest(instance, ["monitoring", "drift_report"])
         timeline.add(f"sending {len(in_dist)} in-distribution questions")
@@ -244,13 +257,28 @@ def main() -> int:
         print("\nNew-topic answers (mean cosine to the reference answer; share citing a new document)")
         for label, q in (("before the documents", before), ("after the index refresh", refreshed), ("after the retrain", after)):
             print(f"  {label:<24} similarity {q['similarity']:.3f}  cited new docs {q['cited_new_docs']:.2f}  model {q.get('model')}")
+        persisting = None
+        if serving_model != first:
+            # The new version's own window: the topic it was retrained for still differs from
+            # the reference, and the drift sensor must not answer it with a retrain on the same
+            # data (a loop); it reports the drift as persisting instead.
+            mark, _ = latest(instance, ["monitoring", "drift_report"])
+            timeline.add(f"sending {args.traffic} more questions on the new topic to the new version")
+            send(args.port, [rng.choice(NATURAL + [p["question"] for p in topic]) for _ in range(args.traffic)])
+            persisting = wait_for(lambda: [r for r in reports_since(mark) if r["enough_data"] and r["serving"] == serving_model],
+                                  "a drift check of the new version's traffic", 900)[-1]
+            skip = wait_for(lambda: sensor_verdict(instance, persisting["stored_at"]), "the drift sensor's verdict on it", 300)
+            timeline.add(f"new version's window: {'drifted' if persisting['drifted'] else 'no drift'} "
+                         f"(retrained for window {persisting.get('retrained_for_window') or '-'}); drift sensor: {skip}")
+            persisting = {**persisting, "sensor": skip}
         later = runs_by_trigger({r["run_id"] for group in runs.values() for r in group})
         for r in later["drift"]:
             print(f"  after the new version went live: retrain {r['run_id'][:8]} ({r['status']}) for window "
                   f"{r['tags'].get('driftloop/drift_window')}: {r['tags'].get('driftloop/drift_reasons')}")
         outcome = {"first_champion": first, "champion": champion, "gate_passed": gate.get("gate_passed"), "challenger": gate.get("challenger"),
                    "serving_model": serving_model, "active": active, "shift_to_serving_s": shift_to_serving,
-                   "in_distribution_reports": checks, "drifted_report": drifted[0], "runs": runs, "runs_after_new_version": later}
+                   "in_distribution_reports": checks, "drifted_report": drifted[0], "runs": runs, "runs_after_new_version": later,
+                   "new_version_report": persisting}
         (home / "timeline.json").write_text(json.dumps({"events": timeline.events, "quality": {"before": before, "refresh": refreshed,
                                                                                               "retrain": after}, "outcome": outcome},
                                                        indent=2, default=str))

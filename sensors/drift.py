@@ -6,6 +6,14 @@ traffic since the serving version went live): the run key is the window, so a wi
 that stays drifted across many checks, a daemon restart or a re-delivered tick still
 starts one run, and a new window opens only when a new version goes live. Both keep
 their position in Dagster's sensor cursor, which survives daemon restarts.
+
+A version that a drift retrain put live and whose traffic still drifts is not retrained
+again at once: the retrain had that traffic's data and did not cure it, so another one on
+the same data would only loop. Such persistent drift is reported (a warning, and the
+sensor's skip reason) and starts a retrain only once the version has served for
+DRIFTLOOP_DRIFT_RETRAIN_COOLDOWN_S (a day by default), when corrections and documents
+will have come in; new documents redeploy through their own sensor, which opens a fresh
+window.
 """
 
 import json
@@ -29,6 +37,28 @@ def sensor_status() -> dg.DefaultSensorStatus:
 
 def _interval() -> int:
     return int(os.environ.get("DRIFTLOOP_SENSOR_INTERVAL_S", "60"))
+
+
+def _cooldown_s() -> float:
+    return float(os.environ.get("DRIFTLOOP_DRIFT_RETRAIN_COOLDOWN_S", str(24 * 3600)))
+
+
+def _persisting(meta: dict, cooldown_s: float) -> str | None:
+    """Why a drifted report must not start a retrain yet, or None: its version was put
+    live by a drift retrain less than `cooldown_s` before the report's end."""
+    cured_for = meta.get("retrained_for_window")
+    if not cured_for:
+        return None
+    try:
+        served_s = (datetime.fromisoformat(meta["window_end"]) - datetime.fromisoformat(meta["window_start"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        served_s = 0.0
+    if served_s >= cooldown_s:
+        return None
+    return (f"drift persists in window {meta.get('window_start')} of {meta.get('serving')}, which the retrain for the drift in window "
+            f"{cured_for} put live {served_s / 60:.0f} min before this report: a retrain on the same data would not cure it, so none "
+            f"starts before the version has served {cooldown_s / 3600:g} h (DRIFTLOOP_DRIFT_RETRAIN_COOLDOWN_S); new documents, "
+            f"corrections, a retrain by hand or a rollback are the ways on ({meta.get('summary', '')})")
 
 
 def _count_new(folder: Path, offsets: dict) -> tuple[int, dict]:
@@ -98,6 +128,7 @@ def drift_retrain(context: dg.SensorEvaluationContext):
         return dg.SkipReason("no new drift report")
     fired = list(cursor.get("fired", []))
     requests, notes = [], []
+    cooldown_s = _cooldown_s()
     for record in records:
         meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
         window = meta.get("window_start", "")
@@ -107,6 +138,9 @@ def drift_retrain(context: dg.SensorEvaluationContext):
             notes.append("no drift")
         elif window in fired:
             notes.append(f"drift in window {window} already started a retrain")
+        elif (persisting := _persisting(meta, cooldown_s)) is not None:
+            context.log.warning(persisting)
+            notes.append(persisting)
         else:
             fired.append(window)
             requests.append(dg.RunRequest(

@@ -6,7 +6,8 @@ file, so the code under test is the product's, end to end:
 in-distribution traffic retrains nothing; documents on a new topic start one index
 refresh and redeploy without training; questions on that topic are flagged by the drift
 check, and the drift sensor starts exactly one retrain, which passes the gate and puts
-the new version on the stable port."""
+the new version on the stable port; on that version's own traffic the drift persists,
+and no second retrain loops on the same data."""
 
 import json
 import os
@@ -89,6 +90,15 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
     assert outcome["serving_model"] == outcome["champion"] == quality["retrain"]["model"]
     assert outcome["shift_to_serving_s"] and outcome["shift_to_serving_s"] > 0
     assert quality["retrain"]["answered"] == quality["refresh"]["answered"] > 0
+
+    # The new version's own window: the topic still differs from the reference, the deploy
+    # record names the drift it was retrained for, and the sensor reports the drift as
+    # persisting instead of looping into a retrain on the same data.
+    report = outcome["new_version_report"]
+    assert report["enough_data"] and report["drifted"] and report["serving"] == outcome["serving_model"], report
+    assert report["retrained_for_window"] == retrains[0]["tags"]["driftloop/drift_window"], report
+    assert "drift persists" in report["sensor"], report["sensor"]
+    assert outcome["runs_after_new_version"]["drift"] == [], outcome["runs_after_new_version"]
 
 
 def _tail(path: Path, chars: int = 4000) -> str:

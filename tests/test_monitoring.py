@@ -55,7 +55,7 @@ def sensor_tick(sensor, instance, cursor=None):
     return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
 
 
-def test_drift_report_says_not_enough_data_then_flags_a_new_topic_once(stage):
+def test_drift_report_says_not_enough_data_then_flags_a_new_topic_once(stage, monkeypatch):
     log = RequestLog(stage["home"] / "data" / "serving")
     empty = check(stage)
     assert empty["enough_data"] is False and empty["drifted"] is False and "not enough data" in empty["summary"]
@@ -90,6 +90,22 @@ def test_drift_report_says_not_enough_data_then_flags_a_new_topic_once(stage):
     check(stage)
     again = sensor_tick(drift_retrain, instance, fired.cursor)
     assert not again.run_requests and "already started a retrain" in again.skip_message
+
+    # That retrain's version goes live and the topic still drifts from the reference: no
+    # second retrain on the same data (a loop), and the skip says why; past the cooldown
+    # it counts as drift again.
+    with audit.open("a") as handle:
+        handle.write(json.dumps({"at": datetime.now(UTC).isoformat(), "target": "local", "action": "deployed", "tag": "driftloop:def",
+                                 "model_version": "lora-cccc", "drift_window": shifted["window_start"]}) + "\n")
+    send(log, [" ".join(rng.sample(NEW_TOPIC, 6)) + "?" for _ in range(60)], model="lora-cccc")
+    persisting = check(stage)
+    assert persisting["drifted"] is True and persisting["retrained_for_window"] == shifted["window_start"], persisting["summary"]
+    held = sensor_tick(drift_retrain, instance, again.cursor)
+    assert not held.run_requests and "drift persists" in held.skip_message and shifted["window_start"] in held.skip_message
+    monkeypatch.setenv("DRIFTLOOP_DRIFT_RETRAIN_COOLDOWN_S", "0")
+    check(stage)
+    late = sensor_tick(drift_retrain, instance, held.cursor)
+    assert [r.run_key for r in late.run_requests] == [f"drift-{persisting['window_start']}"]
 
 
 def test_inference_log_partition_joins_feedback_and_compares_shadow(stage):
