@@ -66,7 +66,7 @@ reliability: install
 	$(BIN)/python reliability/run.py --fuzz-examples $(or $(FUZZ),200)
 	$(BIN)/python reliability/crash.py --train-kills 8 --embed-kills 6 --deploy-kills 6
 	$(BIN)/python reliability/daemon.py --kills 15 --windows 12
-	$(BIN)/python reliability/load.py --overload-s 180 --switches 6
+	$(BIN)/python reliability/load.py --overload-s 180 --switches 6 --overload-switches 3
 
 # Re-resolve from pyproject.toml in a scratch venv, then pin the result.
 lock:

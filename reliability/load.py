@@ -7,10 +7,13 @@ anything else (another 5xx, a connection error) is a failure.
 
 redeploy_under_load(): clients call the supervisor's stable port without pause while it
 switches between two bentos `switches` times; every non-200 answer is a lost request.
+Then the same under overload (`--overload-switches`): `factor` times as many clients as
+each backend admits, where 429 and 503 "overloaded" are designed and anything else lost.
 
-    python reliability/load.py --overload-s 180 --switches 6
+    python reliability/load.py --overload-s 180 --switches 6 --overload-switches 3
 
-writes overload.json and redeploy_under_load.json to artifacts/reliability/."""
+writes overload.json, redeploy_under_load.json and redeploy_under_overload.json to
+artifacts/reliability/."""
 
 from __future__ import annotations
 
@@ -152,7 +155,10 @@ def overload(port: int, pid: int, seconds: float, max_concurrency: int, factor: 
 
 
 def redeploy_under_load(root: Path, tiny_llama: str, tiny_embedding_model: str, switches: int, clients: int = 4,
-                        bundle=None) -> dict:
+                        bundle=None, max_concurrency: int | None = None) -> dict:
+    """With `max_concurrency`, each backend sheds past that many requests in flight and the
+    clients exceed it: then a 429 or a 503 "overloaded" is a designed answer, and only
+    anything else (a 502, a connection error) is a lost request."""
     from serving_helpers import make_bundle
 
     from driftloop.serving.bento import build_bento, serve_command, serve_env
@@ -166,9 +172,11 @@ def redeploy_under_load(root: Path, tiny_llama: str, tiny_embedding_model: str, 
     bentos = [(build_bento(b, root), b.model_version) for b in (bundle, base_only)]
     port = free_port()
     supervisor = ensure_supervisor(port, free_port(), root / "supervisor-load")
-    env = serve_env(root, {"DRIFTLOOP_API_KEY": KEY, "DRIFTLOOP_WARMUP_REQUESTS": "2"})
+    limits = {"DRIFTLOOP_MAX_CONCURRENCY": str(max_concurrency)} if max_concurrency else {}
+    env = serve_env(root, {"DRIFTLOOP_API_KEY": KEY, "DRIFTLOOP_WARMUP_REQUESTS": "2", **limits})
     stop, lock = threading.Event(), threading.Lock()
     seen: Counter = Counter()
+    shed: Counter = Counter()
     failures: list[str] = []
     deploys: list[dict] = []
 
@@ -181,8 +189,12 @@ def redeploy_under_load(root: Path, tiny_llama: str, tiny_embedding_model: str, 
             with lock:
                 if status == 200:
                     seen[json.loads(body)["model_version"]] += 1
+                elif max_concurrency and _designed(status, body):
+                    shed[str(status)] += 1
                 else:
                     failures.append(f"{status} {body[:200]}")
+            if status in (429, 503):
+                time.sleep(SHED_BACKOFF_S)
 
     started = time.monotonic()
     try:
@@ -199,7 +211,11 @@ def redeploy_under_load(root: Path, tiny_llama: str, tiny_embedding_model: str, 
             with lock:
                 count_before = sum(seen.values())
             time.sleep(1.5)
-            status, body = call(port, "/answer", {"question": "Which version?", "max_new_tokens": 2})
+            for _ in range(100):  # under overload the probe waits its turn like any client
+                status, body = call(port, "/answer", {"question": "Which version?", "max_new_tokens": 2})
+                if status not in (429, 503):
+                    break
+                time.sleep(0.1)
             deploys.append({"to": version, "action": outcome["action"], "seconds": outcome.get("seconds"), "drained": outcome.get("drained"),
                             "serving_after": json.loads(body)["model_version"] if status == 200 else status, "requests_before": count_before})
         stop.set()
@@ -208,7 +224,8 @@ def redeploy_under_load(root: Path, tiny_llama: str, tiny_embedding_model: str, 
     finally:
         stop.set()
         supervisor.shutdown()
-    return {"switches": switches, "clients": clients, "requests_ok": sum(seen.values()), "requests_failed": len(failures),
+    return {"switches": switches, "clients": clients, "max_concurrency": max_concurrency, "requests_ok": sum(seen.values()),
+            "requests_shed": dict(shed), "requests_failed": len(failures),
             "failure_examples": failures[:5], "answers_per_version": dict(seen), "deploys": deploys,
             "seconds": round(time.monotonic() - started, 1)}
 
@@ -219,6 +236,8 @@ def main() -> int:
     parser.add_argument("--max-concurrency", type=int, default=2)
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--switches", type=int, default=6)
+    parser.add_argument("--overload-switches", type=int, default=3,
+                        help="switches with the clients at --factor times each backend's --max-concurrency")
     args = parser.parse_args()
     os.environ.setdefault("DRIFTLOOP_RELIABILITY_REPORT", str(ROOT / "artifacts" / "reliability"))
     from serving_helpers import build_tiny_models, make_bundle, record_figures, serve
@@ -233,6 +252,11 @@ def main() -> int:
         ok &= figures["undesigned"] == 0 and figures["recovery_status"] == 200 and set(figures["health"]) == {"/livez 200", "/readyz 200"}
     if args.switches:
         figures = record_figures("redeploy_under_load", redeploy_under_load(work, llama, embedder, args.switches, bundle=bundle))
+        ok &= figures["requests_failed"] == 0
+    if args.overload_switches:
+        figures = record_figures("redeploy_under_overload", redeploy_under_load(
+            work, llama, embedder, args.overload_switches, clients=args.max_concurrency * args.factor, bundle=bundle,
+            max_concurrency=args.max_concurrency))
         ok &= figures["requests_failed"] == 0
     return 0 if ok else 1
 

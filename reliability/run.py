@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ["tests/test_security.py", "tests/test_fuzz.py",
           "tests/test_data_assets.py::test_each_bad_data_class_is_quarantined_before_training_and_nothing_is_lost",
           "tests/test_data_assets.py::test_bad_rows_are_quarantined_with_reasons",
-          "tests/test_data_assets.py::test_too_many_bad_rows_fail_the_run_and_keep_the_last_good_version"]
+          "tests/test_data_assets.py::test_too_many_bad_rows_fail_the_run_and_keep_the_last_good_version",
+          "tests/test_evaluation_assets.py::test_bad_data_never_reaches_training_and_the_champion_is_unchanged"]
 
 
 def main() -> int:
