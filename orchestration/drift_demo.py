@@ -151,6 +151,7 @@ def main() -> int:
     config_path.write_text(json.dumps(config), encoding="utf-8")
     env = {"DRIFTLOOP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"), "DRIFTLOOP_SERVE_PORT": str(args.port),
            "DRIFTLOOP_SENSORS": "running", "DRIFTLOOP_SENSOR_INTERVAL_S": "15", "DRIFTLOOP_DRIFT_CHECK_EVERY": str(args.traffic // 2),
+           "DRIFTLOOP_DRIFT_CHECK_IDLE_S": "30",
            "DRIFTLOOP_RUN_CONFIG": str(config_path), "DRIFTLOOP_INBOX_DIR": str(inbox)}
     os.environ.update(env)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

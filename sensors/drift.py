@@ -82,18 +82,26 @@ def _count_new(folder: Path, offsets: dict) -> tuple[int, dict]:
 
 
 @dg.sensor(name="drift_check_on_traffic", job_name="drift_check", minimum_interval_seconds=_interval(), default_status=sensor_status(),
-           description="Runs monitoring/drift_report every DRIFTLOOP_DRIFT_CHECK_EVERY (default 100) new served requests.")
+           description="Runs monitoring/drift_report every DRIFTLOOP_DRIFT_CHECK_EVERY (default 100) new served requests, and on "
+                       "the requests still unchecked once traffic has paused for DRIFTLOOP_DRIFT_CHECK_IDLE_S (default 900).")
 def drift_check_on_traffic(context: dg.SensorEvaluationContext):
     every = int(os.environ.get("DRIFTLOOP_DRIFT_CHECK_EVERY", "100"))
+    idle_s = float(os.environ.get("DRIFTLOOP_DRIFT_CHECK_IDLE_S", "900"))
     cursor = json.loads(context.cursor) if context.cursor else {}
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     offsets = cursor.get("offsets", {}) if cursor.get("day") == day else {}
     new, offsets = _count_new(log_root() / "requests" / f"date={day}", offsets)
     pending, total = cursor.get("pending", 0) + new, cursor.get("total", 0) + new
-    if pending < every:
-        context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": pending, "total": total}))
-        return dg.SkipReason(f"{pending} new requests since the last drift check; checking every {every}")
-    context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": 0, "total": total}))
+    now = datetime.now(UTC).timestamp()
+    last_new = now if new else cursor.get("last_new_at", now)
+    # A tick lands wherever it lands in a burst: without the pause rule, the tail of a burst
+    # that ends short of `every` would wait, unchecked, for traffic that may not come.
+    paused = pending > 0 and now - last_new >= idle_s
+    if pending < every and not paused:
+        context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": pending, "total": total, "last_new_at": last_new}))
+        return dg.SkipReason(f"{pending} new requests since the last drift check; checking every {every}, "
+                             f"or after {idle_s:g} s without new requests")
+    context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": 0, "total": total, "last_new_at": last_new}))
     return dg.RunRequest(run_key=f"drift-check-{total}", run_config=sensor_run_config(context, "drift_check"), tags={"driftloop/trigger": "traffic", "driftloop/requests_seen": str(total)})
 
 

@@ -137,6 +137,14 @@ def test_drift_checks_follow_new_traffic(stage, monkeypatch):
     due = sensor_tick(drift_check_on_traffic, instance, quiet.cursor)
     assert [r.run_key for r in due.run_requests] == ["drift-check-11"]
     assert not sensor_tick(drift_check_on_traffic, instance, due.cursor).run_requests
+    # The tail of a burst, short of the count: checked once traffic has paused, not never.
+    send(log, stage["questions"][:4])
+    tail = sensor_tick(drift_check_on_traffic, instance, due.cursor)
+    assert not tail.run_requests and "4 new requests" in tail.skip_message
+    monkeypatch.setenv("DRIFTLOOP_DRIFT_CHECK_IDLE_S", "0")
+    paused = sensor_tick(drift_check_on_traffic, instance, tail.cursor)
+    assert [r.run_key for r in paused.run_requests] == ["drift-check-15"]
+    assert not sensor_tick(drift_check_on_traffic, instance, paused.cursor).run_requests
 
 
 def test_new_documents_in_the_inbox_start_one_refresh(stage, dvc_store):
