@@ -105,20 +105,6 @@ def sensor_verdict(instance, after: float) -> str | None:
     return f"requested {', '.join(tick.run_keys)}" if tick.run_keys else f"skipped: {tick.skip_reason}"
 
 
-def wait_with_traffic(condition, what: str, timeout: float, port: int, questions: list[str], rng: random.Random, batch: int = 4):
-    """wait_for while users keep asking: the drift check runs every N requests, counted
-    from wherever a sensor tick fell in the last burst, so a phase's traffic can end just
-    short of the next check; more of the same traffic gets it there."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        send(port, [rng.choice(questions) for _ in range(batch)])
-        time.sleep(2)
-    raise SystemExit(f"drift-demo: gave up waiting {timeout:.0f}s for {what}")
-
-
 def wait_for(condition, what: str, timeout: float, poll: float = 5.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -215,8 +201,10 @@ def main() -> int:
         mark, _ = latest(instance, ["monitoring", "drift_report"])
         timeline.add(f"sending {len(in_dist)} in-distribution questions")
         send(args.port, in_dist)
-        checks = wait_with_traffic(lambda: [r for r in reports_since(mark) if r["n_current"] >= args.traffic // 2 * 2 - 5] and reports_since(mark),
-                                   "the drift check on in-distribution traffic", 900, args.port, in_dist, rng)
+        # A tick can fall just short of the phase's end; the traffic sensor then checks the
+        # rest once traffic has paused for DRIFTLOOP_DRIFT_CHECK_IDLE_S (900 s), hence 1200.
+        checks = wait_for(lambda: [r for r in reports_since(mark) if r["n_current"] >= args.traffic // 2 * 2 - 5] and reports_since(mark),
+                          "the drift check on in-distribution traffic", 1200)
         for report in checks:
             timeline.add(f"drift check: {report['summary']}")
         mark, _ = latest(instance, ["monitoring", "drift_report"])
@@ -239,7 +227,7 @@ def main() -> int:
         timeline.add(f"sending {len(shifted)} questions on the new topic")
         shift_at = time.monotonic()
         send(args.port, shifted)
-        drifted = wait_with_traffic(lambda: [r for r in reports_since(mark) if r["drifted"]], "a drifted report", 1200, args.port, shifted, rng)
+        drifted = wait_for(lambda: [r for r in reports_since(mark) if r["drifted"]], "a drifted report", 1200)
         timeline.add(f"drift detected: {drifted[0]['summary']}")
         retrain = wait_for(lambda: instance.get_runs(dg.RunsFilter(tags={"driftloop/trigger": "drift"})), "the retrain run", 300)
         timeline.add(f"retrain run {retrain[0].run_id[:8]} started by the drift_retrain sensor (window {retrain[0].tags['driftloop/drift_window']})")
@@ -278,10 +266,9 @@ def main() -> int:
             # data (a loop); it reports the drift as persisting instead.
             mark, _ = latest(instance, ["monitoring", "drift_report"])
             timeline.add(f"sending {args.traffic} more questions on the new topic to the new version")
-            more = [rng.choice(NATURAL + [p["question"] for p in topic]) for _ in range(args.traffic)]
-            send(args.port, more)
-            persisting = wait_with_traffic(lambda: [r for r in reports_since(mark) if r["enough_data"] and r["serving"] == serving_model],
-                                           "a drift check of the new version's traffic", 900, args.port, more, rng)[-1]
+            send(args.port, [rng.choice(NATURAL + [p["question"] for p in topic]) for _ in range(args.traffic)])
+            persisting = wait_for(lambda: [r for r in reports_since(mark) if r["enough_data"] and r["serving"] == serving_model],
+                                  "a drift check of the new version's traffic", 1200)[-1]
             skip = wait_for(lambda: sensor_verdict(instance, persisting["stored_at"]), "the drift sensor's verdict on it", 300)
             timeline.add(f"new version's window: {'drifted' if persisting['drifted'] else 'no drift'} "
                          f"(retrained for window {persisting.get('retrained_for_window') or '-'}); drift sensor: {skip}")
