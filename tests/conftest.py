@@ -51,6 +51,26 @@ def write_corpus(root: Path, n_docs: int = 16, seed: int = 0) -> Path:
     return root
 
 
+# One JSONL line per class of bad source data, each quarantined with its reason (sorted):
+# duplicate, empty, not_utf8, pii (with pii_action quarantine), too_large (with
+# max_file_bytes 10,000), wrong_fields twice (a field the schema lacks, a null text).
+BAD_DATA_REASONS = ["duplicate", "empty", "not_utf8", "pii", "too_large", "wrong_fields", "wrong_fields"]
+
+
+def bad_data_lines(duplicate_of: str) -> list[bytes]:
+    import json
+
+    return [
+        json.dumps({"id": "schema", "body": "a field the schema does not have"}).encode(),
+        json.dumps({"id": "nulls", "text": None}).encode(),
+        json.dumps({"id": "empty", "text": "   "}).encode(),
+        json.dumps({"id": "duplicate", "text": duplicate_of}).encode(),
+        b'{"id": "latin1", "text": "caf\xe9 cr\xe8me"}',
+        json.dumps({"id": "oversized", "text": "word " * 3000}).encode(),
+        json.dumps({"id": "pii", "text": "# Contact\n\nWrite to jane.roe@acme.io or pay with 4111 1111 1111 1111 for the full report."}).encode(),
+    ]
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus")

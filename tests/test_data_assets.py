@@ -7,6 +7,8 @@ import shutil
 import dagster as dg
 import pytest
 
+from conftest import BAD_DATA_REASONS, bad_data_lines
+
 from driftloop.assets.data import (
     INSTRUCTION_DATASET,
     QA_PAIRS,
@@ -137,15 +139,7 @@ def test_each_bad_data_class_is_quarantined_before_training_and_nothing_is_lost(
 
     good = [{"id": f"good{i}", "text": (corpus / f"doc{i:02d}.md").read_text()} for i in range(0, 16, 4)]
     good += [{"id": f"good{i}", "text": (corpus / f"doc{i:02d}.rst").read_text(), "format": "rst"} for i in range(1, 16, 4)]
-    lines = [json.dumps(g).encode() for g in good] + [
-        json.dumps({"id": "schema", "body": "a field the schema does not have"}).encode(),
-        json.dumps({"id": "nulls", "text": None}).encode(),
-        json.dumps({"id": "empty", "text": "   "}).encode(),
-        json.dumps({"id": "duplicate", "text": good[0]["text"]}).encode(),
-        b'{"id": "latin1", "text": "caf\xe9 cr\xe8me"}',
-        json.dumps({"id": "oversized", "text": "word " * 3000}).encode(),
-        json.dumps({"id": "pii", "text": "# Contact\n\nWrite to jane.roe@acme.io or pay with 4111 1111 1111 1111 for the full report."}).encode(),
-    ]
+    lines = [json.dumps(g).encode() for g in good] + bad_data_lines(good[0]["text"])
     source = tmp_path / "docs.jsonl"
     source.write_bytes(b"\n".join(lines) + b"\n")
     log = RequestLog(default_root())
@@ -160,7 +154,7 @@ def test_each_bad_data_class_is_quarantined_before_training_and_nothing_is_lost(
     result = dg.materialize([*data_assets, *data_checks], resources={"dvc": dvc_store}, run_config=config)
     docs = materialization(result, SOURCE_DOCUMENTS)
     reasons = {row["source"].split("#")[0]: row["reason"] for row in read_jsonl(__import__("pathlib").Path(docs.metadata["quarantine_path"].value))}
-    assert sorted(reasons.values()) == ["duplicate", "empty", "not_utf8", "pii", "too_large", "wrong_fields", "wrong_fields"], reasons
+    assert sorted(reasons.values()) == BAD_DATA_REASONS, reasons
     assert docs.metadata["dagster/row_count"].value == len(good) and docs.metadata["rows_seen"].value == len(good) + 7
     examples = materialization(result, INSTRUCTION_DATASET)
     quarantined = list(read_jsonl(__import__("pathlib").Path(examples.metadata["quarantine_path"].value)))

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
+from conftest import BAD_DATA_REASONS, bad_data_lines
 from driftloop.assets.data import data_assets, data_checks
 from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, GATE, evaluation_assets
 from driftloop.assets.retrieval import retrieval_assets
@@ -152,15 +153,6 @@ def test_eval_sets_that_cannot_be_scored_are_refused():
         eval_items(rows, 10)
 
 
-def _tree_digest(folder) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.mark.slow
 def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, dvc_store, tiny_llama, tiny_embedding_model, tmp_path):
     """The whole lineage on a clean JSONL source makes a champion. Then one row of every
@@ -170,6 +162,7 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     files, the promotion history and the last good datasets are all as they were."""
     from driftloop.assets.data import INSTRUCTION_DATASET, SOURCE_DOCUMENTS
     from driftloop.data.records import read_jsonl
+    from driftloop.retrieval.artifacts import verify
     from driftloop.serving.requestlog import RequestLog, default_root
 
     instance = dg.DagsterInstance.ephemeral()
@@ -177,15 +170,7 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     resources = {"dvc": dvc_store, "model_registry": registry, "vector_store": VectorStore(root=str(tmp_path / "retrieval")),
                  "models": ModelCatalog(generator_model=tiny_llama, embedding_model=tiny_embedding_model, device="cpu", embedding_precision="fp32")}
     good = [json.dumps({"id": p.stem, "text": p.read_text(), "format": p.suffix[1:]}).encode() for p in sorted(corpus.iterdir())]
-    bad = [
-        json.dumps({"id": "schema", "body": "a field the schema does not have"}).encode(),
-        json.dumps({"id": "nulls", "text": None}).encode(),
-        json.dumps({"id": "empty", "text": "   "}).encode(),
-        json.dumps({"id": "duplicate", "text": (corpus / "doc00.md").read_text()}).encode(),
-        b'{"id": "latin1", "text": "caf\xe9 cr\xe8me"}',
-        json.dumps({"id": "oversized", "text": "word " * 3000}).encode(),
-        json.dumps({"id": "pii", "text": "# Contact\n\nWrite to jane.roe@acme.io or pay with 4111 1111 1111 1111 for the report."}).encode(),
-    ]
+    bad = bad_data_lines((corpus / "doc00.md").read_text())
     source = tmp_path / "docs.jsonl"
     strict = {"max_file_bytes": 10_000, "pii_action": "quarantine"}
 
@@ -197,13 +182,19 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     assert first.success
     reg = registry.registry()
     champion = reg.champion().version
-    champion_files = _tree_digest(reg.get(champion).path)
+
+    def champion_files() -> tuple[dict, list[str]]:
+        # The published manifest, checked against the files, and every file in the folder.
+        folder = reg.get(champion).path
+        return verify(folder), sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    files_before = champion_files()
     versions, history = reg.versions(), reg.history()
     training_input = dvc_store.dataset_path("instruction_dataset").read_bytes()
     documents = dvc_store.dataset_path("source_documents").read_bytes()
 
-    # One row per class and a poisoned user correction: all
-    # quarantined with reasons; what training reads does not change by a byte.
+    # One row per class and a poisoned user correction: all quarantined with reasons, and
+    # what training reads does not change by a byte.
     log = RequestLog(default_root())
     log.request(request_id="req-" + "p" * 20, endpoint="answer", question="What does the harbor section say?", answer="?",
                 model_version=champion, latency_s=0.1, prompt_tokens=1, completion_tokens=1, chunk_ids=[])
@@ -213,7 +204,7 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     assert mixed.success
     docs = next(iter(mixed.asset_materializations_for_node(SOURCE_DOCUMENTS.to_python_identifier()))).metadata
     reasons = sorted(r["reason"] for r in read_jsonl(Path(docs["quarantine_path"].value)))
-    assert reasons == ["duplicate", "empty", "not_utf8", "pii", "too_large", "wrong_fields", "wrong_fields"], reasons
+    assert reasons == BAD_DATA_REASONS, reasons
     assert docs["rows_seen"].value == len(good) + len(bad) and docs["dagster/row_count"].value == len(good)
     examples = next(iter(mixed.asset_materializations_for_node(INSTRUCTION_DATASET.to_python_identifier()))).metadata
     assert [q["reason"] for q in read_jsonl(Path(examples["quarantine_path"].value))] == ["poisoned_label"]
@@ -231,7 +222,7 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     assert "7 of 10 rows (70%)" in message and "previous version is kept" in message, message
     quarantined = failure.step_failure_data.user_failure_data.metadata["quarantine_path"].value
     assert len(list(read_jsonl(Path(quarantined)))) == len(bad)
-    assert reg.champion().version == champion and _tree_digest(reg.get(champion).path) == champion_files
+    assert reg.champion().version == champion and champion_files() == files_before
     assert reg.versions() == versions and reg.history() == history
     assert dvc_store.dataset_path("instruction_dataset").read_bytes() == training_input
     assert dvc_store.dataset_path("source_documents").read_bytes() == documents
