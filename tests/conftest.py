@@ -17,6 +17,22 @@ enforce_offline()
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+def pytest_addoption(parser):
+    parser.addoption("--test-order", default="file", metavar="file|reverse|shuffle:SEED",
+                     help="run the collected tests in file order (default), reversed, or shuffled by SEED, "
+                          "to show that no test relies on another's side effects")
+
+
+def pytest_collection_modifyitems(config, items):
+    order = config.getoption("--test-order")
+    if order == "reverse":
+        items.reverse()
+    elif order.startswith("shuffle:"):
+        random.Random(order.split(":", 1)[1]).shuffle(items)
+    elif order != "file":
+        raise pytest.UsageError(f"--test-order must be file, reverse or shuffle:SEED, not {order!r}")
+
+
 WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo "
     "sierra tango uniform victor whiskey xray yankee zulu river mountain valley ocean forest desert canyon meadow "

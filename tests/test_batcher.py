@@ -19,8 +19,10 @@ class Recorder:
         self.seconds = seconds
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()
 
     def __call__(self, items):
+        self.entered.set()
         self.gate.wait(10)
         self.threads.add(threading.current_thread().name)
         self.batches.append(list(items))
@@ -32,6 +34,11 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def running(model: Recorder) -> None:
+    """Until the model has a batch in hand: a fixed sleep is too short on a loaded machine."""
+    assert await asyncio.to_thread(model.entered.wait, 10), "the first batch never reached the model"
+
+
 def test_requests_queued_behind_a_running_batch_go_out_together_in_order():
     model, lane = Recorder(), ThreadPoolExecutor(1, thread_name_prefix="lane")
     batcher = Batcher(model, lane, max_batch=4, window_s=0)
@@ -39,9 +46,9 @@ def test_requests_queued_behind_a_running_batch_go_out_together_in_order():
     async def scenario():
         model.gate.clear()
         first = asyncio.ensure_future(batcher.submit("q0"))
-        await asyncio.sleep(0.05)  # q0 is running, held at the gate
+        await running(model)  # q0 is running, held at the gate
         rest = [asyncio.ensure_future(batcher.submit(f"q{i}")) for i in range(1, 7)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)
         model.gate.set()
         return [await first] + list(await asyncio.gather(*rest))
 
@@ -73,15 +80,15 @@ def test_a_full_queue_refuses_at_once_and_stale_requests_are_shed_not_run():
 
     async def scenario():
         model.gate.clear()
-        running = asyncio.ensure_future(batcher.submit("running"))
-        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(batcher.submit("running"))
+        await running(model)
         waiting = [asyncio.ensure_future(batcher.submit(f"w{i}")) for i in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(QueueFull, match="limit 2"):
             await batcher.submit("one too many")
         await asyncio.sleep(0.2)  # the two waiting ones pass their deadline while held
         model.gate.set()
-        results = await asyncio.gather(running, *waiting, return_exceptions=True)
+        results = await asyncio.gather(first, *waiting, return_exceptions=True)
         return results, await batcher.submit("after")
 
     results, after = run(scenario())
@@ -125,8 +132,8 @@ def test_a_cancelled_caller_gives_its_place_back():
 
     async def scenario():
         model.gate.clear()
-        running = asyncio.ensure_future(batcher.submit("running"))
-        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(batcher.submit("running"))
+        await running(model)
         gone = asyncio.ensure_future(batcher.submit("gone"))
         kept = asyncio.ensure_future(batcher.submit("kept"))
         await asyncio.sleep(0)
@@ -134,7 +141,7 @@ def test_a_cancelled_caller_gives_its_place_back():
         await asyncio.sleep(0)
         assert batcher.queued == 1
         model.gate.set()
-        return await running, await kept
+        return await first, await kept
 
     assert run(scenario()) == ("answer to running", "answer to kept")
     assert model.batches == [["running"], ["kept"]]

@@ -72,3 +72,133 @@ def test_one_command_rollback_moves_the_alias_then_deploys(registry, monkeypatch
     assert reg.champion().version == b and "still serves" in capsys.readouterr().err
     # A refused rollback deploys nothing.
     assert rollback("lora-0000", "", 3911, deploy) == 2 and len(deployed) == 1
+
+
+def _free_pair() -> int:
+    """A free port whose successor is free too: the supervisor's control port is port + 1."""
+    import socket
+
+    from serving_helpers import free_port
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as control:
+            try:
+                control.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def _lora_adapter(folder, tiny_llama: str, seed: int):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(folder)
+    return folder
+
+
+def _current_index(tiny_embedding_model: str) -> None:
+    """A promoted index in the vector store the definitions bind (under DRIFTLOOP_HOME)."""
+    import hashlib
+    import random
+
+    from conftest import prose
+    from driftloop.models.embedding import load_embedder
+    from driftloop.resources.vector_store import VectorStore
+
+    rng = random.Random(0)
+    texts = [f"Section {i}. " + prose(rng, 2) for i in range(8)]
+    chunks = [{"chunk_id": f"c{i:03d}", "doc_id": f"d{i}", "title": f"doc {i}", "text": t, "start_char": 0, "end_char": len(t)}
+              for i, t in enumerate(texts)]
+    store = VectorStore().store()
+    embeddings, _ = store.embed([c["chunk_id"] for c in chunks], [hashlib.sha256(t.encode()).hexdigest() for t in texts], texts,
+                                load_embedder(tiny_embedding_model, "cpu", "fp32"), 8)
+    folder, _ = store.build_index(embeddings, chunks)
+    store.promote_index(folder, {"recall_at_k": 1.0})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rollback_builds_the_restored_champion_and_switches_the_stable_port(tmp_path, monkeypatch, tiny_llama, tiny_embedding_model):
+    """`driftloop rollback` for real: the alias moves back, Dagster builds the restored
+    champion's bento and the supervisor switches the stable port to it, while a client
+    on that port keeps getting answers."""
+    import os
+    import shutil
+    import threading
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from driftloop.resources.registry import ModelRegistry
+    from driftloop.serving.serve import deploy_champion
+    from driftloop.serving.supervisor import SupervisorClient
+    from serving_helpers import KEY, ROOT, call
+
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(ROOT / "orchestration" / "dagster.yaml", dagster_home / "dagster.yaml")
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({"resources": {"models": {
+        "embedding_model": tiny_embedding_model, "generator_model": tiny_llama, "device": "cpu",
+        "embedding_precision": "fp32", "generator_precision": "fp32"}}}))
+    # The deploy runs in subprocesses (the dagster CLI, its steps, the supervisor, bentoml
+    # serve), which all take their settings from this environment.
+    for name, value in {"DAGSTER_HOME": dagster_home, "DRIFTLOOP_PROFILE_FILE": profile, "DRIFTLOOP_API_KEY": KEY,
+                        "DRIFTLOOP_WARMUP_REQUESTS": "1"}.items():
+        monkeypatch.setenv(name, str(value))
+    for name in ("DRIFTLOOP_PROFILE", "BENTOML_HOME", "DRIFTLOOP_SERVE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    home = Path(os.environ["DRIFTLOOP_HOME"])
+
+    _current_index(tiny_embedding_model)
+    reg = ModelRegistry().registry()
+    a, b = (reg.publish(_lora_adapter(tmp_path / f"adapter{seed}", tiny_llama, seed), {"seed": seed}).version for seed in (1, 2))
+    assert a != b
+    reg.promote(a, {"perplexity": 12.0}, {}, gate={"passed": True})
+    reg.promote(b, {"perplexity": 11.0}, {}, gate={"passed": True})
+
+    port = _free_pair()
+    question = {"question": "What does section 3 say?", "k": 2, "max_new_tokens": 2}
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                status, body = call(port, "/answer", question)
+                seen.append((status, json.loads(body).get("model_version") if status == 200 else body[:200]))
+            except OSError as err:  # a refused or reset connection is a failed request too
+                seen.append((0, repr(err)))
+            time.sleep(0.3)
+
+    try:
+        assert deploy_champion(port) == 0
+        status, body = call(port, "/answer", question)
+        assert status == 200 and json.loads(body)["model_version"] == b, body
+
+        poller = threading.Thread(target=client, daemon=True)
+        poller.start()
+        assert cli(["rollback", "--port", str(port), "--reason", "bad answers in prod"]) == 0
+        stop.set()
+        poller.join(timeout=150)
+
+        status, body = call(port, "/answer", question)
+        assert status == 200 and json.loads(body)["model_version"] == a, body
+        assert reg.champion().version == a and reg.history()[-1]["action"] == "rollback"
+        deployed = [json.loads(line) for line in (home / "artifacts" / "serving" / "deployments.jsonl").read_text().splitlines()]
+        assert [(d["model_version"], d["action"]) for d in deployed] == [(b, "deployed"), (a, "deployed")], deployed
+        assert deployed[1]["tag"] != deployed[0]["tag"] and deployed[1]["previous"] == deployed[0]["tag"]
+        # Every request during the switch was answered, first by b, then by a, never back.
+        versions = [v for _, v in seen]
+        assert all(s == 200 for s, _ in seen), seen
+        assert versions[0] == b and versions[-1] == a and versions == sorted(versions, key=lambda v: v == a), versions
+    finally:
+        stop.set()
+        SupervisorClient(f"http://127.0.0.1:{port + 1}").shutdown()

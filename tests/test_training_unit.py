@@ -165,17 +165,31 @@ def test_fast_path_is_the_same_optimisation_step(tiny_llama):
         assert torch.allclose(fast[name], grad, rtol=1e-4, atol=1e-7), name
 
 
-def test_bf16_training_stores_frozen_linears_in_bf16_and_still_learns(tiny_llama, tmp_path):
+def test_bf16_training_stores_frozen_linears_in_bf16_and_follows_the_fp32_run(tiny_llama, tmp_path):
+    """bf16 is judged against the fp32 run of the same seed on the same machine, not against
+    a fixed drop: on this config fp32 itself falls by about 0.30 nats in 30 steps, and where
+    bf16 is emulated (AVX2 only) or native (AVX512-BF16, AMX) only its rounding differs
+    (both accumulate matmuls in fp32), so a fixed bar at fp32's own drop passes or fails by
+    chance. Measured: mean gap to the fp32 curve 0.011 nats (AVX2 dispatch), 0.027 (AMX)."""
     import torch
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     items, _ = encode_dataset(chat_examples(32), tokenizer, 256, "error", 4)
-    settings = LoraSettings(rank=16, alpha=32, learning_rate=3e-2, max_steps=30, batch_size=8, max_seq_length=128, warmup_steps=2,
-                            checkpoint_every=100, precision="bf16", target_modules=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"))
-    model, result = train_lora(tiny_llama, items, settings, tmp_path / "ckpt")
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        settings = LoraSettings(rank=16, alpha=32, learning_rate=3e-2, max_steps=30, batch_size=8, max_seq_length=128, warmup_steps=2,
+                                checkpoint_every=100, precision=precision, target_modules=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"))
+        runs[precision] = train_lora(tiny_llama, items, settings, tmp_path / precision)
+    model, result = runs["bf16"]
     dtypes = {name: p.dtype for name, p in model.named_parameters()}
     frozen_linear = [n for n in dtypes if n.endswith(("base_layer.weight", "gate_proj.weight"))]
     assert frozen_linear and all(dtypes[n] == torch.bfloat16 for n in frozen_linear)
     assert all(dtype == torch.float32 for n, dtype in dtypes.items() if "lora_" in n or "norm" in n or "embed_tokens" in n)
-    first, last = sum(h.loss for h in result.history[:5]) / 5, sum(h.loss for h in result.history[-5:]) / 5
-    assert result.precision == "bf16" and last < first - 0.3, (first, last)
+    assert all(p.dtype == torch.float32 for p in runs["fp32"][0].parameters())
+
+    curves = {precision: [h.loss for h in r.history] for precision, (_, r) in runs.items()}
+    drop = {precision: sum(c[:5]) / 5 - sum(c[-5:]) / 5 for precision, c in curves.items()}
+    gap = sum(abs(a - b) for a, b in zip(curves["fp32"], curves["bf16"], strict=True)) / len(curves["fp32"])
+    assert result.precision == "bf16" and len(curves["bf16"]) == 30
+    assert drop["fp32"] >= 0.2, drop  # the reference learns, so the comparison below means something
+    assert drop["bf16"] >= 0.8 * drop["fp32"] and gap <= 0.05, (drop, gap)
