@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install demo drift-demo pipeline serve rollback test test-fast reliability ui lock clean
+.PHONY: install demo drift-demo pipeline serve rollback test test-fast test-avx2 reliability ui lock clean
 
 install: $(STAMP)
 
@@ -56,6 +56,12 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+# The whole suite as an AVX2-only CPU runs it (no AVX512, AMX or native bf16), on a machine
+# that has them: torch and oneDNN dispatch AVX2 kernels, driftloop sees no bf16 units.
+test-avx2: install
+	DRIFTLOOP_PG_BIN=$${DRIFTLOOP_PG_BIN:-$$(.ci/postgres-bin || true)} DRIFTLOOP_EMULATE_AVX2=1 PYTHONPATH=$(CURDIR)/tests/cpu_avx2 \
+		ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(ARGS)
 
 # The long security, fuzzing and bad-data checks behind RELIABILITY.md; figures land in
 # artifacts/reliability/ (FUZZ=<examples per operation and mode>, 200 by default).

@@ -98,8 +98,11 @@ class CrashLab:
         return [(logs[i].dagster_event.pid, logs[i + 1:(starts[n + 1] if n + 1 < len(starts) else len(logs))]) for n, i in enumerate(starts)]
 
     def wait_attempt(self, run_id: str, n: int, match, proc: subprocess.Popen, timeout: float = 300):
-        """(pid, first matching event) of the n-th attempt of the run's step, or None if the run ended first."""
-        deadline = time.time() + timeout
+        """(pid, first matching event) of the n-th attempt of the run's step, or None if the run ended first.
+
+        Times out only after `timeout` seconds without a new event: a slow CPU takes longer
+        to reach a late training step, but a run that still logs is not stuck."""
+        deadline, seen = time.time() + timeout, -1
         while time.time() < deadline:
             attempts = self.attempts(run_id)
             if len(attempts) > n:
@@ -107,10 +110,12 @@ class CrashLab:
                 hit = next((e for e in events if match(e)), None)
                 if hit is not None:
                     return pid, hit
+                if len(events) > seen:
+                    deadline, seen = time.time() + timeout, len(events)
             if proc.poll() is not None:
                 return None
             time.sleep(0.1)
-        raise TimeoutError(f"run {run_id}: attempt {n} never reached the awaited event")
+        raise TimeoutError(f"run {run_id}: attempt {n} logged nothing for {timeout:.0f} s before the awaited event")
 
     def kill_at_random(self, pid: int, window_s: float, still_running) -> float | None:
         """SIGKILL `pid` after a random delay within window_s, if it is still at work then."""

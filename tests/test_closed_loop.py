@@ -46,16 +46,22 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump({"resources": {"models": {
         "embedding_model": tiny_embedding_model, "generator_model": tiny_llama, "device": "cpu", "embedding_precision": "fp32"}}}))
-    # Tiny random models answer nonsense: the floors are off, so the gate passes on its rules
-    # alone; that a failing challenger never serves is tests/test_evaluation_assets.py's part.
+    # The gate keeps its default floors but one, and its default perplexity rule: the tiny
+    # random Llama's greedy tokens are often special tokens that decode to nothing, so the
+    # empty-answer ceiling is lifted, and similarity to the reference under a random
+    # embedder is noise (an empty answer against a non-empty one moves it by 0.15), so the
+    # text-similarity no-regression rules are left out. The same rules then refuse a broken
+    # copy of the retrained champion in this home, so passing them means something.
     run_config = tmp_path / "run.yaml"
     run_config.write_text(yaml.safe_dump({"ops": {
         "data__qa_pairs": {"config": {"eval_fraction": 0.4}},
         "retrieval__chunks": {"config": {"chunk_tokens": 48, "overlap_tokens": 8}},
         "retrieval__vector_index": {"config": {"min_recall": 0.0, "min_mrr": 0.0}},
-        "training__lora_adapter": {"config": {"batch_size": 4, "max_seq_length": 256, "warmup_steps": 0, "min_examples": 4}},
-        "evaluation__eval_report": {"config": {"max_new_tokens": 6, "k": 2, "min_semantic_similarity": 0.0, "max_empty_rate": 1.0,
-                                               "max_toxic_rate": 1.0, "max_pii_rate": 1.0, "no_regression": []}},
+        # Enough training that the champion is measurably better than random weights: on a
+        # random base, an adapter that has learned nothing is no better than a broken one.
+        "training__lora_adapter": {"config": {"batch_size": 4, "max_seq_length": 256, "warmup_steps": 1, "min_examples": 4,
+                                              "learning_rate": 0.01}},
+        "evaluation__eval_report": {"config": {"max_new_tokens": 6, "k": 2, "max_empty_rate": 1.0, "no_regression": ["perplexity"]}},
         "monitoring__drift_report": {"config": {"min_queries": 30, "permutations": 200, "reference_queries": 200}},
     }}))
     home, port, ui_port = tmp_path / "home", free_pair(), free_pair()
@@ -63,7 +69,7 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
     env.pop("DRIFTLOOP_PROFILE", None)
     demo = subprocess.run(
         [sys.executable, "-m", "driftloop.orchestration.drift_demo", "--home", str(home), "--port", str(port), "--ui-port", str(ui_port),
-         "--traffic", "40", "--train-steps", "2", "--eval-questions", "4", "--run-config", str(run_config), "--timeout", "900"],
+         "--traffic", "40", "--train-steps", "16", "--eval-questions", "4", "--run-config", str(run_config), "--timeout", "900"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700,
     )
     tail = demo.stdout[-4000:] + demo.stderr[-4000:] + "\n--- dagster ---\n" + _tail(home / "dagster-dev.log")
@@ -99,6 +105,32 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
     assert report["retrained_for_window"] == retrains[0]["tags"]["driftloop/drift_window"], report
     assert "drift persists" in report["sensor"], report["sensor"]
     assert outcome["runs_after_new_version"]["drift"] == [], outcome["runs_after_new_version"]
+
+    _broken_copy_fails_the_same_gate(home, env, outcome["champion"])
+
+
+def _broken_copy_fails_the_same_gate(home: Path, env: dict, champion: str) -> None:
+    """The retrain passed the gate above; a copy of that champion with random LoRA weights,
+    evaluated in the same home with the same rules, fails it and is never promoted."""
+    from driftloop.registry import AdapterRegistry
+    from test_evaluation_assets import changed_copy
+
+    registry = AdapterRegistry(home / "artifacts" / "registry")
+    broken = registry.publish(changed_copy(registry.get(champion).path, home / "broken-adapter"), {"note": "random LoRA weights"}).version
+    config = json.loads((home / "retrain.yaml").read_text())["ops"]["evaluation__eval_report"]["config"]
+    run_config = {"ops": {"evaluation__eval_report": {"config": {**config, "challenger_version": broken}}}}
+    evaluated = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-f", "orchestration/definitions.py",
+         "--select", "evaluation/eval_report,evaluation/champion", "--config-json", json.dumps(run_config)],
+        cwd=ROOT, env={**env, "DRIFTLOOP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")},
+        capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode != 0, evaluated.stdout[-3000:]
+    (report,) = [json.loads(p.read_text()) for p in (home / "artifacts" / "registry" / "reports").glob("*/result.json")
+                 if json.loads(p.read_text())["gate"]["challenger"] == broken]
+    gate = report["gate"]
+    assert not gate["passed"] and gate["reference"] == "champion" and gate["reference_version"] == champion, gate
+    assert any(f.startswith("perplexity") and "regresses against champion" in f for f in gate["failures"]), gate["failures"]
+    assert registry.champion().version == champion
 
 
 def _tail(path: Path, chars: int = 4000) -> str:

@@ -12,10 +12,7 @@ import pytest
 from driftloop.assets.data import SOURCE_DOCUMENTS
 from driftloop.assets.training import BASE_MODEL
 from driftloop.resources.dvc import DvcStore, DvcVersion
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.registry import ModelRegistry
-from driftloop.resources.vector_store import VectorStore
-from test_evaluation_assets import ALL, run
+from test_evaluation_assets import ALL, run, tiny_resources
 
 
 class ConcurrentlyWrittenStore(DvcStore):
@@ -40,9 +37,7 @@ def test_a_failing_blocking_data_check_stops_everything_downstream(corpus, dvc_s
     from driftloop.retrieval.artifacts import verify
 
     instance = dg.DagsterInstance.ephemeral()
-    registry = ModelRegistry(root=str(tmp_path / "registry"))
-    resources = {"dvc": dvc_store, "model_registry": registry, "vector_store": VectorStore(root=str(tmp_path / "retrieval")),
-                 "models": ModelCatalog(generator_model=tiny_llama, embedding_model=tiny_embedding_model, device="cpu", embedding_precision="fp32")}
+    registry, resources = tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model)
 
     good = run(instance, corpus, resources)
     assert good.success

@@ -30,6 +30,14 @@ EVAL = {"max_questions": 4, "max_new_tokens": 6, "k": 2, "judge": "none", "min_s
         "max_toxic_rate": 1.0, "max_pii_rate": 1.0, "no_regression": ["perplexity"], "relative_tolerance": 0.02}
 
 
+def tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model) -> tuple[ModelRegistry, dict]:
+    """The registry, and every resource the lineage needs, on tiny models under tmp_path."""
+    registry = ModelRegistry(root=str(tmp_path / "registry"))
+    return registry, {"dvc": dvc_store, "model_registry": registry, "vector_store": VectorStore(root=str(tmp_path / "retrieval")),
+                      "models": ModelCatalog(generator_model=tiny_llama, embedding_model=tiny_embedding_model, device="cpu",
+                                             embedding_precision="fp32")}
+
+
 def run(instance, corpus, resources, select=None, tags=None, docs=None, **evaluation):
     config = {"ops": {
         "data__source_documents": {"config": {"source": str(corpus), **(docs or {})}},
@@ -78,9 +86,7 @@ def changed_copy(adapter_dir, target, broken=True):
 @pytest.mark.slow
 def test_gate_promotes_good_and_blocks_broken_adapters(corpus, dvc_store, tiny_llama, tiny_embedding_model, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    registry = ModelRegistry(root=str(tmp_path / "registry"))
-    resources = {"dvc": dvc_store, "model_registry": registry, "vector_store": VectorStore(root=str(tmp_path / "retrieval")),
-                 "models": ModelCatalog(generator_model=tiny_llama, embedding_model=tiny_embedding_model, device="cpu", embedding_precision="fp32")}
+    registry, resources = tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model)
 
     first = run(instance, corpus, resources)
     assert first.success
@@ -166,9 +172,7 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     from driftloop.serving.requestlog import RequestLog, default_root
 
     instance = dg.DagsterInstance.ephemeral()
-    registry = ModelRegistry(root=str(tmp_path / "registry"))
-    resources = {"dvc": dvc_store, "model_registry": registry, "vector_store": VectorStore(root=str(tmp_path / "retrieval")),
-                 "models": ModelCatalog(generator_model=tiny_llama, embedding_model=tiny_embedding_model, device="cpu", embedding_precision="fp32")}
+    registry, resources = tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model)
     good = [json.dumps({"id": p.stem, "text": p.read_text(), "format": p.suffix[1:]}).encode() for p in sorted(corpus.iterdir())]
     bad = bad_data_lines((corpus / "doc00.md").read_text())
     source = tmp_path / "docs.jsonl"
