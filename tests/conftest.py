@@ -17,6 +17,7 @@ enforce_offline()
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
 def pytest_addoption(parser):
     parser.addoption("--test-order", default="file", metavar="file|reverse|shuffle:SEED",
                      help="run the collected tests in file order (default), reversed, or shuffled by SEED, "

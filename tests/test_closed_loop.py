@@ -11,7 +11,6 @@ and no second retrain loops on the same data."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,24 +19,10 @@ import pytest
 import yaml
 
 from conftest import write_corpus
+from serving_helpers import free_port_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_pair() -> int:
-    """A port whose successor is free too: the supervisor's control port is port + 1."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            try:
-                with socket.socket() as second:
-                    second.bind(("127.0.0.1", port + 1))
-                    return port
-            except OSError:
-                continue
-    raise RuntimeError("no two adjacent free ports")
 
 
 @pytest.mark.timeout(1800)
@@ -64,7 +49,7 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
         "evaluation__eval_report": {"config": {"max_new_tokens": 6, "k": 2, "max_empty_rate": 1.0, "no_regression": ["perplexity"]}},
         "monitoring__drift_report": {"config": {"min_queries": 30, "permutations": 200, "reference_queries": 200}},
     }}))
-    home, port, ui_port = tmp_path / "home", free_pair(), free_pair()
+    home, port, ui_port = tmp_path / "home", free_port_pair(), free_port_pair()
     env = {**os.environ, "DRIFTLOOP_PROFILE_FILE": str(profile), "DRIFTLOOP_SOURCE_DIR": str(corpus), "DRIFTLOOP_WARMUP_REQUESTS": "2"}
     env.pop("DRIFTLOOP_PROFILE", None)
     demo = subprocess.run(
@@ -125,8 +110,8 @@ def _broken_copy_fails_the_same_gate(home: Path, env: dict, champion: str) -> No
         cwd=ROOT, env={**env, "DRIFTLOOP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")},
         capture_output=True, text=True, timeout=600)
     assert evaluated.returncode != 0, evaluated.stdout[-3000:]
-    (report,) = [json.loads(p.read_text()) for p in (home / "artifacts" / "registry" / "reports").glob("*/result.json")
-                 if json.loads(p.read_text())["gate"]["challenger"] == broken]
+    reports = [json.loads(p.read_text()) for p in (home / "artifacts" / "registry" / "reports").glob("*/result.json")]
+    (report,) = [r for r in reports if r["gate"]["challenger"] == broken]
     gate = report["gate"]
     assert not gate["passed"] and gate["reference"] == "champion" and gate["reference_version"] == champion, gate
     assert any(f.startswith("perplexity") and "regresses against champion" in f for f in gate["failures"]), gate["failures"]

@@ -12,7 +12,7 @@ import pytest
 from driftloop.assets.data import SOURCE_DOCUMENTS
 from driftloop.assets.training import BASE_MODEL
 from driftloop.resources.dvc import DvcStore, DvcVersion
-from test_evaluation_assets import ALL, run, tiny_resources
+from test_evaluation_assets import ALL, champion_state, run, tiny_resources
 
 
 class ConcurrentlyWrittenStore(DvcStore):
@@ -34,8 +34,6 @@ class ConcurrentlyWrittenStore(DvcStore):
 
 @pytest.mark.slow
 def test_a_failing_blocking_data_check_stops_everything_downstream(corpus, dvc_store, tiny_llama, tiny_embedding_model, tmp_path):
-    from driftloop.retrieval.artifacts import verify
-
     instance = dg.DagsterInstance.ephemeral()
     registry, resources = tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model)
 
@@ -44,11 +42,7 @@ def test_a_failing_blocking_data_check_stops_everything_downstream(corpus, dvc_s
     reg = registry.registry()
     champion = reg.champion().version
     folder = reg.get(champion).path
-
-    def champion_files() -> tuple[dict, dict]:
-        return verify(folder), {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-    files, history, versions = champion_files(), reg.history(), reg.versions()
+    files, history, versions = champion_state(folder), reg.history(), reg.versions()
     good_md5 = dvc_store.version("source_documents").md5
     good_corpus = dvc_store.dataset_path("source_documents").read_bytes()
 
@@ -74,7 +68,7 @@ def test_a_failing_blocking_data_check_stops_everything_downstream(corpus, dvc_s
     started = {e.step_key for e in blocked.all_events if e.event_type_value == "STEP_START"}
     assert len(downstream) >= 8 and not started & downstream, started & downstream
 
-    assert reg.champion().version == champion and champion_files() == files
+    assert reg.champion().version == champion and champion_state(folder) == files
     assert reg.history() == history and reg.versions() == versions
 
     # The last good corpus comes back from the remote alone, byte for byte.

@@ -38,6 +38,14 @@ def tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model) -> tup
                                              embedding_precision="fp32")}
 
 
+def champion_state(folder: Path) -> tuple[dict, dict[str, bytes]]:
+    """An adapter folder as a test compares it: its manifest checked against the files, and
+    every file's bytes."""
+    from driftloop.retrieval.artifacts import verify
+
+    return verify(folder), {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def run(instance, corpus, resources, select=None, tags=None, docs=None, **evaluation):
     config = {"ops": {
         "data__source_documents": {"config": {"source": str(corpus), **(docs or {})}},
@@ -168,7 +176,6 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     files, the promotion history and the last good datasets are all as they were."""
     from driftloop.assets.data import INSTRUCTION_DATASET, SOURCE_DOCUMENTS
     from driftloop.data.records import read_jsonl
-    from driftloop.retrieval.artifacts import verify
     from driftloop.serving.requestlog import RequestLog, default_root
 
     instance = dg.DagsterInstance.ephemeral()
@@ -187,12 +194,7 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     reg = registry.registry()
     champion = reg.champion().version
 
-    def champion_files() -> tuple[dict, list[str]]:
-        # The published manifest, checked against the files, and every file in the folder.
-        folder = reg.get(champion).path
-        return verify(folder), sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-
-    files_before = champion_files()
+    files_before = champion_state(reg.get(champion).path)
     versions, history = reg.versions(), reg.history()
     training_input = dvc_store.dataset_path("instruction_dataset").read_bytes()
     documents = dvc_store.dataset_path("source_documents").read_bytes()
@@ -226,7 +228,7 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     assert "7 of 10 rows (70%)" in message and "previous version is kept" in message, message
     quarantined = failure.step_failure_data.user_failure_data.metadata["quarantine_path"].value
     assert len(list(read_jsonl(Path(quarantined)))) == len(bad)
-    assert reg.champion().version == champion and champion_files() == files_before
+    assert reg.champion().version == champion and champion_state(reg.get(champion).path) == files_before
     assert reg.versions() == versions and reg.history() == history
     assert dvc_store.dataset_path("instruction_dataset").read_bytes() == training_input
     assert dvc_store.dataset_path("source_documents").read_bytes() == documents

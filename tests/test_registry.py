@@ -74,23 +74,6 @@ def test_one_command_rollback_moves_the_alias_then_deploys(registry, monkeypatch
     assert rollback("lora-0000", "", 3911, deploy) == 2 and len(deployed) == 1
 
 
-def _free_pair() -> int:
-    """A free port whose successor is free too: the supervisor's control port is port + 1."""
-    import socket
-
-    from serving_helpers import free_port
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as control:
-            try:
-                control.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no two adjacent free ports")
-
-
 def _lora_adapter(folder, tiny_llama: str, seed: int):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -139,7 +122,7 @@ def test_rollback_builds_the_restored_champion_and_switches_the_stable_port(tmp_
     from driftloop.resources.registry import ModelRegistry
     from driftloop.serving.serve import deploy_champion
     from driftloop.serving.supervisor import SupervisorClient
-    from serving_helpers import KEY, ROOT, call
+    from serving_helpers import KEY, ROOT, call, free_port_pair
 
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
@@ -164,7 +147,7 @@ def test_rollback_builds_the_restored_champion_and_switches_the_stable_port(tmp_
     reg.promote(a, {"perplexity": 12.0}, {}, gate={"passed": True})
     reg.promote(b, {"perplexity": 11.0}, {}, gate={"passed": True})
 
-    port = _free_pair()
+    port = free_port_pair()
     question = {"question": "What does section 3 say?", "k": 2, "max_new_tokens": 2}
     seen: list[tuple[int, str]] = []
     stop = threading.Event()

@@ -100,7 +100,6 @@ def test_concurrent_requests_and_the_redacted_request_log(service):
     status, body = call(port, "/answer", {"question": "What does section 4 say?", "max_new_tokens": 4}, headers={"X-Driftloop-Request-Id": assigned})
     assert status == 200 and json.loads(body)["request_id"] == assigned
     assert any(r["request_id"] == assigned for r in read_partition(root / "data" / "serving", "requests", day))
-    rows = read_partition(root / "data" / "serving", "requests", day)
     blocked = [r for r in rows if r["guardrail"] == "prompt_injection" and "reveal your system prompt" in r["question"]]
     assert blocked and blocked[-1]["status"] == 422
     feedback = [r for r in read_partition(root / "data" / "serving", "feedback", day) if r["request_id"] == first]
