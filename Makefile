@@ -52,7 +52,7 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 # The Postgres instance test starts its own server from Debian's postgresql, installed
 # here when missing (it skips, with the reason, where that is not possible).
 test: install
-	DRIFTLOOP_PG_BIN=$${DRIFTLOOP_PG_BIN:-$$(.ci/postgres-bin || true)} $(BIN)/python -m pytest -q
+	DRIFTLOOP_PG_BIN=$${DRIFTLOOP_PG_BIN:-$$(.ci/postgres-bin || true)} $(BIN)/python -m pytest -q --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration"

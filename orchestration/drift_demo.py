@@ -92,13 +92,23 @@ def latest(instance, key_path: list[str]):
     return records[0].storage_id, {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
-def sensor_verdict(instance, after: float) -> str | None:
-    """What the drift_retrain sensor said on its first tick that began after `after` (when a
-    report was stored): the runs it requested, or its skip reason."""
+def sensor_verdict(instance, storage_id: int) -> str | None:
+    """What the drift_retrain sensor said on the tick that first read the report stored as
+    `storage_id`: the runs it requested, or its skip reason. The tick is found by its cursor,
+    not its clock: a tick that starts after the report's event time can still run before the
+    event is committed, and would then rightly say it saw nothing new."""
     state = next((s for s in instance.all_instigator_state() if s.name == "drift_retrain"), None)
     if state is None:
         return None
-    ticks = [t for t in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=20) if t.timestamp > after and t.is_completed]
+
+    def seen(tick) -> int:
+        try:
+            return int(json.loads(tick.cursor or "{}").get("seen") or -1)
+        except (ValueError, AttributeError):
+            return -1
+
+    ticks = [t for t in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=50)
+             if t.is_completed and seen(t) >= storage_id]
     if not ticks:
         return None
     tick = min(ticks, key=lambda t: t.timestamp)
@@ -199,7 +209,8 @@ def main() -> int:
         def reports_since(storage_id):
             records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(["monitoring", "drift_report"]),
                                                                             after_storage_id=storage_id), limit=50, ascending=True).records
-            return [{**{k: v.value for k, v in r.asset_materialization.metadata.items()}, "stored_at": r.timestamp} for r in records]
+            return [{**{k: v.value for k, v in r.asset_materialization.metadata.items()}, "stored_at": r.timestamp, "storage_id": r.storage_id}
+                    for r in records]
 
         mark, _ = latest(instance, ["monitoring", "drift_report"])
         timeline.add(f"sending {len(in_dist)} in-distribution questions")
@@ -272,7 +283,7 @@ def main() -> int:
             send(args.port, [rng.choice(NATURAL + [p["question"] for p in topic]) for _ in range(args.traffic)])
             persisting = wait_for(lambda: [r for r in reports_since(mark) if r["enough_data"] and r["serving"] == serving_model],
                                   "a drift check of the new version's traffic", 1200)[-1]
-            skip = wait_for(lambda: sensor_verdict(instance, persisting["stored_at"]), "the drift sensor's verdict on it", 300)
+            skip = wait_for(lambda: sensor_verdict(instance, persisting["storage_id"]), "the drift sensor's verdict on it", 300)
             timeline.add(f"new version's window: {'drifted' if persisting['drifted'] else 'no drift'} "
                          f"(retrained for window {persisting.get('retrained_for_window') or '-'}); drift sensor: {skip}")
             persisting = {**persisting, "sensor": skip}
