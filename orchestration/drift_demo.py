@@ -137,6 +137,7 @@ def main() -> int:
     parser.add_argument("--eval-questions", type=int, default=12)
     parser.add_argument("--fresh", action="store_true", help="start from an empty home")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--sensor-interval", type=int, default=15, help="seconds between ticks of each sensor")
     parser.add_argument("--run-config", type=Path, help="YAML merged over the demo's run config (per op), for the main job and every retrain")
     args = parser.parse_args()
     home = args.home.resolve()
@@ -160,7 +161,7 @@ def main() -> int:
     config_path = home / "retrain.yaml"
     config_path.write_text(json.dumps(config), encoding="utf-8")
     env = {"DRIFTLOOP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"), "DRIFTLOOP_SERVE_PORT": str(args.port),
-           "DRIFTLOOP_SENSORS": "running", "DRIFTLOOP_SENSOR_INTERVAL_S": "15", "DRIFTLOOP_DRIFT_CHECK_EVERY": str(args.traffic // 2),
+           "DRIFTLOOP_SENSORS": "running", "DRIFTLOOP_SENSOR_INTERVAL_S": str(args.sensor_interval), "DRIFTLOOP_DRIFT_CHECK_EVERY": str(args.traffic // 2),
            "DRIFTLOOP_RUN_CONFIG": str(config_path), "DRIFTLOOP_INBOX_DIR": str(inbox)}
     os.environ.update(env)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -173,12 +173,14 @@ class CrashLab:
         return max(done, default=0)
 
     # -- training --------------------------------------------------------------------------------
-    def train_round(self, kills: int) -> list[dict]:
-        """One training run; its step is killed `kills` times (the asset retries twice)."""
+    def train_round(self, kills: int, **overrides) -> list[dict]:
+        """One training run; its step is killed `kills` times (the asset retries twice).
+        `overrides` change TRAIN's settings (fewer steps for a quick check)."""
         started = time.time()
-        proc = self.launch("train", self.config(training__lora_adapter={"config": TRAIN}))
+        train = {**TRAIN, **overrides}
+        proc = self.launch("train", self.config(training__lora_adapter={"config": train}))
         run_id = self.newest_run("train", started)
-        total, outcomes = TRAIN["max_steps"], []
+        total, outcomes = train["max_steps"], []
         first_step = lambda e: e.user_message.startswith("step ") and "/" in e.user_message  # noqa: E731
         for n in range(kills):
             found = self.wait_attempt(run_id, n, first_step, proc)

@@ -54,7 +54,7 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
     env.pop("DRIFTLOOP_PROFILE", None)
     demo = subprocess.run(
         [sys.executable, "-m", "driftloop.orchestration.drift_demo", "--home", str(home), "--port", str(port), "--ui-port", str(ui_port),
-         "--traffic", "40", "--train-steps", "16", "--eval-questions", "4", "--run-config", str(run_config), "--timeout", "900"],
+         "--traffic", "40", "--train-steps", "16", "--eval-questions", "4", "--run-config", str(run_config), "--timeout", "900", "--sensor-interval", "5"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700,
     )
     tail = demo.stdout[-4000:] + demo.stderr[-4000:] + "\n--- dagster ---\n" + _tail(home / "dagster-dev.log")

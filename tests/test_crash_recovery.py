@@ -25,7 +25,9 @@ def lab(tmp_path_factory):
 
 
 def test_killed_training_is_retried_and_resumes_from_its_checkpoint(lab):
-    outcomes = lab.train_round(kills=2)
+    # Half the scripted run's steps, with checkpoints as many times over: each kill still
+    # lands between two checkpoints of a run that has several.
+    outcomes = lab.train_round(kills=2, max_steps=60, checkpoint_every=5)
     killed = [o for o in outcomes if o["killed"]]
     assert killed, outcomes
     for outcome in killed:
