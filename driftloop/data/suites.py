@@ -42,8 +42,8 @@ def _first_occurrence(keys: pd.Series, ids: pd.Series) -> pd.Series:
 
 def _same_question(questions: pd.Series, docs: pd.Series, answers: pd.Series, ids: pd.Series) -> pd.Series:
     """The first earlier row that asks the same question of the same document or with the
-    same answer. Two pages may ask the same words and mean different things (each
-    command's 'What parameters does it take?' once the title is gone); those are kept."""
+    same answer. Two pages may ask in the same words about different things (two
+    manuals' 'What is the installation guide?'); both are kept."""
     seen: dict[str, list[tuple[str, str, str]]] = {}
     out = []
     for question, doc, answer, row_id in zip(questions, docs, answers, ids, strict=True):
