@@ -113,13 +113,13 @@ def pdf_document(raw: bytes) -> Extracted:
 
     try:
         reader = PdfReader(io.BytesIO(raw))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise ExtractError("PDF is encrypted and needs a password")
+        if reader.is_encrypted:
+            # Opens a PDF locked by an owner password only; with a user password the page
+            # access below raises pypdf's own "File has not been decrypted".
+            reader.decrypt("")
         pages = [page.extract_text() or "" for page in reader.pages]
         bookmarks = _outline(reader, reader.outline)
         meta_title = reader.metadata.title if reader.metadata else None
-    except ExtractError:
-        raise
     except (PyPdfError, ValueError, KeyError, TypeError, OSError) as err:
         raise ExtractError(f"PDF: {type(err).__name__}: {err}") from err
     by_page: dict[int, list[tuple[int, str]]] = {}
@@ -150,12 +150,15 @@ _HEADING_STYLE = re.compile(r"^Heading (\d)$")
 
 
 def docx_document(raw: bytes) -> Extracted:
+    import zipfile
+
     import docx
     from docx.opc.exceptions import PackageNotFoundError
+    from lxml.etree import XMLSyntaxError
 
     try:
         document = docx.Document(io.BytesIO(raw))
-    except (PackageNotFoundError, ValueError, KeyError, OSError) as err:
+    except (PackageNotFoundError, zipfile.BadZipFile, XMLSyntaxError, ValueError, KeyError, OSError) as err:
         raise ExtractError(f"DOCX: {type(err).__name__}: {err}") from err
     from docx.table import Table
 

@@ -188,7 +188,8 @@ def derive(
                 else:
                     result.sections_without_prose += 1
                 continue
-            path = " > ".join(dict.fromkeys([title, *parents, heading]) if title else [*parents, heading])
+            own = [] if title and _norm(heading) == _norm(title) else [heading]
+            path = " > ".join([title, *parents, *own] if title else [*parents, *own])
             result.pairs.append(
                 QAPair(
                     qa_id=stable_id(doc.doc_id, heading, body),
