@@ -79,6 +79,10 @@ def html_document(text: str) -> Extracted:
     # trafilatura escapes markdown characters in prose (search\_path); the index and the
     # questions want the words as printed.
     markdown = re.sub(r"\\([_*\[\]#<>])", r"\1", markdown)
+    # A <pre> inside a paragraph comes out as "text ```code```) more text"; a fence must
+    # stand on its own line or every later heading reads as code.
+    markdown = re.sub(r"(?<=\S)[ \t]*```", "\n```", markdown)
+    markdown = re.sub(r"^```(?=[^\w\n])[ \t]*(.*)$", "```\n\\1", markdown, flags=re.M)
     first_heading = re.search(r"^#{1,6}\s+(.+?)\s*$", markdown, re.M)
     if page_title and (first_heading is None or markdown[: first_heading.start()].strip()):
         # The page's <title> heads the document when no heading does.
