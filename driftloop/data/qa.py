@@ -56,7 +56,7 @@ _SECTION_FORMS = {
     "notes": "What notes does the documentation give on {title}?",
     "examples": "What examples of {title} does the documentation give?",
     "example": "What example of {title} does the documentation give?",
-    "compatibility": "How compatible is {title} with the standard?",
+    "compatibility": "What does the documentation say about the compatibility of {title}?",
     "see also": "What is related to {title}?",
     "history": "What is the history of {title}?",
 }
