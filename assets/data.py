@@ -14,7 +14,7 @@ from pydantic import Field
 from driftloop.assets.common import OWNERS, json_meta, load_dataset, publish_dataset, suite_check_results
 from driftloop.data.corpus import SourceError, fingerprint, ingest_with_inbox, resolve_source
 from driftloop.data.instructions import build_examples
-from driftloop.data.qa import derive_qa_pairs
+from driftloop.data.qa import derive
 from driftloop.data.records import Document, Rejected, excerpt
 from driftloop.data.suites import (
     Limits,
@@ -40,7 +40,7 @@ KINDS = {"dvc", "great_expectations", "pandas"}
 class SourceDocumentsConfig(dg.Config):
     source: str | None = Field(
         default=None,
-        description="A folder of .md/.rst/.txt/.html files or a .jsonl file (fields id, text; optional title, uri, format). "
+        description="A folder of .md/.rst/.txt/.html/.pdf/.docx files or a .jsonl file (fields id, text; optional title, uri, format). "
         "Unset: $DRIFTLOOP_SOURCE_DIR, else 'python-docs' (the interpreter's own documentation).",
     )
     inbox: str | None = Field(
@@ -62,6 +62,11 @@ class QAPairsConfig(dg.Config):
     max_answer_chars: int = Field(default=600, gt=0)
     max_context_chars: int = Field(default=2000, gt=0)
     max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    min_questions: int = Field(
+        default=20, ge=1,
+        description="Fail the run when fewer usable questions (after quarantine) can be derived: the retrieval gate, "
+        "fine-tuning and evaluation all read them.",
+    )
 
 
 class InstructionDatasetConfig(dg.Config):
@@ -120,7 +125,7 @@ def _changes(previous: list[dict], current: list[dict]) -> dict:
     group_name="data",
     kinds=KINDS,
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     tags={"stage": "data"},
 )
 def source_documents(context: dg.AssetExecutionContext, config: SourceDocumentsConfig, dvc: DvcStore) -> dg.MaterializeResult:
@@ -174,28 +179,36 @@ def source_documents(context: dg.AssetExecutionContext, config: SourceDocumentsC
     group_name="data",
     kinds=KINDS,
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     tags={"stage": "data"},
 )
 def qa_pairs(context: dg.AssetExecutionContext, config: QAPairsConfig, dvc: DvcStore) -> dg.MaterializeResult:
     """Evaluation questions with reference answers and reference contexts, one per
-    documented heading (API, module or topic), split train/eval by document so that no
-    document feeds both sides."""
+    documented heading (API, module or topic), each naming its page and section path,
+    split train/eval by document so that no document feeds both sides. Fails when fewer
+    than min_questions survive, saying what the documents lacked."""
     documents = [
         Document(r["doc_id"], r["uri"], r["title"], r["format"], r["text"], r["content_hash"])
         for r in load_dataset(dvc, "source_documents")
     ]
-    pairs = derive_qa_pairs(
+    derived = derive(
         documents, eval_fraction=config.eval_fraction, min_answer_chars=config.min_answer_chars,
         max_answer_chars=config.max_answer_chars, max_context_chars=config.max_context_chars,
     )
-    rows = [p.to_row() for p in pairs]
-    if not rows:
-        raise dg.Failure(description="qa_pairs: no document has a heading with prose under it; no questions can be derived")
-    try:
-        screened = screen(rows, qa_frame(rows), qa_rules(Limits(max_answer_chars=config.max_answer_chars)), "qa_id", "qa_pairs")
-    except DatasetError as err:
-        raise dg.Failure(description=str(err)) from err
+    rows = [p.to_row() for p in derived.pairs]
+    screened = None
+    if rows:
+        try:
+            screened = screen(rows, qa_frame(rows), qa_rules(Limits(max_answer_chars=config.max_answer_chars)), "qa_id", "qa_pairs")
+        except DatasetError as err:
+            raise dg.Failure(description=str(err)) from err
+    usable = len(screened.kept) if screened else 0
+    if usable < config.min_questions:
+        quarantined = f"; {len(screened.rejected)} derived questions quarantined ({screened.reason_counts()})" if screened else ""
+        raise dg.Failure(description=(
+            f"qa_pairs: only {usable} usable questions, fewer than min_questions={config.min_questions}: a question needs a heading "
+            f"with prose under it. {derived.explanation(config.min_answer_chars)}; {len(rows)} questions derived{quarantined}"
+        ))
     splits = Counter(r["split"] for r in screened.kept)
     return publish_dataset(
         context, dvc, "qa_pairs", screened.kept, screened.rejected,

@@ -11,12 +11,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from driftloop.data.extract import ExtractError, Extracted, docx_document, html_document, pdf_document
 from driftloop.data.markup import to_markdown
 from driftloop.data.pydocs import python_docs
 from driftloop.data.records import Document, Rejected, excerpt, normalize_text
 
 DEFAULT_SOURCE = "python-docs"
-SUPPORTED_SUFFIXES = {".md": "md", ".markdown": "md", ".rst": "rst", ".txt": "txt", ".html": "html", ".htm": "html"}
+SUPPORTED_SUFFIXES = {
+    ".md": "md", ".markdown": "md", ".rst": "rst", ".txt": "txt", ".html": "html", ".htm": "html", ".xhtml": "html",
+    ".pdf": "pdf", ".docx": "docx",
+}
+BINARY_FORMATS = {"pdf": pdf_document, "docx": docx_document}
 JSONL_REQUIRED = ("id", "text")
 JSONL_OPTIONAL = ("title", "uri", "format")
 
@@ -45,8 +50,26 @@ def _looks_binary(raw: bytes) -> bool:
     return len(sample) > 0 and control / len(sample) > 0.1
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8-sig")
+class _NotText(ValueError):
+    def __init__(self, reason: str, detail: str, excerpt: str = "") -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.excerpt = reason, detail, excerpt
+
+
+def _extract(raw: bytes, fmt: str) -> Extracted:
+    """The file's title and markdown; PDF and DOCX are binary by nature, the rest must be UTF-8 text."""
+    if fmt in BINARY_FORMATS:
+        return BINARY_FORMATS[fmt](raw)
+    if _looks_binary(raw):
+        raise _NotText("binary", "file holds binary data (NUL or control bytes)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        detail = f"not valid UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start}"
+        raise _NotText("not_utf8", detail, excerpt(raw[: err.start + 40].decode("utf-8", "backslashreplace"))) from err
+    if fmt == "html":
+        return html_document(text)
+    return Extracted(title=None, markdown=to_markdown(text, fmt))
 
 
 def read_directory(root: Path, max_file_bytes: int) -> IngestResult:
@@ -66,20 +89,19 @@ def read_directory(root: Path, max_file_bytes: int) -> IngestResult:
         if not raw.strip():
             result.rejected.append(Rejected(rel, "empty", "file is empty or whitespace only", "ingest", rel))
             continue
-        if _looks_binary(raw):
-            result.rejected.append(Rejected(rel, "binary", "file holds binary data (NUL or control bytes)", "ingest", rel))
-            continue
         try:
-            text = _decode(raw)
-        except UnicodeDecodeError as err:
-            detail = f"not valid UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start}"
-            result.rejected.append(Rejected(rel, "not_utf8", detail, "ingest", rel, excerpt(raw[: err.start + 40].decode("utf-8", "backslashreplace"))))
+            extracted = _extract(raw, fmt)
+        except ExtractError as err:
+            result.rejected.append(Rejected(rel, "unparseable", str(err), "ingest", rel))
             continue
-        text = normalize_text(to_markdown(text, fmt))
+        except _NotText as err:
+            result.rejected.append(Rejected(rel, err.reason, err.detail, "ingest", rel, err.excerpt))
+            continue
+        text = normalize_text(extracted.markdown)
         if not text:
             result.rejected.append(Rejected(rel, "empty", "no text left after removing markup", "ingest", rel))
             continue
-        title = next((ln.lstrip("# ").strip() for ln in text.split("\n") if ln.strip()), rel)
+        title = extracted.title or next((ln.lstrip("# ").strip() for ln in text.split("\n") if ln.strip()), rel)
         result.documents.append(Document(doc_id=rel, uri=path.resolve().as_uri(), title=title[:200], format=fmt, text=text))
     if not files:
         raise SourceError(f"source directory {root} holds no files; expected {', '.join(sorted(SUPPORTED_SUFFIXES))} documents")
@@ -163,7 +185,7 @@ def ingest(source: str, max_file_bytes: int = 5_000_000) -> IngestResult:
         return read_directory(path, max_file_bytes)
     if path.suffix.lower() == ".jsonl":
         return read_jsonl_source(path, max_file_bytes)
-    raise SourceError(f"source {path} is a file but not .jsonl; point at a folder of .md/.rst/.txt/.html files or a JSONL file")
+    raise SourceError(f"source {path} is a file but not .jsonl; point at a folder of {', '.join(sorted(SUPPORTED_SUFFIXES))} files or a JSONL file")
 
 
 def ingest_with_inbox(source: str, inbox: Path | None, max_file_bytes: int = 5_000_000) -> IngestResult:

@@ -1,4 +1,4 @@
-"""Turn .rst, .html and plain text into one markdown-like form.
+"""Turn .rst, .html and plain text into one markdown-like form (PDF and DOCX: extract.py).
 
 Every later stage (QA derivation, chunking) then needs to understand only `#`
 headings and blank-line paragraphs, whatever the source format was.
@@ -7,7 +7,6 @@ headings and blank-line paragraphs, whatever the source format was.
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 
 _RST_UNDERLINE = re.compile(r"^([=\-~^*+#\"'`:.])\1{2,}\s*$")
 _RST_LEVELS = "*=-~^\"'+#`:."
@@ -44,44 +43,10 @@ def rst_to_markdown(text: str) -> str:
     return "\n".join(out)
 
 
-class _HTMLText(HTMLParser):
-    _BLOCK = {"p", "div", "li", "pre", "br", "tr", "section", "article", "table", "ul", "ol", "dd", "dt"}
-    _SKIP = {"script", "style", "head", "nav", "footer"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip_depth = 0
-        self._heading: int | None = None
-
-    def handle_starttag(self, tag, attrs):
-        if tag in self._SKIP:
-            self._skip_depth += 1
-        elif re.fullmatch(r"h[1-6]", tag):
-            self._heading = int(tag[1])
-            self.parts.append("\n\n" + "#" * self._heading + " ")
-        elif tag in self._BLOCK:
-            self.parts.append("\n\n" if tag in {"p", "pre", "section", "article", "table"} else "\n")
-
-    def handle_endtag(self, tag):
-        if tag in self._SKIP:
-            self._skip_depth = max(0, self._skip_depth - 1)
-        elif re.fullmatch(r"h[1-6]", tag):
-            self._heading = None
-            self.parts.append("\n\n")
-
-    def handle_data(self, data):
-        if self._skip_depth:
-            return
-        self.parts.append(" ".join(data.split()) if self._heading else data)
-
-
 def html_to_markdown(text: str) -> str:
-    parser = _HTMLText()
-    parser.feed(text)
-    parser.close()
-    joined = "".join(parser.parts)
-    return re.sub(r"\n{3,}", "\n\n", joined)
+    from driftloop.data.extract import html_document
+
+    return html_document(text).markdown
 
 
 def to_markdown(text: str, fmt: str) -> str:

@@ -40,6 +40,19 @@ def _first_occurrence(keys: pd.Series, ids: pd.Series) -> pd.Series:
     return pd.Series(out, index=keys.index, dtype=object)
 
 
+def _same_question(questions: pd.Series, docs: pd.Series, answers: pd.Series, ids: pd.Series) -> pd.Series:
+    """The first earlier row that asks the same question of the same document or with the
+    same answer. Two pages may ask in the same words about different things (two
+    manuals' 'What is the installation guide?'); both are kept."""
+    seen: dict[str, list[tuple[str, str, str]]] = {}
+    out = []
+    for question, doc, answer, row_id in zip(questions, docs, answers, ids, strict=True):
+        earlier = seen.setdefault(question, [])
+        out.append(next((first for d, a, first in earlier if d == doc or a == answer), None))
+        earlier.append((doc, answer, row_id))
+    return pd.Series(out, index=questions.index, dtype=object)
+
+
 def document_frame(rows: list[dict], limits: Limits) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=rows and list(rows[0]) or DOCUMENT_COLUMNS)
     dup_id = _first_occurrence(frame["doc_id"], frame["doc_id"])
@@ -88,7 +101,7 @@ def qa_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=rows and list(rows[0]) or QA_COLUMNS)
     norm_q = frame["question"].fillna("").map(normalized_question)
     norm_a = frame["answer"].fillna("").map(normalized_question)
-    frame["duplicate_of"] = _first_occurrence(frame["split"].fillna("") + "\x1f" + norm_q, frame["qa_id"])
+    frame["duplicate_of"] = _same_question(frame["split"].fillna("") + "\x1f" + norm_q, frame["doc_id"], norm_a, frame["qa_id"])
     train = frame["split"] == "train"
     train_docs = set(frame.loc[train, "doc_id"])
     train_questions, train_answers = set(norm_q[train]), set(norm_a[train])
