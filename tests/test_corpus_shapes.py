@@ -44,6 +44,8 @@ def nav_texts(page: Path) -> list[str]:
 def materialize(shape: str, resources: dict) -> dg.ExecuteInProcessResult:
     config = {"ops": {
         "data__source_documents": {"config": {"source": str(CORPORA / shape)}},
+        # The small versions hold 6-8 pages; the default floor (20) is set for whole corpora.
+        "data__qa_pairs": {"config": {"min_questions": 10}},
         "retrieval__chunks": {"config": {"chunk_tokens": 64, "overlap_tokens": 8}},
         # A random tiny embedding model retrieves by chance: the check must run and report, not pass a floor.
         "retrieval__vector_index": {"config": {"min_recall": 0.0, "min_mrr": 0.0}},
