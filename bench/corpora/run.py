@@ -38,7 +38,9 @@ DATA = [("source_documents", "documents"), ("qa_pairs", "qa_pairs"), ("instructi
 
 
 def run_config(args: argparse.Namespace, port: int) -> dict:
+    floors = {k: v for k, v in (("min_recall", args.min_recall), ("min_mrr", args.min_mrr)) if v is not None}
     return {"ops": {
+        **({"retrieval__vector_index": {"config": floors}} if floors else {}),
         "training__lora_adapter": {"config": {"max_steps": args.train_steps}},
         "evaluation__eval_report": {"config": {"max_questions": args.eval_questions, "max_new_tokens": args.max_new_tokens, "judge": "none"}},
         "serving__deployment": {"config": {"port": port}},
@@ -150,6 +152,8 @@ def one_shape(shape: str, args: argparse.Namespace) -> dict:
     result = {"shape": shape, "exit_code": code, "pipeline_s": round(seconds, 1), "run_status": events["run_status"],
               **data_counts(events.get("materialized", {})), "checks": events["checks"], "failures": events["failures"]}
     result["retrieval_gate"] = events["checks"].get("retrieval/vector_index:retrieval_quality")
+    index_meta = events.get("materialized", {}).get("retrieval/vector_index", {})
+    result["recall_at_5"], result["mrr_at_5"] = index_meta.get("recall_at_5"), index_meta.get("mrr_at_5")
     result["promotion_gate"] = events["checks"].get("evaluation/eval_report:promotion_gate")
     champion = ModelRegistry().registry().champion()
     result["champion"] = champion.version if champion else None
@@ -166,10 +170,12 @@ def one_shape(shape: str, args: argparse.Namespace) -> dict:
 
 
 def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return platform.processor()
+    info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get("flags", "").split())
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    name = info.get("model name") or platform.processor()
+    return f"{name} (model {info.get('model', '?')}), {os.cpu_count()} cores, {' '.join(wanted)}"
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -186,9 +192,10 @@ def table(results: list[dict]) -> str:
     for r in results:
         reasons = r.get("qa_pairs_reasons") or {}
         failed = next((m for m in r.get("failures", {}).values()), "")
+        recall = f" (recall@5 {r['recall_at_5']:.2f}, MRR {r['mrr_at_5']:.2f})" if r.get("recall_at_5") is not None else ""
         quarantined = f"{fmt(r.get('qa_pairs_quarantined'))} {reasons}" if reasons else fmt(r.get("qa_pairs_quarantined"))
         rows.append(f"| {r['shape']} | {fmt(r.get('documents'))} | {fmt(r.get('qa_pairs'))} | {quarantined} | {fmt(r.get('hit_at_3'))} | "
-                    f"{fmt(r.get('cited_page_rate'))} | {fmt(r.get('retrieval_gate'))} | {fmt(r.get('promotion_gate'))} | "
+                    f"{fmt(r.get('cited_page_rate'))} | {fmt(r.get('retrieval_gate'))}{recall} | {fmt(r.get('promotion_gate'))} | "
                     f"{'yes' if r.get('served') else 'no'} | {r['pipeline_s']:.0f} |" + (f"\n|  | failed: {failed} |" if failed else ""))
     return "\n".join(rows)
 
@@ -199,9 +206,11 @@ def main() -> int:
     parser.add_argument("--build", type=Path, default=HERE / "build", help="where assemble.py put the corpora")
     parser.add_argument("--runs", type=Path, default=HERE / "build" / "runs")
     parser.add_argument("--port", type=int, default=3201)
-    parser.add_argument("--train-steps", type=int, default=16)
-    parser.add_argument("--eval-questions", type=int, default=12)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--train-steps", type=int, default=8)
+    parser.add_argument("--eval-questions", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--min-recall", type=float, help="retrieval gate floor (default: the product's)")
+    parser.add_argument("--min-mrr", type=float)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per pipeline run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,7 +231,8 @@ def main() -> int:
             continue
         results.append(json.loads(result_file.read_text(encoding="utf-8")))
     settings = (f"training max_steps={args.train_steps}, eval max_questions={args.eval_questions}, max_new_tokens={args.max_new_tokens}, "
-                f"judge none; default models and gates; CPU: {cpu()}")
+                f"judge none; default models; gates {'default' if args.min_recall is None and args.min_mrr is None else f'with retrieval floors recall {args.min_recall}, MRR {args.min_mrr}'}; "
+                f"CPU: {cpu()}")
     report = f"{table(results)}\n\n{settings}\n"
     (args.runs / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2), encoding="utf-8")
     (args.runs / "results.md").write_text(report, encoding="utf-8")
