@@ -150,6 +150,8 @@ def one_shape(shape: str, args: argparse.Namespace) -> dict:
     with dg.DagsterInstance.get() as instance:
         events = lineage(instance)
     result = {"shape": shape, "exit_code": code, "pipeline_s": round(seconds, 1), "run_status": events["run_status"],
+              "settings": {"train_steps": args.train_steps, "eval_questions": args.eval_questions, "max_new_tokens": args.max_new_tokens,
+                           "min_recall": args.min_recall, "min_mrr": args.min_mrr},
               **data_counts(events.get("materialized", {})), "checks": events["checks"], "failures": events["failures"]}
     result["retrieval_gate"] = events["checks"].get("retrieval/vector_index:retrieval_quality")
     index_meta = events.get("materialized", {}).get("retrieval/vector_index", {})
@@ -187,8 +189,8 @@ def fmt(value, digits: int = 2) -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = "| shape | documents | QA pairs | quarantined (QA) | hit@3 | cited page | retrieval gate | promotion gate | served | pipeline s |"
-    rows = [head, "|" + "---|" * 10]
+    head = "| shape | documents | QA pairs | quarantined (QA) | hit@3 | cited page | retrieval gate | promotion gate | served | train steps | pipeline s |"
+    rows = [head, "|" + "---|" * 11]
     for r in results:
         reasons = r.get("qa_pairs_reasons") or {}
         failed = next((m for m in r.get("failures", {}).values()), "")
@@ -196,7 +198,7 @@ def table(results: list[dict]) -> str:
         quarantined = f"{fmt(r.get('qa_pairs_quarantined'))} {reasons}" if reasons else fmt(r.get("qa_pairs_quarantined"))
         rows.append(f"| {r['shape']} | {fmt(r.get('documents'))} | {fmt(r.get('qa_pairs'))} | {quarantined} | {fmt(r.get('hit_at_3'))} | "
                     f"{fmt(r.get('cited_page_rate'))} | {fmt(r.get('retrieval_gate'))}{recall} | {fmt(r.get('promotion_gate'))} | "
-                    f"{'yes' if r.get('served') else 'no'} | {r['pipeline_s']:.0f} |" + (f"\n|  | failed: {failed} |" if failed else ""))
+                    f"{'yes' if r.get('served') else 'no'} | {fmt(r.get('settings', {}).get('train_steps'))} | {r['pipeline_s']:.0f} |" + (f"\n|  | failed: {failed} |" if failed else ""))
     return "\n".join(rows)
 
 
@@ -212,6 +214,7 @@ def main() -> int:
     parser.add_argument("--min-recall", type=float, help="retrieval gate floor (default: the product's)")
     parser.add_argument("--min-mrr", type=float)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per pipeline run")
+    parser.add_argument("--collect", action="store_true", help="only tabulate the results already under --runs")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.build, args.runs = args.build.resolve(), args.runs.resolve()
@@ -223,14 +226,18 @@ def main() -> int:
         parser.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
     results = []
     for shape in args.shapes or SHAPES:
+        result_file = args.runs / shape / "result.json"
+        if args.collect:
+            if result_file.is_file():
+                results.append(json.loads(result_file.read_text(encoding="utf-8")))
+            continue
         # One process per corpus: its own home, environment and Dagster instance.
         child = subprocess.run([sys.executable, __file__, "--one", shape, *sys.argv[1:]], cwd=ROOT)
-        result_file = args.runs / shape / "result.json"
         if child.returncode != 0 or not result_file.is_file():
             results.append({"shape": shape, "pipeline_s": 0.0, "failures": {"runner": f"exit {child.returncode}; see {args.runs / shape}"}})
             continue
         results.append(json.loads(result_file.read_text(encoding="utf-8")))
-    settings = (f"training max_steps={args.train_steps}, eval max_questions={args.eval_questions}, max_new_tokens={args.max_new_tokens}, "
+    settings = (f"training max_steps as in the table (this call: {args.train_steps}), eval max_questions={args.eval_questions}, max_new_tokens={args.max_new_tokens}, "
                 f"judge none; default models; gates {'default' if args.min_recall is None and args.min_mrr is None else f'with retrieval floors recall {args.min_recall}, MRR {args.min_mrr}'}; "
                 f"CPU: {cpu()}")
     report = f"{table(results)}\n\n{settings}\n"
