@@ -41,7 +41,8 @@ def run_config(args: argparse.Namespace, port: int) -> dict:
     floors = {k: v for k, v in (("min_recall", args.min_recall), ("min_mrr", args.min_mrr)) if v is not None}
     return {"ops": {
         **({"retrieval__vector_index": {"config": floors}} if floors else {}),
-        "training__lora_adapter": {"config": {"max_steps": args.train_steps}},
+        # Warmup must end before the last step.
+        "training__lora_adapter": {"config": {"max_steps": args.train_steps, "warmup_steps": min(3, args.train_steps - 1)}},
         "evaluation__eval_report": {"config": {"max_questions": args.eval_questions, "max_new_tokens": args.max_new_tokens, "judge": "none"}},
         "serving__deployment": {"config": {"port": port}},
     }}
@@ -83,7 +84,10 @@ def lineage(instance) -> dict:
             check = event.event_specific_data
             out["checks"][f"{'/'.join(check.asset_key.path)}:{check.check_name}"] = bool(check.passed)
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
-            out["failures"][event.step_key] = event.event_specific_data.error.message.strip().splitlines()[-1][:400]
+            error = event.event_specific_data.error
+            while error.cause is not None:  # a retried step's own error is under "Exceeded max_retries"
+                error = error.cause
+            out["failures"][event.step_key] = " ".join(error.message.split())[:400]
     return out
 
 
@@ -208,7 +212,7 @@ def main() -> int:
     parser.add_argument("--build", type=Path, default=HERE / "build", help="where assemble.py put the corpora")
     parser.add_argument("--runs", type=Path, default=HERE / "build" / "runs")
     parser.add_argument("--port", type=int, default=3201)
-    parser.add_argument("--train-steps", type=int, default=8)
+    parser.add_argument("--train-steps", type=int, default=8, choices=range(2, 10_000), metavar="N>=2")
     parser.add_argument("--eval-questions", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--min-recall", type=float, help="retrieval gate floor (default: the product's)")
