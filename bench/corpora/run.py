@@ -67,12 +67,13 @@ def pipeline(shape: str, source: Path, home: Path, args: argparse.Namespace, por
 
 
 def lineage(instance) -> dict:
-    """What the last run of the job did, from its event log: materializations, checks, failures."""
+    """What the runs in this home did, oldest first, from their event logs: materializations,
+    checks, failures (a later run's word on an asset replaces an earlier one's)."""
     import dagster as dg
 
-    run = instance.get_runs(limit=1)[0]
-    out: dict = {"run_status": run.status.value, "checks": {}, "failures": {}}
-    for record in instance.all_logs(run.run_id):
+    runs = instance.get_runs()[::-1]
+    out: dict = {"run_status": runs[-1].status.value, "runs": len(runs), "checks": {}, "failures": {}}
+    for record in (r for run in runs for r in instance.all_logs(run.run_id)):
         event = record.dagster_event
         if event is None:
             continue
@@ -144,8 +145,11 @@ def one_shape(shape: str, args: argparse.Namespace) -> dict:
     port = args.port
     os.environ.update({"DRIFTLOOP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"), "DRIFTLOOP_SOURCE_DIR": str(source),
                        "DRIFTLOOP_SERVE_PORT": str(port)})
-    print(f"[{shape}] running driftloop_pipeline on {source} (home {home})", flush=True)
-    code, seconds = pipeline(shape, source, home, args, port)
+    if args.measure_only:
+        code, seconds = None, json.loads((home / "result.json").read_text(encoding="utf-8"))["pipeline_s"]
+    else:
+        print(f"[{shape}] running driftloop_pipeline on {source} (home {home})", flush=True)
+        code, seconds = pipeline(shape, source, home, args, port)
     import dagster as dg
 
     from driftloop.resources.registry import ModelRegistry
@@ -219,6 +223,8 @@ def main() -> int:
     parser.add_argument("--min-mrr", type=float)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per pipeline run")
     parser.add_argument("--collect", action="store_true", help="only tabulate the results already under --runs")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="measure each shape's home as it stands (e.g. after finishing its run by hand), without running the job")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.build, args.runs = args.build.resolve(), args.runs.resolve()
