@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install demo drift-demo pipeline serve rollback test test-fast test-avx2 reliability ui lock clean
+.PHONY: install demo drift-demo pipeline serve rollback test test-fast test-avx2 reliability ui lock clean corpora corpora-assemble
 
 install: $(STAMP)
 
@@ -73,6 +73,16 @@ reliability: install
 	$(BIN)/python reliability/crash.py --train-kills 8 --embed-kills 6 --deploy-kills 6
 	$(BIN)/python reliability/daemon.py --kills 15 --windows 12
 	$(BIN)/python reliability/load.py --overload-s 180 --switches 6 --overload-switches 3
+
+# Five corpus shapes no one here wrote (bench/corpora/assemble.py fetches them with apt-get and
+# pip), then the whole lineage on each with the real models: data counts, hit@3 of hand-written
+# questions, gates, and whether the served answer cites the right page (bench/corpora/run.py).
+# SHAPES=<names> runs some; figures land in bench/corpora/build/runs/results.md.
+corpora-assemble: install
+	$(BIN)/python bench/corpora/assemble.py $(SHAPES)
+
+corpora: corpora-assemble
+	$(BIN)/python bench/corpora/run.py $(SHAPES) $(ARGS)
 
 # Re-resolve from pyproject.toml in a scratch venv, then pin the result.
 lock:
