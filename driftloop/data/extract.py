@@ -49,6 +49,18 @@ def _prepare_html(text: str):
             pre.remove(child)
         pre.text = None
         etree.SubElement(pre, "code").text = code
+    # A heading alone in its wrappers (DocBook's <div class="titlepage"><div><div><h2>)
+    # is pruned with them, as title-page boilerplate: every question of an FAQ chapter
+    # after its first would vanish. The heading replaces the wrappers that hold nothing else.
+    for heading in list(tree.xpath("//h1|//h2|//h3|//h4|//h5|//h6")):
+        words = " ".join(heading.text_content().split())
+        outer = heading
+        while (parent := outer.getparent()) is not None and parent.tag in {"div", "header", "hgroup", "span"} \
+                and " ".join(parent.text_content().split()) == words:
+            outer = parent
+        if outer is not heading and words:
+            heading.tail = outer.tail
+            outer.getparent().replace(outer, heading)
     # Without a recognisable content container trafilatura recovers paragraphs only and
     # drops every heading (trafilatura issue 354); generated manuals (DocBook, javadoc)
     # have none, so the body is declared the main content and trafilatura still prunes
