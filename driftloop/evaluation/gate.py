@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from driftloop.evaluation.judge import JUDGED
 from driftloop.evaluation.metrics import HIGHER_IS_BETTER
 from driftloop.evaluation.stats import ALPHA, POWER, RESAMPLES, Evidence, paired_difference, perplexity_ratio
 
@@ -65,10 +66,14 @@ def _present(value) -> bool:
 def paired_evidence(questions: dict, challenger: str, reference: str, rules: GateRules) -> list[Evidence]:
     """One Evidence per no-regression metric from the per-question scores of two models;
     None when a question lacks the metric for either model."""
-    rows = [r["scores"] for r in questions.values() if challenger in r["scores"] and reference in r["scores"]]
+    both = [r["scores"] for r in questions.values() if challenger in r["scores"] and reference in r["scores"]]
     out = []
     for metric in rules.no_regression:
         keys = ("nll", "nll_tokens") if metric == "perplexity" else (metric,)
+        rows = both
+        if metric in JUDGED:
+            # An answer with nothing to judge has no score (as in the judged mean); pair the rest.
+            rows = [row for row in both if row[challenger].get(metric) is not None and row[reference].get(metric) is not None]
         if not rows or any(row[m].get(key) is None for row in rows for m in (challenger, reference) for key in keys):
             out.append(None)
             continue

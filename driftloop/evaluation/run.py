@@ -23,14 +23,14 @@ def _answer_all(answerer: Answerer, adapter: str, items: Sequence[EvalItem], pro
                 cache: AnswerCache | None, max_new_tokens: int, batch_size: int) -> tuple[list[Answer], list[tuple[float, int]], int]:
     """Answers and reference NLLs for every item, generating only those the cache lacks;
     returns how many were reused."""
-    found = [cache.get(key) for key in keys] if cache is not None and keys is not None else [None] * len(items)
+    found = [cache.get(key) for key in keys] if cache is not None else [None] * len(items)
     todo = [n for n, hit in enumerate(found) if hit is None]
     if todo:
         fresh = answerer.answer(adapter, [prompts[n] for n in todo], [items[n].question_id for n in todo], max_new_tokens, batch_size)
         nlls = answerer.answer_nll(adapter, [prompts[n] for n in todo], [items[n].reference for n in todo])
         for n, answer, (nll, tokens) in zip(todo, fresh, nlls, strict=True):
             found[n] = CachedAnswer(answer.answer, answer.latency_s, answer.new_tokens, nll, tokens)
-            if cache is not None and keys is not None:
+            if cache is not None:
                 cache.put(keys[n], found[n])
     answers = [Answer(i.question_id, hit.answer, hit.latency_s, hit.new_tokens) for i, hit in zip(items, found, strict=True)]
     return answers, [(hit.nll, hit.nll_tokens) for hit in found], len(items) - len(todo)
