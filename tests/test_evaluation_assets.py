@@ -13,8 +13,8 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
 from conftest import BAD_DATA_REASONS, bad_data_lines
-from driftloop.assets.data import data_assets, data_checks
-from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, GATE, evaluation_assets, evaluation_checks
+from driftloop.assets.data import QA_PAIRS, data_assets, data_checks
+from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, GATE, eval_split_power, evaluation_assets, evaluation_checks
 from driftloop.assets.retrieval import retrieval_assets
 from driftloop.assets.training import LORA_ADAPTER, training_assets
 from driftloop.evaluation.metrics import EvaluationError, eval_items
@@ -30,6 +30,8 @@ ALL = [*data_assets, *data_checks, *retrieval_assets, *training_assets, *evaluat
 # are enough for its paired intervals to conclude on these tiny models.
 EVAL = {"max_questions": 12, "min_questions": 8, "max_new_tokens": 6, "k": 2, "judge": "none", "min_semantic_similarity": 0.0, "max_empty_rate": 1.0,
         "max_toxic_rate": 1.0, "max_pii_rate": 1.0, "no_regression": ["perplexity"], "relative_tolerance": 0.02}
+# The eval-split check before training runs with the same minimum as the gate.
+SPLIT_CHECK = eval_split_power.node_def.name
 
 
 def tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model) -> tuple[ModelRegistry, dict]:
@@ -57,11 +59,12 @@ def run(instance, corpus, resources, select=None, tags=None, docs=None, qa=None,
         "training__lora_adapter": {"config": {"max_steps": 8, "batch_size": 4, "max_seq_length": 512, "warmup_steps": 1,
                                               "min_examples": 4, "learning_rate": 0.005}},
         "evaluation__eval_report": {"config": {**EVAL, **evaluation}},
+        SPLIT_CHECK: {"config": {"min_questions": EVAL["min_questions"]}},
     }}
     ops = config["ops"]
     if select is not None:
         names = {k.to_python_identifier() for k in select}
-        config["ops"] = {k: v for k, v in ops.items() if k in names}
+        config["ops"] = {k: v for k, v in ops.items() if k in names or (k == SPLIT_CHECK and QA_PAIRS.to_python_identifier() in names)}
     return dg.materialize(ALL, resources=resources, run_config=config, selection=select, instance=instance, raise_on_error=False, tags=tags)
 
 
@@ -171,12 +174,12 @@ def test_gate_promotes_good_and_blocks_broken_adapters(corpus, dvc_store, tiny_l
 def test_an_eval_split_too_small_for_the_gate_stops_the_run_before_training(corpus, dvc_store, tiny_llama, tiny_embedding_model, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     _, resources = tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model)
-    # 12 eval questions (of 64) on this corpus: a valid split, too small for the default gate.
-    result = run(instance, corpus, resources, qa={"eval_fraction": 0.15})
+    # 4 eval questions (of 64) on this corpus: a valid split, too small for a gate that needs 8.
+    result = run(instance, corpus, resources, qa={"eval_fraction": 0.1})
     assert not result.success
     checks = {e.event_specific_data.check_name: e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
     check = checks.pop("eval_split_power")
-    assert not check.passed and check.description.startswith("the eval split holds 12 questions, fewer than the promotion gate's minimum of 24")
+    assert not check.passed and check.description.startswith("the eval split holds 4 questions, fewer than the promotion gate's minimum of 8")
     assert checks and all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items() if not c.passed}
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
     assert LORA_ADAPTER.to_python_identifier() not in started and "data__instruction_dataset" not in started, started
