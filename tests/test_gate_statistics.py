@@ -111,7 +111,7 @@ def test_sample_size_and_a_split_too_small_are_stated():
 def test_the_eval_config_refuses_a_gate_that_cannot_conclude():
     from driftloop.assets.evaluation import EvalReportConfig
 
-    with pytest.raises(ValueError, match=r"max_questions \(8\) is below min_questions \(24\)"):
+    with pytest.raises(ValueError, match=r"max_questions \(8\) is below min_questions \(16\)"):
         EvalReportConfig(max_questions=8)
     with pytest.raises(ValueError, match=r"no_regression \['latency_p50_s'\] cannot be compared per question"):
         EvalReportConfig(no_regression=["latency_p50_s"])
