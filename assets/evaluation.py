@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from driftloop.assets.common import GPU_POD, OWNERS, json_meta, load_dataset
 from driftloop.assets.data import QA_PAIRS
 from driftloop.assets.retrieval import VECTOR_INDEX
 from driftloop.assets.training import BASE_MODEL, LORA_ADAPTER
-from driftloop.evaluation.gate import GateRules, decide, gate_view
+from driftloop.evaluation.gate import DEFAULT_MIN_QUESTIONS, PAIRED_METRICS, GateRules, decide, eval_split_problem, gate_view
 from driftloop.evaluation.judge import JudgeError, JudgeSettings, build_judge
 from driftloop.evaluation.metrics import REFUSAL, EvaluationError, eval_items
 from driftloop.models.hardware import resolve_device
@@ -32,6 +32,10 @@ from driftloop.resources.vector_store import VectorStore
 from driftloop.retrieval.artifacts import ArtifactError, verify
 
 EVAL_REPORT = dg.AssetKey(["evaluation", "eval_report"])
+# Twice the power analysis' requirement (docs/gate-power.md), rounded to the batch: a
+# margin for an SD measured on 40 questions; with the answer cache a report generates
+# only the challenger's, 32 x 9-16 s on 2 cores.
+DEFAULT_MAX_QUESTIONS = 32
 CHAMPION = dg.AssetKey(["evaluation", "champion"])
 GATE = "promotion_gate"
 HEADLINE = ("semantic_similarity", "rouge_l", "bleu", "perplexity", "context_recall", "faithfulness", "answer_relevancy", "refusal_rate",
@@ -39,7 +43,9 @@ HEADLINE = ("semantic_similarity", "rouge_l", "bleu", "perplexity", "context_rec
 
 
 class EvalReportConfig(dg.Config):
-    max_questions: int = Field(default=24, ge=1, description="A seeded sample of the eval split; every model answers the same ones.")
+    max_questions: int = Field(default=DEFAULT_MAX_QUESTIONS, ge=1, description="A seeded sample of the eval split; every model answers the same ones.")
+    min_questions: int = Field(default=DEFAULT_MIN_QUESTIONS, ge=2,
+                               description="Fewer paired questions than this make every no-regression rule inconclusive (not promoted).")
     k: int = Field(default=3, ge=1, le=20, description="Retrieved contexts per question.")
     max_new_tokens: int = Field(default=64, ge=1)
     batch_size: int = Field(default=8, ge=1)
@@ -65,6 +71,16 @@ class EvalReportConfig(dg.Config):
     min_faithfulness: float = Field(default=0.0, ge=0.0, le=1.0, description="Floor on faithfulness; 0 leaves it out of the gate.")
     min_answer_relevancy: float = Field(default=0.0, ge=0.0, le=1.0, description="Floor on answer relevancy; 0 leaves it out of the gate.")
 
+    @model_validator(mode="after")
+    def _gate_can_conclude(self):
+        if self.max_questions < self.min_questions:
+            raise ValueError(f"max_questions ({self.max_questions}) is below min_questions ({self.min_questions}): "
+                             f"every no-regression rule of the gate would be inconclusive")
+        unpaired = sorted(set(self.no_regression) - set(PAIRED_METRICS))
+        if unpaired:
+            raise ValueError(f"no_regression {unpaired} cannot be compared per question; choose from {list(PAIRED_METRICS)}")
+        return self
+
     def judge_settings(self) -> JudgeSettings:
         return JudgeSettings(kind=self.judge, model=self.judge_model, base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
                              timeout_s=self.judge_timeout_s, min_agreement=self.judge_min_agreement, control_pairs=self.judge_control_pairs)
@@ -74,7 +90,8 @@ class EvalReportConfig(dg.Config):
                   "pii_rate": self.max_pii_rate, "empty_rate": self.max_empty_rate}
         floors.update({metric: bound for metric, bound in (("faithfulness", self.min_faithfulness),
                                                             ("answer_relevancy", self.min_answer_relevancy)) if bound > 0})
-        return GateRules(floors=floors, no_regression=tuple(self.no_regression), tolerance=self.tolerance, relative_tolerance=self.relative_tolerance)
+        return GateRules(floors=floors, no_regression=tuple(self.no_regression), tolerance=self.tolerance, relative_tolerance=self.relative_tolerance,
+                         min_questions=self.min_questions, seed=self.seed)
 
 
 def _latest_metadata(context, key: dg.AssetKey) -> dict:
@@ -105,9 +122,10 @@ def _data_versions(context, dvc: DvcStore) -> dict:
 
 @dg.asset(
     key=EVAL_REPORT, deps=[VECTOR_INDEX, LORA_ADAPTER, BASE_MODEL, QA_PAIRS], group_name="evaluation", kinds={"ragas", "pytorch"},
-    owners=OWNERS, code_version="1", tags={"stage": "evaluation", "driftloop/gpu": "preferred"}, op_tags=GPU_POD,
+    owners=OWNERS, code_version="2", tags={"stage": "evaluation", "driftloop/gpu": "preferred"}, op_tags=GPU_POD,
     check_specs=[dg.AssetCheckSpec(GATE, asset=EVAL_REPORT, blocking=True,
-                                   description="Challenger meets the floors and does not regress against the champion (or the base model when there is none).")],
+                                   description="Challenger meets the floors and is shown, on paired per-question scores, not to regress beyond "
+                                               "tolerance against the champion (or the base model when there is none); inconclusive fails too.")],
 )
 def eval_report(
     context: dg.AssetExecutionContext, config: EvalReportConfig, dvc: DvcStore, models: ModelCatalog, vector_store: VectorStore,
@@ -117,6 +135,7 @@ def eval_report(
     base model, the champion and the challenger, scored with ragas metrics that need no
     LLM, embedding similarity, perplexity, guardrail rates and latency; a report in
     markdown and HTML; and the promotion gate."""
+    from driftloop.evaluation.cache import AnswerCache
     from driftloop.evaluation.generate import Answerer
     from driftloop.evaluation.report import is_partial, judge_note, write_report
     from driftloop.evaluation.run import evaluate_models
@@ -150,12 +169,17 @@ def eval_report(
         raise dg.Failure(description=f"evaluation/eval_report: the judge cannot start: {err}") from err
     context.log.info(f"evaluating {list(lineup)} on {len(items)} questions (challenger {challenger.version}, "
                      f"champion {champion.version if champion else 'none'}, judge {judge.name if judge else 'none'})")
+    identities = {"base": f"base:{base.version}", "challenger": f"base:{base.version}+{challenger.version}"}
+    if champion is not None:
+        identities["champion"] = f"base:{base.version}+{champion.version}"
     result = evaluate_models(answerer, index, embedder, items, lineup, prompt, k=config.k, max_new_tokens=config.max_new_tokens,
                              batch_size=config.batch_size, prompt_b=prompt_b, log=context.log.info, judge=judge,
-                             min_agreement=config.judge_min_agreement, control_pairs=config.judge_control_pairs)
+                             min_agreement=config.judge_min_agreement, control_pairs=config.judge_control_pairs,
+                             cache=AnswerCache(registry.root / "answer_cache"), identities=identities)
     reference = "champion" if "champion" in lineup else "base"
     judgement = result.get("judge")
-    gate = decide(gate_view(result["models"]["challenger"], judgement), gate_view(result["models"][reference], judgement), config.rules())
+    gate = decide(gate_view(result["models"]["challenger"], judgement), gate_view(result["models"][reference], judgement), config.rules(),
+                  result["questions"], ("challenger", reference))
     gate.update({"challenger": challenger.version, "reference": reference,
                  "reference_version": champion.version if reference == "champion" else f"base:{base.version}"})
     result["versions"] = {"challenger": challenger.version, "champion": champion.version if champion else None, "base": base.version,
@@ -164,7 +188,8 @@ def eval_report(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
     folder = registry.root / "reports" / f"{stamp}-{challenger.version}-{context.run.run_id[:8]}"
     markdown = write_report(folder, result, gate, f"Evaluation of {challenger.version}")
-    verdict = "passed" if gate["passed"] else "failed: " + "; ".join(gate["failures"])
+    verdict = {"PASSED": "passed", "FAILED": "failed: " + "; ".join(gate["failures"]),
+               "INCONCLUSIVE": "inconclusive, not promoted: " + "; ".join(gate["inconclusive"])}[gate["verdict"]]
     (context.log.info if gate["passed"] else context.log.warning)(f"promotion gate {verdict}")
 
     ours = result["models"]["challenger"]
@@ -172,6 +197,8 @@ def eval_report(
         "challenger": dg.MetadataValue.text(challenger.version),
         "champion": dg.MetadataValue.text(champion.version if champion else "none"),
         "gate_passed": dg.MetadataValue.bool(gate["passed"]),
+        "gate_verdict": dg.MetadataValue.text(gate["verdict"]),
+        "answers_reused": dg.MetadataValue.json({name: int(m.get("answers_reused", 0)) for name, m in result["models"].items()}),
         "report": dg.MetadataValue.md(markdown),
         "report_html": dg.MetadataValue.path(str(folder / "report.html")),
         "report_dir": dg.MetadataValue.path(str(folder)),
@@ -214,9 +241,10 @@ def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: M
     registry = model_registry.registry()
     current = registry.champion()
     if not gate.get("passed"):
+        outcome = (f"was inconclusive at its promotion gate ({'; '.join(gate['inconclusive'])})" if gate.get("verdict") == "INCONCLUSIVE"
+                   else f"failed its promotion gate ({'; '.join(gate.get('failures', []))})")
         raise dg.Failure(
-            description=f"evaluation/champion: {gate.get('challenger')} failed its promotion gate ({'; '.join(gate.get('failures', []))}); "
-                        f"the champion stays {current.version if current else 'unset'}",
+            description=f"evaluation/champion: {gate.get('challenger')} {outcome}; the champion stays {current.version if current else 'unset'}",
             metadata={"gate": json_meta(gate)},
         )
     try:
@@ -237,4 +265,20 @@ def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: M
     )
 
 
+class EvalSplitConfig(dg.Config):
+    min_questions: int = Field(default=DEFAULT_MIN_QUESTIONS, ge=2, description="The gate's minimum (evaluation/eval_report min_questions).")
+
+
+@dg.asset_check(asset=QA_PAIRS, name="eval_split_power", blocking=True,
+                description="The eval split holds at least the promotion gate's minimum of questions, checked before any training starts.")
+def eval_split_power(config: EvalSplitConfig, dvc: DvcStore) -> dg.AssetCheckResult:
+    rows = load_dataset(dvc, "qa_pairs")
+    problem = eval_split_problem(rows, config.min_questions)
+    eval_rows = sum(r.get("split") == "eval" for r in rows)
+    return dg.AssetCheckResult(passed=problem is None, severity=dg.AssetCheckSeverity.ERROR,
+                               description=problem or f"{eval_rows} eval questions, at least the gate's minimum of {config.min_questions}",
+                               metadata={"eval_questions": dg.MetadataValue.int(eval_rows), "min_questions": dg.MetadataValue.int(config.min_questions)})
+
+
 evaluation_assets = [eval_report, champion]
+evaluation_checks = [eval_split_power]

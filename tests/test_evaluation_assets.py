@@ -13,8 +13,8 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
 from conftest import BAD_DATA_REASONS, bad_data_lines
-from driftloop.assets.data import data_assets, data_checks
-from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, GATE, evaluation_assets
+from driftloop.assets.data import QA_PAIRS, data_assets, data_checks
+from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, GATE, eval_split_power, evaluation_assets, evaluation_checks
 from driftloop.assets.retrieval import retrieval_assets
 from driftloop.assets.training import LORA_ADAPTER, training_assets
 from driftloop.evaluation.metrics import EvaluationError, eval_items
@@ -23,11 +23,15 @@ from driftloop.resources.models import ModelCatalog
 from driftloop.resources.registry import ModelRegistry
 from driftloop.resources.vector_store import VectorStore
 
-ALL = [*data_assets, *data_checks, *retrieval_assets, *training_assets, *evaluation_assets]
+ALL = [*data_assets, *data_checks, *retrieval_assets, *training_assets, *evaluation_assets, *evaluation_checks]
 # Random tiny models answer nonsense, so the floors are off here; the rule under test is
 # "no regression against the champion" on perplexity, which a broken adapter cannot meet.
-EVAL = {"max_questions": 4, "max_new_tokens": 6, "k": 2, "judge": "none", "min_semantic_similarity": 0.0, "max_empty_rate": 1.0,
+# The corpus fixture's eval split holds 40 questions; 12, with the gate's minimum at 8,
+# are enough for its paired intervals to conclude on these tiny models.
+EVAL = {"max_questions": 12, "min_questions": 8, "max_new_tokens": 6, "k": 2, "judge": "none", "min_semantic_similarity": 0.0, "max_empty_rate": 1.0,
         "max_toxic_rate": 1.0, "max_pii_rate": 1.0, "no_regression": ["perplexity"], "relative_tolerance": 0.02}
+# The eval-split check before training runs with the same minimum as the gate.
+SPLIT_CHECK = eval_split_power.node_def.name
 
 
 def tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model) -> tuple[ModelRegistry, dict]:
@@ -46,20 +50,21 @@ def champion_state(folder: Path) -> tuple[dict, dict[str, bytes]]:
     return verify(folder), {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def run(instance, corpus, resources, select=None, tags=None, docs=None, **evaluation):
+def run(instance, corpus, resources, select=None, tags=None, docs=None, qa=None, **evaluation):
     config = {"ops": {
         "data__source_documents": {"config": {"source": str(corpus), **(docs or {})}},
-        "data__qa_pairs": {"config": {"eval_fraction": 0.4}},
+        "data__qa_pairs": {"config": {"eval_fraction": 0.4, **(qa or {})}},
         "retrieval__chunks": {"config": {"chunk_tokens": 48, "overlap_tokens": 8}},
         "retrieval__vector_index": {"config": {"min_recall": 0.0, "min_mrr": 0.0}},
         "training__lora_adapter": {"config": {"max_steps": 8, "batch_size": 4, "max_seq_length": 512, "warmup_steps": 1,
                                               "min_examples": 4, "learning_rate": 0.005}},
         "evaluation__eval_report": {"config": {**EVAL, **evaluation}},
+        SPLIT_CHECK: {"config": {"min_questions": EVAL["min_questions"]}},
     }}
     ops = config["ops"]
     if select is not None:
         names = {k.to_python_identifier() for k in select}
-        config["ops"] = {k: v for k, v in ops.items() if k in names}
+        config["ops"] = {k: v for k, v in ops.items() if k in names or (k == SPLIT_CHECK and QA_PAIRS.to_python_identifier() in names)}
     return dg.materialize(ALL, resources=resources, run_config=config, selection=select, instance=instance, raise_on_error=False, tags=tags)
 
 
@@ -120,11 +125,18 @@ def test_gate_promotes_good_and_blocks_broken_adapters(corpus, dvc_store, tiny_l
     assert not [e for e in second.all_events if e.step_key == CHAMPION.to_python_identifier() and e.event_type_value == "STEP_START"]
     (check,) = [e for e in second.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert check.event_specific_data.check_name == GATE and not check.event_specific_data.passed
-    assert "perplexity" in check.event_specific_data.description and "regresses against champion" in check.event_specific_data.description
+    assert "perplexity regresses against champion" in check.event_specific_data.description, check.event_specific_data.description
     assert reg.champion().version == good
     (latest_dir,) = [d for d in folder.iterdir() if d.name.endswith(second.run_id[:8])]
     latest = json.loads((latest_dir / "result.json").read_text())
-    assert set(latest["result"]["models"]) == {"base", "champion", "challenger"}
+    assert set(latest["result"]["models"]) == {"base", "champion", "challenger"} and latest["gate"]["verdict"] == "FAILED"
+    # The champion was the first report's challenger: its answers, and the base model's,
+    # come from the answer cache; only the new challenger's are generated.
+    reuse = {m: (s["answers_reused"], s["answers_generated"]) for m, s in latest["result"]["models"].items()}
+    assert reuse == {"base": (12, 0), "champion": (12, 0), "challenger": (0, 12)}, reuse
+    assert "base 12 of 12, champion 12 of 12, challenger 0 of 12" in (latest_dir / "report.md").read_text()
+    (evidence,) = latest["gate"]["evidence"]
+    assert evidence["metric"] == "perplexity" and evidence["n"] == 12 and evidence["low"] > 1.02 and evidence["mde"] > 0
 
     # Declarative automation: champion's condition waits for the blocking gate; plain
     # eager() would request it after the failed check (dagster issue 17332).
@@ -157,6 +169,20 @@ def test_gate_promotes_good_and_blocks_broken_adapters(corpus, dvc_store, tiny_l
     assert run(instance, corpus, resources, select=[CHAMPION], tags={"dagster/from_automation_condition": "true"}).success
     assert reg.champion().version == fine
     assert [(e["version"], e["by"]) for e in reg.history()][-1] == (fine, "automation")
+
+
+def test_an_eval_split_too_small_for_the_gate_stops_the_run_before_training(corpus, dvc_store, tiny_llama, tiny_embedding_model, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    _, resources = tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model)
+    # 4 eval questions (of 64) on this corpus: a valid split, too small for a gate that needs 8.
+    result = run(instance, corpus, resources, qa={"eval_fraction": 0.1})
+    assert not result.success
+    checks = {e.event_specific_data.check_name: e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    check = checks.pop("eval_split_power")
+    assert not check.passed and check.description.startswith("the eval split holds 4 questions, fewer than the promotion gate's minimum of 8")
+    assert checks and all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items() if not c.passed}
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert LORA_ADAPTER.to_python_identifier() not in started and "data__instruction_dataset" not in started, started
 
 
 def test_eval_sets_that_cannot_be_scored_are_refused():

@@ -128,11 +128,12 @@ class Answerer:
                     out.append(Answer(qid, self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), seconds, len(tokens)))
         return out
 
-    def answer_nll(self, name: str, prompts: Sequence[str], references: Sequence[str]) -> tuple[float, int]:
-        """Summed negative log-likelihood of the reference answers given their prompts, and the token count."""
+    def answer_nll(self, name: str, prompts: Sequence[str], references: Sequence[str]) -> list[tuple[float, int]]:
+        """Per question: the summed negative log-likelihood of the reference answer given its
+        prompt, and its token count (kept apart so the gate can pair questions)."""
         import torch
 
-        total, count = 0.0, 0
+        out: list[tuple[float, int]] = []
         eos = self.tokenizer.eos_token or ""
         with self._active(name), torch.inference_mode():
             for prompt, reference in zip(prompts, references, strict=True):
@@ -141,6 +142,5 @@ class Answerer:
                 ids = torch.tensor([prompt_ids + answer_ids], device=self.device)
                 logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
                 target = ids[0, len(prompt_ids) :]
-                total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-                count += len(answer_ids)
-        return total, count
+                out.append((float(torch.nn.functional.cross_entropy(logits, target, reduction="sum")), len(answer_ids)))
+        return out

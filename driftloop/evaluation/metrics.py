@@ -113,7 +113,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def summarize(per_answer: dict[str, list[float | None]], contexts: dict[str, list[float | None]], latencies: Sequence[float],
-              new_tokens: Sequence[int], nll: tuple[float, int] | None) -> dict[str, float | None]:
+              new_tokens: Sequence[int], nll: Sequence[tuple[float, int]]) -> dict[str, float | None]:
     summary: dict[str, float | None] = {k: _mean(v) for k, v in contexts.items()}
     for key in ("bleu", "rouge_l", "string_similarity", "semantic_similarity"):
         summary[key] = _mean(per_answer[key])
@@ -128,6 +128,7 @@ def summarize(per_answer: dict[str, list[float | None]], contexts: dict[str, lis
         summary[f"{flag}_rate"] = _mean(per_answer[flag])
     summary["latency_p50_s"] = statistics.median(latencies) if latencies else None
     summary["tokens_per_answer"] = float(np.mean(new_tokens)) if len(new_tokens) else None
-    summary["perplexity"] = math.exp(nll[0] / nll[1]) if nll and nll[1] else None
+    tokens = sum(count for _, count in nll)
+    summary["perplexity"] = math.exp(sum(total for total, _ in nll) / tokens) if tokens else None
     summary["missing_scores"] = float(sum(v is None for key, vals in per_answer.items() if key not in ("faithfulness", "answer_relevancy") for v in vals))
     return summary

@@ -71,17 +71,48 @@ def _metric_table(models: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _evidence_table(gate: dict) -> list[str]:
+    if not gate.get("evidence"):
+        return []
+    alpha, power = gate["alpha"], gate["power"]
+    lines = ["", f"### No regression against `{gate.get('reference', 'the reference')}`: paired evidence", "",
+             f"Each rule compares the two models question by question: a seeded percentile bootstrap over questions gives a "
+             f"{round(100 * (1 - 2 * alpha))} % interval, whose worse-side end is a one-sided {round(100 * (1 - alpha))} % bound. "
+             f"Passed: that bound is within the tolerance; failed: the whole interval is beyond it; inconclusive: the interval "
+             f"straddles it, or fewer than {gate['min_questions']} questions. Inconclusive does not promote. The minimum "
+             f"detectable regression is (z(1-{alpha}) + z({power})) x SD of the paired differences / sqrt(n): a regression "
+             f"that large is caught with probability {power} at this n.", "",
+             "| metric | scale | estimate | interval | limit | min. detectable regression | n | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for e in gate["evidence"]:
+        scale = "ratio challenger/reference (lower is better)" if e["scale"] == "ratio" else "mean difference (positive is better)"
+        mde = "n/a" if e["mde"] is None else f"{100 * e['mde']:.1f} % worse" if e["scale"] == "ratio" else f"{e['mde']:.4f}"
+        interval = "n/a" if e["low"] is None else f"{_fmt(e['low'])} to {_fmt(e['high'])}"
+        lines.append(f"| {e['metric']} | {scale} | {_fmt(e['estimate'])} | {interval} | {_fmt(e['limit'])} | {mde} | {e['n']} | {e['verdict'].upper()} |")
+    return lines
+
+
+def _reuse_lines(result: dict) -> list[str]:
+    reused = {name: (int(m.get("answers_reused") or 0), int((m.get("answers_reused") or 0) + (m.get("answers_generated") or 0)))
+              for name, m in result["models"].items() if "answers_reused" in m}
+    if not reused:
+        return []
+    return ["", "Answers reused from the answer cache (same model, index, prompt, question and settings): "
+            + ", ".join(f"{name} {done} of {total}" for name, (done, total) in reused.items()) + "."]
+
+
 def render_markdown(result: dict, gate: dict, title: str, chart_src: str, challenger: str = "challenger") -> str:
     lines = [f"# {title}", "", f"{result['n_questions']} eval questions, top-{result['k']} retrieved contexts, prompt "
              f"`{result['prompt_version']}`" + (f", A/B against `{result['prompt_b_version']}`" if result.get("prompt_b_version") else "") + ".", ""]
     if is_partial(result):
         lines += ["**PARTIAL REPORT: the judge failed, so judged metrics are missing (see the judge section); the gate counts them as missing.**", ""]
-    verdict = "PASSED" if gate["passed"] else "FAILED"
+    verdict = gate.get("verdict") or ("PASSED" if gate["passed"] else "FAILED")
     lines += [f"## Promotion gate: {verdict}", ""]
-    lines += [f"- {f}" for f in gate["failures"]] or ["- every rule met"]
+    lines += [f"- {f}" for f in gate["failures"]] + [f"- {f}" for f in gate.get("inconclusive", [])] or ["- every rule met"]
     lines += ["", "| rule | metric | challenger | bound | champion | ok |", "|---|---|---|---|---|---|"]
     for c in gate["checks"]:
-        lines.append(f"| {c['rule']} | {c['metric']} | {_fmt(c.get('value'))} | {_fmt(c.get('bound'))} | {_fmt(c.get('champion'))} | {'yes' if c['ok'] else 'NO'} |")
+        ok = "yes" if c["ok"] else c.get("verdict", "no").upper()
+        lines.append(f"| {c['rule']} | {c['metric']} | {_fmt(c.get('value'))} | {_fmt(c.get('bound'))} | {_fmt(c.get('champion'))} | {ok} |")
+    lines += _evidence_table(gate) + _reuse_lines(result)
     lines += ["", "## Metrics", ""] + _metric_table(result["models"])
     lines += ["", f"![metrics per model]({chart_src})"]
     lines += ["", "## LLM judge", "", f"> {judge_note(result.get('judge'))}", ""]

@@ -1,0 +1,65 @@
+"""Evaluation answers kept between reports, so no answer is generated twice.
+
+An entry is keyed by everything the answer and its reference NLL depend on: the model
+(base weights hash, and the adapter's content-addressed version), the index version and
+prompt version by name, the exact prompt text the model saw (question, retrieved
+contexts and chat template, so a changed index or template misses even if a version name
+were reused), the reference answer, and the generation settings (max new tokens, dtype,
+device). Batch size is left out: greedy answers do not depend on it.
+
+One small JSON file per entry, written to a temporary file and renamed into place, so
+readers in other processes see a whole entry or none, and two writers of one key write
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    answer: str
+    latency_s: float
+    new_tokens: int
+    nll: float
+    nll_tokens: int
+
+
+def answer_key(model_id: str, index_version: str, prompt_version: str, question_id: str, prompt_text: str, reference: str,
+               settings: dict) -> str:
+    payload = json.dumps({"model": model_id, "index": index_version, "prompt": prompt_version, "question_id": question_id,
+                          "prompt_text": prompt_text, "reference": reference, "settings": settings}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class AnswerCache:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> CachedAnswer | None:
+        try:
+            data = json.loads(self._path(key).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        return CachedAnswer(**data)
+
+    def put(self, key: str, entry: CachedAnswer) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(entry.__dict__, out, sort_keys=True)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
