@@ -4,7 +4,7 @@ that configuration names (see orchestration/profile.py): local by default."""
 import dagster as dg
 
 from driftloop.assets.data import data_assets, data_checks
-from driftloop.assets.evaluation import evaluation_assets
+from driftloop.assets.evaluation import evaluation_assets, evaluation_checks
 from driftloop.assets.monitoring import monitoring_assets
 from driftloop.assets.retrieval import retrieval_assets
 from driftloop.assets.serving import serving_assets
@@ -28,7 +28,7 @@ RESOURCES = {"dvc": DvcStore, "models": ModelCatalog, "vector_store": VectorStor
 def build_defs(profile: Profile) -> dg.Definitions:
     return dg.Definitions(
         assets=[*data_assets, *retrieval_assets, *training_assets, *evaluation_assets, *serving_assets, *monitoring_assets],
-        asset_checks=[*data_checks],
+        asset_checks=[*data_checks, *evaluation_checks],
         jobs=[pipeline_job, data_job, promotion_job, shadow_job, retrain_job, refresh_index_job, drift_check_job, inference_log_job],
         schedules=schedules,
         sensors=[record_run_failures, drift_check_on_traffic, drift_retrain, new_documents],

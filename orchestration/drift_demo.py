@@ -134,7 +134,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=3101)
     parser.add_argument("--traffic", type=int, default=60, help="requests per traffic phase")
     parser.add_argument("--train-steps", type=int, default=16)
-    parser.add_argument("--eval-questions", type=int, default=12)
+    parser.add_argument("--eval-questions", type=int, default=16, help="at least the gate's min_questions (16)")
     parser.add_argument("--fresh", action="store_true", help="start from an empty home")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--sensor-interval", type=int, default=15, help="seconds between ticks of each sensor")

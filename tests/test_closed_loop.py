@@ -46,7 +46,8 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
         # random base, an adapter that has learned nothing is no better than a broken one.
         "training__lora_adapter": {"config": {"batch_size": 4, "max_seq_length": 256, "warmup_steps": 1, "min_examples": 4,
                                               "learning_rate": 0.01}},
-        "evaluation__eval_report": {"config": {"max_new_tokens": 6, "k": 2, "max_empty_rate": 1.0, "no_regression": ["perplexity"]}},
+        "evaluation__eval_report": {"config": {"max_new_tokens": 6, "k": 2, "max_empty_rate": 1.0, "no_regression": ["perplexity"],
+                                                  "min_questions": 8}},
         "monitoring__drift_report": {"config": {"min_queries": 30, "permutations": 200, "reference_queries": 200}},
     }}))
     home, port, ui_port = tmp_path / "home", free_port_pair(), free_port_pair()
@@ -54,7 +55,7 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
     env.pop("DRIFTLOOP_PROFILE", None)
     demo = subprocess.run(
         [sys.executable, "-m", "driftloop.orchestration.drift_demo", "--home", str(home), "--port", str(port), "--ui-port", str(ui_port),
-         "--traffic", "40", "--train-steps", "16", "--eval-questions", "4", "--run-config", str(run_config), "--timeout", "900", "--sensor-interval", "5"],
+         "--traffic", "40", "--train-steps", "16", "--eval-questions", "12", "--run-config", str(run_config), "--timeout", "900", "--sensor-interval", "5"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700,
     )
     tail = demo.stdout[-4000:] + demo.stderr[-4000:] + "\n--- dagster ---\n" + _tail(home / "dagster-dev.log")

@@ -32,6 +32,7 @@ EXPECTED_CHECKS = {
     ("data/qa_pairs", "text_quality", True),
     ("data/qa_pairs", "duplicates", True),
     ("data/qa_pairs", "leakage", True),
+    ("data/qa_pairs", "eval_split_power", True),
     ("data/instruction_dataset", "schema", True),
     ("data/instruction_dataset", "text_quality", True),
     ("data/instruction_dataset", "duplicates", True),
