@@ -2,6 +2,7 @@
 section headings and carry a navigation bar, PDF and DOCX files, files that cannot be
 parsed, and a corpus too poor to give enough questions."""
 
+import json
 import random
 
 import pytest
@@ -93,7 +94,7 @@ def test_pdf_and_docx_keep_title_and_sections(tmp_path):
     assert questions["Router Guide > Routing > Failover"] == "What does the Router Guide documentation say about Failover under Routing?"
 
 
-def test_files_that_cannot_be_parsed_are_quarantined_with_the_parsers_reason(corpus):
+def test_files_that_cannot_be_parsed_are_quarantined_with_the_parsers_reason(corpus, tmp_path):
     from pypdf import PdfWriter
 
     writer = PdfWriter()
@@ -103,15 +104,25 @@ def test_files_that_cannot_be_parsed_are_quarantined_with_the_parsers_reason(cor
         writer.write(handle)
     (corpus / "truncated.pdf").write_bytes(b"%PDF-1.4\n1 0 obj <<")
     (corpus / "notazip.docx").write_bytes(b"this is not a word document")
+    (corpus / "comment.html").write_text("<!-- generated page, nothing in it -->")
     result = ingest(str(corpus))
     rejected = {r.source: (r.reason, r.detail) for r in result.rejected}
     assert rejected == {
         "locked.pdf": ("unparseable", "PDF: FileNotDecryptedError: File has not been decrypted"),
         "truncated.pdf": ("unparseable", rejected["truncated.pdf"][1]),
         "notazip.docx": ("unparseable", "DOCX: BadZipFile: File is not a zip file"),
+        "comment.html": ("unparseable", "HTML: Document is empty"),
     }
     assert rejected["truncated.pdf"][1].startswith("PDF: PdfStreamError")
     assert len(result.documents) == 16, "the rest of the corpus goes on"
+
+    # The same page as a JSONL line is quarantined the same way, and the other lines go on.
+    lines = tmp_path / "docs.jsonl"
+    lines.write_text(json.dumps({"id": "empty", "text": "<!-- nothing -->", "format": "html"}) + "\n"
+                     + json.dumps({"id": "ok", "text": "# Title\n\nSome prose."}) + "\n")
+    from_lines = ingest(str(lines))
+    assert [(r.record_id, r.reason, r.detail) for r in from_lines.rejected] == [("empty", "unparseable", "line 1: HTML: Document is empty")]
+    assert [d.doc_id for d in from_lines.documents] == ["ok"]
 
 
 def test_too_few_questions_fails_saying_why(dvc_store, tmp_path):

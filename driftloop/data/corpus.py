@@ -132,7 +132,10 @@ def _jsonl_row(line_no: int, line: str, label: str) -> Document | Rejected:
     if wrong:
         return Rejected(where, "wrong_fields", f"line {line_no}: field(s) {wrong} must be strings", "ingest", str(obj.get("id", "")), excerpt(line))
     fmt = obj.get("format", "md")
-    text = normalize_text(to_markdown(obj["text"], fmt))
+    try:
+        text = normalize_text(to_markdown(obj["text"], fmt))
+    except ExtractError as err:
+        return Rejected(where, "unparseable", f"line {line_no}: {err}", "ingest", obj["id"], excerpt(line))
     if not text:
         return Rejected(where, "empty", f"line {line_no}: field 'text' is empty", "ingest", obj["id"])
     return Document(

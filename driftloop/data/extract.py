@@ -79,9 +79,11 @@ def _prepare_html(text: str):
 def html_document(text: str) -> Extracted:
     import trafilatura
 
+    from lxml.etree import ParserError
+
     try:
         tree = _prepare_html(text)
-    except (ValueError, TypeError) as err:  # lxml: "Document is empty" and the like
+    except (ParserError, ValueError, TypeError) as err:  # lxml: "Document is empty" and the like
         raise ExtractError(f"HTML: {err}") from err
     page_title = " ".join((tree.findtext(".//title") or "").split()) or None
     markdown = trafilatura.extract(

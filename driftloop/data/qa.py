@@ -85,6 +85,10 @@ _NUMBERING = re.compile(r"^(?:\d+\.)+\d*\s+")
 _ADMONITIONS = {"note", "caution", "tip", "warning", "important", "danger", "attention", "hint"}
 
 
+def normalized_question(question: str) -> str:
+    return " ".join(re.findall(r"\w+", question.lower()))
+
+
 def _bare(title: str) -> str:
     """A title as a question names it: without a leading article or section numbering."""
     return re.sub(r"^the\s+", "", _NUMBERING.sub("", title.strip().rstrip(":.")), flags=re.I)
@@ -103,7 +107,7 @@ def question_for(heading: str, title: str | None = None, parents: tuple[str, ...
             return f"What is the class `{name}` used for?"
         return f"What does `{name}` do?" if args is not None else f"What is `{name}`?"
     subject = _NUMBERING.sub("", heading.strip().rstrip(":."))
-    if not title or _norm(heading) == _norm(title):
+    if not title or normalized_question(heading) == normalized_question(title):
         return _definition_question(subject, answer) or f"What does the documentation say about {subject}?"
     page = _bare(title)
     if subject.lower() in _ADMONITIONS:
@@ -114,10 +118,6 @@ def question_for(heading: str, title: str | None = None, parents: tuple[str, ...
         return form.format(title=page)
     under = f" under {_bare(parents[-1])}" if parents else ""
     return f"What does the {page} documentation say about {subject}{under}?"
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.lower()))
 
 
 def _answer(body: str, min_chars: int, max_chars: int) -> str | None:
@@ -172,12 +172,12 @@ def derive(
         headed = [(level, heading, body) for level, heading, body in sections(doc.text) if heading]
         if not headed:
             result.documents_without_headings += 1
-        title = doc.title.strip() if doc.title and _norm(doc.title) != _norm(doc.doc_id) else headed[0][1] if headed else ""
+        title = doc.title.strip() if doc.title and normalized_question(doc.title) != normalized_question(doc.doc_id) else headed[0][1] if headed else ""
         stack: list[tuple[int, str]] = []
         for level, heading, body in headed:
             while stack and stack[-1][0] >= level:
                 stack.pop()
-            parents = tuple(h for _, h in stack if _norm(h) != _norm(title))
+            parents = tuple(h for _, h in stack if normalized_question(h) != normalized_question(title))
             if heading.lower().rstrip(":.") not in _ADMONITIONS:
                 stack.append((level, heading))
             result.sections += 1
@@ -188,7 +188,7 @@ def derive(
                 else:
                     result.sections_without_prose += 1
                 continue
-            own = [] if title and _norm(heading) == _norm(title) else [heading]
+            own = [] if title and normalized_question(heading) == normalized_question(title) else [heading]
             path = " > ".join([title, *parents, *own] if title else [*parents, *own])
             result.pairs.append(
                 QAPair(
@@ -206,7 +206,3 @@ def derive(
 
 def derive_qa_pairs(documents: Iterable[Document], **options) -> list[QAPair]:
     return derive(documents, **options).pairs
-
-
-def normalized_question(question: str) -> str:
-    return " ".join(re.findall(r"\w+", question.lower()))

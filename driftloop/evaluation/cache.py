@@ -7,19 +7,18 @@ contexts and chat template, so a changed index or template misses even if a vers
 were reused), the reference answer, and the generation settings (max new tokens, dtype,
 device). Batch size is left out: greedy answers do not depend on it.
 
-One small JSON file per entry, written to a temporary file and renamed into place, so
-readers in other processes see a whole entry or none, and two writers of one key write
-the same bytes.
+One small file per entry, written atomically (write_jsonl_atomic), so readers in other
+processes see a whole entry or none, and two writers of one key write the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from driftloop.data.records import read_jsonl, write_jsonl_atomic
 
 
 @dataclass(frozen=True)
@@ -47,19 +46,9 @@ class AnswerCache:
 
     def get(self, key: str) -> CachedAnswer | None:
         try:
-            data = json.loads(self._path(key).read_text(encoding="utf-8"))
+            return CachedAnswer(**next(read_jsonl(self._path(key))))
         except FileNotFoundError:
             return None
-        return CachedAnswer(**data)
 
     def put(self, key: str, entry: CachedAnswer) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(entry.__dict__, out, sort_keys=True)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_jsonl_atomic(self._path(key), [asdict(entry)])
