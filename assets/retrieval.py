@@ -1,4 +1,4 @@
-"""Retrieval stage: token-aware chunks, content-cached embeddings, a FAISS index and its quality gate."""
+"""Retrieval stage: token-aware chunks, content-cached embeddings, a hybrid FAISS + BM25 index and its quality gate."""
 
 import time
 
@@ -40,6 +40,10 @@ class VectorIndexConfig(dg.Config):
     hnsw_m: int = Field(default=32, ge=4)
     ef_search: int = Field(default=64, ge=1)
     nprobe: int = Field(default=16, ge=1)
+    search: str = Field(default="hybrid", pattern="^(hybrid|dense)$",
+                        description="hybrid: the vectors' and BM25's rankings fused by reciprocal rank; dense: vectors alone.")
+    fusion_depth: int = Field(default=100, ge=1, description="Candidates each side contributes to the fusion.")
+    rrf_constant: int = Field(default=60, ge=1, description="Reciprocal rank fusion's constant: larger flattens the weight of the top ranks.")
     k: int = Field(default=5, ge=1, le=100, description="Cut-off for recall@k and MRR@k.")
     min_recall: float = Field(default=0.7, ge=0.0, le=1.0, description="The quality gate's floor for recall@k on the eval split.")
     min_mrr: float = Field(default=0.45, ge=0.0, le=1.0)
@@ -133,7 +137,8 @@ def vector_index(
     context: dg.AssetExecutionContext, config: VectorIndexConfig, dvc: DvcStore, models: ModelCatalog, vector_store: VectorStore
 ) -> dg.MaterializeResult:
     """A FAISS index over the chunk embeddings (exact for small corpora, HNSW or IVF
-    above a size or by config), written atomically to a versioned folder with the
+    above a size or by config) and a BM25 index over the same chunks, searched
+    together (hybrid) unless `search: dense`, written atomically to a versioned folder with the
     chunk rows its ids map to. It becomes the served index only when its retrieval
     quality on the eval split clears the floors."""
     store = vector_store.store()
@@ -142,7 +147,8 @@ def vector_index(
     current = store.current_embeddings(embedder.fingerprint, embedder.precision)
     if current is None or current.chunk_ids != [r["chunk_id"] for r in rows]:
         raise dg.Failure(description="retrieval/vector_index: the embeddings do not match the current chunks; materialize retrieval/embeddings first")
-    spec = choose_spec(len(rows), config.index_kind, config.exact_max, hnsw_m=config.hnsw_m, ef_search=config.ef_search, nprobe=config.nprobe)
+    spec = choose_spec(len(rows), config.index_kind, config.exact_max, hnsw_m=config.hnsw_m, ef_search=config.ef_search, nprobe=config.nprobe,
+                       hybrid=config.search == "hybrid", fusion_depth=config.fusion_depth, rrf_constant=config.rrf_constant)
     folder, spec = store.build_index(current, rows, spec)
     try:
         index = VectorIndex(folder)
@@ -153,6 +159,7 @@ def vector_index(
     meta = {
         "dagster/row_count": dg.MetadataValue.int(index.index.ntotal),
         "index_kind": dg.MetadataValue.text(spec.kind),
+        "search": dg.MetadataValue.text("hybrid (vectors + BM25, reciprocal rank fusion)" if spec.hybrid else "dense"),
         "version": dg.MetadataValue.text(index.version),
         "path": dg.MetadataValue.path(str(folder)),
         "embeddings_version": dg.MetadataValue.text(current.version),
@@ -161,9 +168,10 @@ def vector_index(
         check = dg.AssetCheckResult(check_name="retrieval_quality", passed=False, description="the eval split of data/qa_pairs is empty: retrieval quality cannot be measured")
         return dg.MaterializeResult(data_version=dg.DataVersion(index.version), metadata=meta, check_results=[check])
 
-    queries = embedder.encode([r["question"] for r in eval_rows], batch_size=models.embedding_batch_size)
+    questions = [r["question"] for r in eval_rows]
+    queries = embedder.encode(questions, batch_size=models.embedding_batch_size)
     started = time.perf_counter()
-    _, ranked = index.search(queries, config.k)
+    _, ranked = index.search(queries, config.k, questions)
     latency_ms = (time.perf_counter() - started) * 1000 / len(eval_rows)
     relevant, doc_level = relevant_sets(eval_rows, index.chunks)
     metrics = retrieval_metrics(ranked, relevant, config.k)

@@ -290,7 +290,7 @@ class DriftloopRAG:
 
     async def _retrieve(self, question: str, k: int) -> list[dict]:
         def search() -> list[dict]:
-            return self.retrieval.search(self.retrieval.embed([question]), k)[0]
+            return self.retrieval.search([question], k)[0]
 
         return await asyncio.get_running_loop().run_in_executor(self._lane, search)
 

@@ -117,3 +117,58 @@ def test_recall_and_mrr():
     assert relevant == [{0}, {2}, {0, 1}] and doc_level == 1
     metrics = retrieval_metrics(np.array([[1, 0], [2, 0], [2, 2]]), relevant, k=2)
     assert metrics == {"recall_at_2": pytest.approx(2 / 3), "mrr_at_2": pytest.approx((0.5 + 1.0) / 3), "questions": 3}
+
+
+def _hybrid_fixture(tiny_embedding_model, tmp_path, hybrid=True):
+    embedder = load_embedder(tiny_embedding_model, "cpu", "fp32")
+    store = RetrievalStore(tmp_path)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    rows = [{"chunk_id": f"c{i}", "doc_id": f"d{i}", "title": "Manual", "text": f"The {w} command copies files between hosts.",
+             "start_char": 0, "end_char": 10} for i, w in enumerate(words)]
+    texts = [f"{r['title']}\n{r['text']}" for r in rows]
+    emb, _ = store.embed([r["chunk_id"] for r in rows], [f"h{i}" for i in range(len(rows))], texts, embedder, 8)
+    folder, _ = store.build_index(emb, rows, choose_spec(len(rows), "flat", hybrid=hybrid))
+    return embedder, folder, words
+
+
+def test_hybrid_search_ranks_the_chunk_that_names_the_query_term(tiny_embedding_model, tmp_path):
+    # Every chunk says the same thing but for one name: vectors of a tiny random model
+    # cannot tell them apart, BM25 can.
+    embedder, folder, words = _hybrid_fixture(tiny_embedding_model, tmp_path)
+    index = VectorIndex(folder)
+    assert index.lexical is not None and (folder / "bm25" / "vocab.index.json").is_file()
+    questions = [f"Tell me about {w}" for w in words]
+    vectors = embedder.encode(questions)
+    scores, ids = index.search(vectors, 3, questions)
+    assert ids[:, 0].tolist() == list(range(len(words)))
+    # The score is the cosine of the chunk the fused ranking chose, not a fusion score.
+    chunk_vectors = index.index.reconstruct_n(0, index.index.ntotal)
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", vectors, chunk_vectors[ids]), rtol=1e-5)
+    _, dense_ids = index.search(vectors, 3)
+    assert dense_ids[:, 0].tolist() != list(range(len(words))), "the tiny model alone should not find them: the test would prove nothing"
+    # A query of words no chunk has is ranked by the vectors alone.
+    unknown = ["zzqx wwvy"]
+    np.testing.assert_array_equal(index.search(embedder.encode(unknown), 3, unknown)[1], index.search(embedder.encode(unknown), 3)[1])
+    with pytest.raises(ValueError, match="2 query texts for 1"):
+        index.search(vectors[:1], 3, questions[:2])
+
+
+def test_dense_index_and_a_corrupt_bm25_file(tiny_embedding_model, tmp_path):
+    embedder, folder, words = _hybrid_fixture(tiny_embedding_model, tmp_path / "dense", hybrid=False)
+    index = VectorIndex(folder)
+    assert index.lexical is None and not (folder / "bm25").exists()
+    questions = [f"Tell me about {w}" for w in words]
+    np.testing.assert_array_equal(index.search(embedder.encode(questions), 3, questions)[1], index.search(embedder.encode(questions), 3)[1])
+    _, folder, _ = _hybrid_fixture(tiny_embedding_model, tmp_path / "hybrid")
+    (folder / "bm25" / "vocab.index.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="bm25/vocab.index.json is corrupt"):
+        VectorIndex(folder)
+
+
+def test_reciprocal_rank_fusion():
+    from driftloop.retrieval.lexical import pad, reciprocal_rank_fusion
+
+    # 7, second in both lists, beats 1 and 9, each first in one only; their tie goes to the first list.
+    assert reciprocal_rank_fusion([[1, 7, 3], [9, 7, 5]], k=3) == [7, 1, 9]
+    assert reciprocal_rank_fusion([[4, -1], []], k=3) == [4]
+    assert pad([[4], [2, 3]], 3).tolist() == [[4, -1, -1], [2, 3, -1]]

@@ -33,7 +33,7 @@ def retrieve(index, embedder, questions: Sequence[str], k: int) -> list[list[dic
     if not questions:
         return []
     vectors = embedder.encode(list(questions))
-    _, ids = index.search(vectors, k)
+    _, ids = index.search(vectors, k, list(questions))
     return [[index.chunks[int(i)] for i in row if int(i) >= 0] for row in ids]
 
 

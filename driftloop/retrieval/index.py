@@ -1,15 +1,18 @@
-"""FAISS indexes over unit vectors (inner product = cosine): exact or approximate."""
+"""FAISS indexes over unit vectors (inner product = cosine): exact or approximate, with a
+BM25 index beside them for hybrid search (driftloop.retrieval.lexical)."""
 
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from driftloop.retrieval.artifacts import ArtifactError, verify
+from driftloop.retrieval.lexical import LEXICAL_DIR, LexicalIndex, pad, reciprocal_rank_fusion
 
 INDEX_FILE = "index.faiss"
 
@@ -22,6 +25,9 @@ class IndexSpec:
     ef_search: int = 64
     nlist: int = 0
     nprobe: int = 16
+    hybrid: bool = True
+    fusion_depth: int = 100
+    rrf_constant: int = 60
 
     def key(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -77,11 +83,29 @@ class VectorIndex:
             self.index.hnsw.efSearch = spec["ef_search"]
         elif spec["kind"] == "ivf":
             self.index.nprobe = spec["nprobe"]
+            self.index.make_direct_map()
+        # An index built before hybrid search has no BM25 files and searches by vectors alone.
+        self.lexical = LexicalIndex(self.folder / LEXICAL_DIR, len(self.chunks)) if spec.get("hybrid") else None
 
     @property
     def version(self) -> str:
         return self.manifest["version"]
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    def search(self, queries: np.ndarray, k: int, texts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The top-k chunk ids per query (-1 pads a short row) and their cosine similarity
+        to the query. With the queries' `texts` and a hybrid index, the ranking fuses the
+        vectors' and BM25's; the score stays the cosine either way, the signal drift
+        monitoring compares across time."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.lexical is None or texts is None:
+            return self.index.search(queries, k)
+        if len(texts) != len(queries):
+            raise ValueError(f"{len(texts)} query texts for {len(queries)} query vectors")
+        spec = self.manifest["index"]
+        depth = max(k, spec["fusion_depth"])
+        _, dense = self.index.search(queries, min(depth, self.index.ntotal))
+        lexical = self.lexical.search(texts, depth)
+        ids = pad([reciprocal_rank_fusion([[int(i) for i in d], lx], k, spec["rrf_constant"]) for d, lx in zip(dense, lexical, strict=True)], k)
+        vectors = self.index.reconstruct_batch(np.clip(ids, 0, None).ravel()).reshape(*ids.shape, -1)
+        scores = np.where(ids >= 0, np.einsum("qd,qkd->qk", queries, vectors), -np.inf).astype(np.float32)
         return scores, ids

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from driftloop.retrieval.artifacts import ArtifactError, publish_folder, read_pointer, staging_dir, verify, write_pointer
+from driftloop.retrieval.chunking import embed_text
 from driftloop.retrieval.index import INDEX_FILE, IndexSpec, build_index, choose_spec
+from driftloop.retrieval.lexical import LEXICAL_DIR, build_lexical
 
 
 @dataclass
@@ -140,6 +142,8 @@ class RetrievalStore:
             for c in chunks:
                 row = {k: c[k] for k in ("chunk_id", "doc_id", "title", "text", "start_char", "end_char")}
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if spec.hybrid:
+            build_lexical([embed_text(c["title"], c["text"]) for c in chunks], staging / LEXICAL_DIR)
         manifest = {"version": version, "embeddings_version": embeddings.version, "index": spec.__dict__, "count": len(chunks),
                     "dimension": int(embeddings.vectors.shape[1]), "model": json.loads((embeddings.folder / "manifest.json").read_text())["model"]}
         return publish_folder(staging, target, manifest), spec

@@ -64,8 +64,8 @@ class Retrieval:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embedder.encode(list(texts))
 
-    def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
-        scores, ids = self.index.search(vectors, k)
+    def search(self, questions: Sequence[str], k: int) -> list[list[dict]]:
+        scores, ids = self.index.search(self.embed(questions), k, list(questions))
         out = []
         for score_row, id_row in zip(scores, ids, strict=True):
             out.append([{**{key: self.index.chunks[int(i)].get(key) for key in ("chunk_id", "doc_id", "text")}, "score": float(s)}
