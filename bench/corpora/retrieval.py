@@ -2,7 +2,8 @@
 
     python bench/corpora/retrieval.py [--build DIR] [shape ...]
 
-For each corpus assembled by assemble.py: the product's chunks (retrieval/chunks'
+For each corpus assembled by assemble.py, and for `default` (the default corpus, Python's
+own documentation): the product's chunks (retrieval/chunks'
 defaults) embedded with the default model, one index built by the product's store, and
 the eval split's derived questions searched three ways: FAISS alone (what most RAG
 templates ship, and this product before hybrid search), BM25 alone (bm25s), and the
@@ -20,11 +21,11 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHAPES = ["reference", "faq", "tutorial", "manpages", "markdown"]
+SHAPES = ["default", "reference", "faq", "tutorial", "manpages", "markdown"]
 
 
 def one_shape(shape: str, build: Path, embedder) -> dict:
-    from driftloop.data.corpus import read_directory
+    from driftloop.data.corpus import ingest
     from driftloop.data.qa import derive_qa_pairs
     from driftloop.retrieval.chunking import chunk_document, embed_text
     from driftloop.retrieval.index import VectorIndex, choose_spec
@@ -32,7 +33,7 @@ def one_shape(shape: str, build: Path, embedder) -> dict:
     from driftloop.retrieval.quality import relevant_sets, retrieval_metrics
     from driftloop.retrieval.store import RetrievalStore
 
-    documents = read_directory(build / shape, 5_000_000).documents
+    documents = ingest("python-docs" if shape == "default" else str(build / shape)).documents
     chunks = [c.to_row() for d in documents for c in chunk_document(d.to_row(), embedder.tokenizer, 200, 40, 2_000_000, embedder.max_seq_length)[0]]
     questions = [p.to_row() for p in derive_qa_pairs(documents) if p.split == "eval"]
     with tempfile.TemporaryDirectory() as tmp:
