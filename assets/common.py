@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from driftloop.data.records import Rejected, excerpt, read_jsonl, write_jsonl_atomic
-from driftloop.resources.dvc import DvcStore
+from resources.dvc import DvcStore
 
 OWNERS = ["team:ml-platform"]
 

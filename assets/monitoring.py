@@ -18,11 +18,11 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from driftloop.assets.common import OWNERS, json_meta, load_dataset
-from driftloop.assets.data import QA_PAIRS
-from driftloop.assets.serving import DEPLOYMENT
-from driftloop.resources.dvc import DvcStore
-from driftloop.resources.models import ModelCatalog
+from assets.common import OWNERS, json_meta, load_dataset
+from assets.data import QA_PAIRS
+from assets.serving import DEPLOYMENT
+from resources.dvc import DvcStore
+from resources.models import ModelCatalog
 
 INFERENCE_LOG = dg.AssetKey(["monitoring", "inference_log"])
 DRIFT_REPORT = dg.AssetKey(["monitoring", "drift_report"])

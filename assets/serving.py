@@ -13,12 +13,12 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from driftloop.assets.common import OWNERS, json_meta
-from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, launched_by
-from driftloop.assets.retrieval import VECTOR_INDEX
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.registry import ModelRegistry
-from driftloop.resources.vector_store import VectorStore
+from assets.common import OWNERS, json_meta
+from assets.evaluation import CHAMPION, EVAL_REPORT, launched_by
+from assets.retrieval import VECTOR_INDEX
+from resources.models import ModelCatalog
+from resources.registry import ModelRegistry
+from resources.vector_store import VectorStore
 
 BENTO = dg.AssetKey(["serving", "bento"])
 DEPLOYMENT = dg.AssetKey(["serving", "deployment"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from driftloop.registry import AdapterRegistry
-from driftloop.resources.object_store import MirroredFolder
+from resources.object_store import MirroredFolder
 
 
 class ModelRegistry(MirroredFolder):

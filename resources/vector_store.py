@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from driftloop.resources.object_store import MirroredFolder
+from resources.object_store import MirroredFolder
 from driftloop.retrieval.store import RetrievalStore
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from driftloop.assets.monitoring import DRIFT_REPORT, log_root
+from assets.monitoring import DRIFT_REPORT, log_root
 from driftloop.monitoring.traffic import INFERENCE_ENDPOINTS
 
 FIRED_MEMORY = 50

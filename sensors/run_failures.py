@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from driftloop.resources.dvc import default_data_dir
+from resources.dvc import default_data_dir
 
 
 @dg.run_failure_sensor(

@@ -95,7 +95,7 @@ def corpus(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def dvc_store(tmp_path: Path):
-    from driftloop.resources.dvc import DvcStore
+    from resources.dvc import DvcStore
 
     return DvcStore(workspace_dir=str(tmp_path / "workspace"), remote_url=str(tmp_path / "remote"))
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import BAD_DATA_REASONS, bad_data_lines
 
-from driftloop.assets.data import (
+from assets.data import (
     INSTRUCTION_DATASET,
     QA_PAIRS,
     SOURCE_DOCUMENTS,

@@ -73,7 +73,7 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
             f"  serving__deployment:\n    config:\n      port: {serve_port}\n"
         )
         run = subprocess.run(
-            [str(BIN / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline", "-c", str(run_config)],
+            [str(BIN / "dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "driftloop_pipeline", "-c", str(run_config)],
             cwd=ROOT, env=instance_env, capture_output=True, text=True, timeout=1080,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

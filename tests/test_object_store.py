@@ -10,9 +10,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from driftloop.resources.dvc import DvcStore
-from driftloop.resources.registry import ModelRegistry
-from driftloop.resources.vector_store import VectorStore
+from resources.dvc import DvcStore
+from resources.registry import ModelRegistry
+from resources.vector_store import VectorStore
 from driftloop.retrieval.artifacts import verify
 from driftloop.storage import push
 
