@@ -89,7 +89,7 @@ def _feedback_examples(prompt) -> list[dict]:
     from driftloop.data.instructions import feedback_examples
     from driftloop.monitoring.traffic import read_window
     from resources.vector_store import VectorStore
-    from driftloop.retrieval.artifacts import ArtifactError
+    from driftloop.artifacts import ArtifactError
     from driftloop.serving.requestlog import default_root
 
     requests, feedback = read_window(default_root(), datetime(2026, 1, 1, tzinfo=UTC), max_days=366)

@@ -29,7 +29,7 @@ from resources.dvc import DvcStore
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 from resources.vector_store import VectorStore
-from driftloop.retrieval.artifacts import ArtifactError, verify
+from driftloop.artifacts import ArtifactError, verify
 
 EVAL_REPORT = dg.AssetKey(["evaluation", "eval_report"])
 # Twice the power analysis' requirement (docs/gate-power.md), rounded to the batch: a

@@ -11,7 +11,7 @@ from assets.data import QA_PAIRS, SOURCE_DOCUMENTS
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
 from resources.vector_store import VectorStore
-from driftloop.retrieval.artifacts import ArtifactError
+from driftloop.artifacts import ArtifactError
 from driftloop.retrieval.chunking import chunk_document, embed_text
 from driftloop.retrieval.index import VectorIndex, choose_spec
 from driftloop.retrieval.quality import relevant_sets, retrieval_metrics

@@ -44,7 +44,7 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
           model_registry: ModelRegistry) -> dg.MaterializeResult:
     """`bentoml build` of the service with the champion adapter, the promoted index and the
     prompt sealed in, offline, tagged by content hash (never `latest`)."""
-    from driftloop.retrieval.artifacts import ArtifactError
+    from driftloop.artifacts import ArtifactError
     from driftloop.serving.bento import BuildError, build_bento
     from driftloop.serving.bundle import build_bundle
 
@@ -158,7 +158,7 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
     """Shadow mode: the challenger, built exactly like the serving bento but with its own
     adapter, answers a copy of every live request and serves none; both answers go to the
     request log under one request id, for comparison before (or instead of) a promotion."""
-    from driftloop.retrieval.artifacts import ArtifactError
+    from driftloop.artifacts import ArtifactError
     from driftloop.serving.bento import BuildError, build_bento, serve_command, serve_env
     from driftloop.serving.bundle import build_bundle, load_bundle
     from driftloop.serving.supervisor import DeployError, SupervisorClient, free_port

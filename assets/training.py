@@ -21,7 +21,7 @@ from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 from driftloop.training.data import TrainingDataError, encode_dataset
 from driftloop.training.loop import LoraSettings, NonFiniteLossError, train_lora
-from driftloop.training.plots import loss_curve_png, markdown_image
+from driftloop.plots import loss_curve_png, markdown_image
 
 BASE_MODEL = dg.AssetKey(["training", "base_model"])
 LORA_ADAPTER = dg.AssetKey(["training", "lora_adapter"])

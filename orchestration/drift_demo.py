@@ -26,7 +26,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from importlib import resources
+from importlib.resources import files
 from pathlib import Path
 
 NEW_TOPIC = Path("deploy") / "demo" / "new_topic"
@@ -146,7 +146,7 @@ def main() -> int:
     if args.fresh and home.exists():
         shutil.rmtree(home)
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
-    (home / "dagster_home" / "dagster.yaml").write_bytes((resources.files("orchestration") / "dagster.yaml").read_bytes())
+    (home / "dagster_home" / "dagster.yaml").write_bytes((files("orchestration") / "dagster.yaml").read_bytes())
     inbox = home / "data" / "inbox"
     if inbox.exists():
         shutil.rmtree(inbox)

@@ -14,7 +14,7 @@ orchestration/profiles/production.yaml):
 from __future__ import annotations
 
 import os
-from importlib import resources
+from importlib.resources import files
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import yaml
 
 PROFILES = ("local", "production")
 # Package data: found in a wheel or an image as in the checkout.
-DEFAULT_PRODUCTION_FILE = Path(str(resources.files("orchestration") / "profiles" / "production.yaml"))
+DEFAULT_PRODUCTION_FILE = Path(str(files("orchestration") / "profiles" / "production.yaml"))
 # Every step still runs in its own process (a killed or OOM-killed step fails alone and is
 # retried), but forked from a server that has imported the code location and the ML stack
 # once per run, instead of a fresh interpreter importing them again for every step.

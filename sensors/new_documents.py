@@ -9,10 +9,10 @@ import dagster as dg
 
 from assets.data import SOURCE_DOCUMENTS, source_locations
 from driftloop.data.corpus import fingerprint
-from sensors.drift import _interval, sensor_run_config, sensor_status
+from sensors.drift import sensor_interval, sensor_run_config, sensor_status
 
 
-@dg.sensor(name="new_documents", job_name="refresh_index", minimum_interval_seconds=_interval(), default_status=sensor_status(),
+@dg.sensor(name="new_documents", job_name="refresh_index", minimum_interval_seconds=sensor_interval(), default_status=sensor_status(),
            description="Incremental ingest, embedding, index refresh and redeploy when documents are added or changed.")
 def new_documents(context: dg.SensorEvaluationContext):
     current = fingerprint(source_locations())

@@ -5,7 +5,6 @@ import json
 import shutil
 
 import dagster as dg
-import pytest
 
 from conftest import BAD_DATA_REASONS, bad_data_lines
 

@@ -45,7 +45,7 @@ def tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model) -> tup
 def champion_state(folder: Path) -> tuple[dict, dict[str, bytes]]:
     """An adapter folder as a test compares it: its manifest checked against the files, and
     every file's bytes."""
-    from driftloop.retrieval.artifacts import verify
+    from driftloop.artifacts import verify
 
     return verify(folder), {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 

@@ -47,3 +47,12 @@ def test_product_code_finds_files_without_counting_parent_folders():
     found = [f"{p.relative_to(REPO)}:{n}: {line.strip()}" for p in _python_files(PRODUCT)
              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1) if tricks.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    found = []
+    for path in _python_files(SCANNED):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PRODUCT:
+                found += [f"{path.relative_to(REPO)}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert not found, "\n".join(found)

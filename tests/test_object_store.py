@@ -13,7 +13,7 @@ import pytest
 from resources.dvc import DvcStore
 from resources.registry import ModelRegistry
 from resources.vector_store import VectorStore
-from driftloop.retrieval.artifacts import verify
+from driftloop.artifacts import verify
 from driftloop.storage import push
 
 BUCKET = "driftloop-test"

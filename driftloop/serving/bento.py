@@ -11,14 +11,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from importlib import resources
+from importlib.resources import files
 from pathlib import Path
 
 from driftloop.serving.bundle import Bundle
 
 BENTO_NAME = "driftloop"
 # The service module ships as the `bento` package; read as package data, so a wheel builds it too.
-SERVICE_FILE = resources.files("bento") / "service.py"
+SERVICE_FILE = files("bento") / "service.py"
 
 
 class BuildError(RuntimeError):
