@@ -78,9 +78,9 @@ class InstructionDatasetConfig(dg.Config):
 
 def source_locations(source: str | None = None, inbox: str | None = None) -> list[str]:
     """The source and the inbox as run config, the environment or the defaults name them."""
-    home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
-    return [resolve_source(source, os.environ.get("DRIFTLOOP_SOURCE_DIR")),
-            inbox or os.environ.get("DRIFTLOOP_INBOX_DIR") or str(home / "data" / "inbox")]
+    from driftloop.layout import Layout
+
+    return [resolve_source(source, os.environ.get("DRIFTLOOP_SOURCE_DIR")), inbox or str(Layout.from_env().inbox)]
 
 
 def _feedback_examples(prompt) -> list[dict]:

@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 
+from driftloop.layout import Layout
+
 NEW_TOPIC = Path("deploy") / "demo" / "new_topic"
 NATURAL = [
     "How does Quokka compact sorted runs?", "What is the default block cache size in Quokka?",
@@ -147,7 +149,7 @@ def main() -> int:
         shutil.rmtree(home)
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
     (home / "dagster_home" / "dagster.yaml").write_bytes((files("orchestration") / "dagster.yaml").read_bytes())
-    inbox = home / "data" / "inbox"
+    inbox = Layout.at(home, {}).inbox
     if inbox.exists():
         shutil.rmtree(inbox)
     config = {"ops": {
@@ -171,10 +173,10 @@ def main() -> int:
 
     from driftloop.data.corpus import read_directory
     from driftloop.data.qa import derive_qa_pairs
+    from driftloop.serving.supervisor import SupervisorClient
     from orchestration.definitions import defs
     from resources.registry import ModelRegistry
     from sensors.drift import config_for_job
-    from driftloop.serving.supervisor import SupervisorClient
 
     # The sensors give each job the ops it has from the shared file; the main job, run here, likewise.
     pipeline_config = home / "pipeline.yaml"
@@ -228,7 +230,7 @@ def main() -> int:
 
         before = quality(args.port, topic, embedder)
         timeline.add(f"new-topic quality before its documents exist: {before}")
-        deployed = lambda: [json.loads(x) for x in (home / "artifacts" / "serving" / "deployments.jsonl").read_text().splitlines()  # noqa: E731
+        deployed = lambda: [json.loads(x) for x in Layout.at(home, {}).deployments.read_text().splitlines()  # noqa: E731
                             if json.loads(x).get("action") == "deployed"]
         n_deploys = len(deployed())
         shutil.copytree(NEW_TOPIC, inbox)

@@ -1,11 +1,11 @@
 """The model registry as a resource: a local folder, mirrored to object storage when
 `remote_url` is set."""
 
-import os
 from pathlib import Path
 
 from pydantic import Field
 
+from driftloop.layout import Layout
 from driftloop.registry import AdapterRegistry
 from resources.object_store import MirroredFolder
 
@@ -14,7 +14,7 @@ class ModelRegistry(MirroredFolder):
     root: str = Field(default="", description="Registry folder; default <DRIFTLOOP_HOME>/artifacts/registry")
 
     def local_root(self) -> Path:
-        base = Path(self.root) if self.root else Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()) / "artifacts" / "registry"
+        base = Path(self.root) if self.root else Layout.from_env().registry
         return base.resolve()
 
     def registry(self) -> AdapterRegistry:

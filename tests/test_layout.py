@@ -56,3 +56,29 @@ def test_no_private_name_is_imported_from_another_module():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PRODUCT:
                 found += [f"{path.relative_to(REPO)}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert not found, "\n".join(found)
+
+
+def test_readme_configuration_table_lists_every_variable_the_code_reads():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Configuration"):]
+    table = table[: table.index("\n\n", table.index("| variable |"))]
+    documented = set(re.findall(r"^\| `(DRIFTLOOP_\w+)`", table, re.M))
+    used = {m for p in _python_files(PRODUCT) for m in re.findall(r"\bDRIFTLOOP_[A-Z0-9_]+\b", p.read_text(encoding="utf-8"))}
+    assert used - documented == set(), "read by the code, missing from README's configuration table"
+    assert documented - used == set(), "in README's configuration table, read by no code"
+
+
+def test_every_folder_derives_from_one_home_and_four_overrides(tmp_path, monkeypatch):
+    from driftloop.layout import Layout
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("DRIFTLOOP_HOME", "DRIFTLOOP_REQUEST_LOG", "DRIFTLOOP_INBOX_DIR", "DRIFTLOOP_DVC_REMOTE", "BENTOML_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    assert Layout.from_env().home == tmp_path.resolve()
+    layout = Layout.from_env({"DRIFTLOOP_HOME": str(tmp_path / "home")})
+    home = (tmp_path / "home").resolve()
+    assert layout.registry == home / "artifacts" / "registry" and layout.deployments == home / "artifacts" / "serving" / "deployments.jsonl"
+    assert (layout.request_log, layout.inbox, layout.dvc_remote) == (home / "data" / "serving", home / "data" / "inbox", str(home / "data" / "dvc-remote"))
+    moved = Layout.at(home, {"DRIFTLOOP_REQUEST_LOG": "/logs", "DRIFTLOOP_INBOX_DIR": "/in", "DRIFTLOOP_DVC_REMOTE": "s3://b/dvc", "BENTOML_HOME": "/bento"})
+    assert (moved.request_log, moved.inbox, moved.dvc_remote, moved.bentoml) == (Path("/logs"), Path("/in"), "s3://b/dvc", Path("/bento"))
+    assert moved.registry == layout.registry

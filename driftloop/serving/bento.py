@@ -14,6 +14,7 @@ import tempfile
 from importlib.resources import files
 from pathlib import Path
 
+from driftloop.layout import Layout
 from driftloop.serving.bundle import Bundle
 
 BENTO_NAME = "driftloop"
@@ -26,7 +27,7 @@ class BuildError(RuntimeError):
 
 
 def bentoml_home(home: Path) -> Path:
-    return Path(os.environ.get("BENTOML_HOME") or home / "artifacts" / "bentoml")
+    return Layout.at(home).bentoml
 
 
 def _env(home: Path) -> dict:
