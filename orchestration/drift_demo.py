@@ -174,7 +174,7 @@ def main() -> int:
     from orchestration.definitions import defs
     from resources.registry import ModelRegistry
     from sensors.drift import config_for_job
-    from driftloop.serving.supervisor import SupervisorClient
+    from driftloop.serving.supervisor.client import SupervisorClient
 
     # The sensors give each job the ops it has from the shared file; the main job, run here, likewise.
     pipeline_config = home / "pipeline.yaml"
