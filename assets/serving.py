@@ -120,7 +120,8 @@ def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig) -> d
         return dg.MaterializeResult(metadata={"tag": dg.MetadataValue.text(tag), "target": dg.MetadataValue.text("kubernetes"),
                                               "manifests": dg.MetadataValue.path(str(folder / "service.yaml"))})
 
-    from driftloop.serving.supervisor import DeployError, ensure_supervisor, free_port
+    from driftloop.serving.supervisor.client import DeployError, ensure_supervisor
+    from driftloop.serving.supervisor.processes import free_port
 
     control = config.control_port or config.port + 1
     client = ensure_supervisor(config.port, control, _layout().supervisor)
@@ -162,7 +163,8 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
     from driftloop.artifacts import ArtifactError
     from driftloop.serving.bento import BuildError, build_bento, serve_command, serve_env
     from driftloop.serving.bundle import build_bundle, load_bundle
-    from driftloop.serving.supervisor import DeployError, SupervisorClient, free_port
+    from driftloop.serving.supervisor.client import DeployError, SupervisorClient
+    from driftloop.serving.supervisor.processes import free_port
 
     control = SupervisorClient(f"http://127.0.0.1:{config.control_port or config.port + 1}")
     if not control.alive():

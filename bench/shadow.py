@@ -92,7 +92,7 @@ def main() -> int:
     from assets.monitoring import INFERENCE_LOG
     from orchestration.definitions import defs
     from resources.registry import ModelRegistry
-    from driftloop.serving.supervisor import SupervisorClient
+    from driftloop.serving.supervisor.client import SupervisorClient
 
     registry = ModelRegistry().registry()
     champion = registry.champion()

@@ -71,7 +71,7 @@ def wait_http(url: str, group: Group, timeout: float) -> None:
 
 def stop_all(serve_port: int, ui: Group) -> None:
     """Stop the model service on `serve_port` (its supervisor and backends), then the UI and daemon."""
-    from driftloop.serving.supervisor import SupervisorClient
+    from driftloop.serving.supervisor.client import SupervisorClient
 
     service = SupervisorClient(f"http://127.0.0.1:{serve_port + 1}")
     if service.alive():

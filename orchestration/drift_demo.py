@@ -173,7 +173,7 @@ def main() -> int:
 
     from driftloop.data.corpus import read_directory
     from driftloop.data.qa import derive_qa_pairs
-    from driftloop.serving.supervisor import SupervisorClient
+    from driftloop.serving.supervisor.client import SupervisorClient
     from orchestration.definitions import defs
     from resources.registry import ModelRegistry
     from sensors.drift import config_for_job

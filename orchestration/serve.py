@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from driftloop.serving.supervisor import SupervisorClient
+from driftloop.serving.supervisor.client import SupervisorClient
 
 
 def default_port() -> int:

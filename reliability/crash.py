@@ -345,7 +345,8 @@ class Traffic:
 
 
 def run_deploy_stage(lab: CrashLab, kills: int, window_s: float = 4.0) -> tuple[list[dict], dict]:
-    from driftloop.serving.supervisor import SupervisorClient, free_port
+    from driftloop.serving.supervisor.client import SupervisorClient
+    from driftloop.serving.supervisor.processes import free_port
 
     bentos = lab.build_bentos()
     port = free_port()

@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from driftloop.serving.supervisor.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-7f3a"
 
@@ -52,12 +54,6 @@ def make_bundle(root: Path, tiny_llama: str, tiny_embedding_model: str, extra_te
     base = {"name": "tiny-llama", "path": tiny_llama, "version": weights_hash(Path(tiny_llama))}
     return build_bundle(root / "bundles", base_model=base, adapter=adapter.path, adapter_version=adapter.version, index_folder=index_folder,
                         embedding_model=tiny_embedding_model, prompt_version="rag.v1", settings={"embedding_precision": "fp32", "max_input_chars": 2000})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_port_pair() -> int:

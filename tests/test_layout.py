@@ -82,3 +82,8 @@ def test_every_folder_derives_from_one_home_and_four_overrides(tmp_path, monkeyp
     moved = Layout.at(home, {"DRIFTLOOP_REQUEST_LOG": "/logs", "DRIFTLOOP_INBOX_DIR": "/in", "DRIFTLOOP_DVC_REMOTE": "s3://b/dvc", "BENTOML_HOME": "/bento"})
     assert (moved.request_log, moved.inbox, moved.dvc_remote, moved.bentoml) == (Path("/logs"), Path("/in"), "s3://b/dvc", Path("/bento"))
     assert moved.registry == layout.registry
+
+
+def test_no_file_of_the_project_is_over_500_lines():
+    long = [f"{p.relative_to(REPO)}: {n}" for p in _python_files(SCANNED) if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500]
+    assert not long, "\n".join(long)

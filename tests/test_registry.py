@@ -121,7 +121,7 @@ def test_rollback_builds_the_restored_champion_and_switches_the_stable_port(tmp_
 
     from resources.registry import ModelRegistry
     from orchestration.serve import deploy_champion
-    from driftloop.serving.supervisor import SupervisorClient
+    from driftloop.serving.supervisor.client import SupervisorClient
     from serving_helpers import KEY, ROOT, call, free_port_pair
 
     dagster_home = tmp_path / "dagster_home"

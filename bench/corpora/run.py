@@ -161,7 +161,7 @@ def one_shape(shape: str, args: argparse.Namespace) -> dict:
     import dagster as dg
 
     from resources.registry import ModelRegistry
-    from driftloop.serving.supervisor import SupervisorClient
+    from driftloop.serving.supervisor.client import SupervisorClient
 
     with dg.DagsterInstance.get() as instance:
         events = lineage(instance)
