@@ -25,14 +25,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write(path: Path, mode: str, fill: Callable[[IO], None]) -> None:
+def replace_file(path: Path, produce: Callable[[str], None]) -> None:
+    """`produce(tmp)` writes the new content to a temporary path (a download, a
+    serializer), which is fsynced and then replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            fill(handle)
-            handle.flush()
+        produce(tmp)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -40,6 +42,14 @@ def _write(path: Path, mode: str, fill: Callable[[IO], None]) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _write(path: Path, mode: str, fill: Callable[[IO], None]) -> None:
+    def produce(tmp: str) -> None:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            fill(handle)
+
+    replace_file(path, produce)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -68,22 +78,3 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 
     _write(path, "w", fill)
     return count
-
-
-def replace_file(path: Path, fetch: Callable[[str], None]) -> None:
-    """`fetch(tmp)` writes the new content to a temporary path (a download, a copy), which
-    then replaces `path` whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fetch(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
