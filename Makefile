@@ -30,17 +30,17 @@ $(DAGSTER_HOME)/dagster.yaml: orchestration/dagster.yaml
 	cp orchestration/dagster.yaml $@
 
 pipeline: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster job execute -f orchestration/definitions.py -j driftloop_pipeline
+	$(BIN)/dagster job execute -m orchestration.definitions -j driftloop_pipeline
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m driftloop.orchestration.demo
+	$(BIN)/python -m orchestration.demo
 
 serve: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m driftloop.serving.serve
+	$(BIN)/python -m orchestration.serve
 
 # The closed loop, unattended, in .drift-demo/: drift and new documents retrain and redeploy.
 drift-demo: install
-	$(BIN)/python -m driftloop.orchestration.drift_demo $(ARGS)
+	$(BIN)/python -m orchestration.drift_demo $(ARGS)
 
 # The previous champion (or TO=<version>) made champion again and deployed.
 rollback: install $(DAGSTER_HOME)/dagster.yaml

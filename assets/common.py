@@ -10,8 +10,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from driftloop.data.records import Rejected, excerpt, read_jsonl, write_jsonl_atomic
-from driftloop.resources.dvc import DvcStore
+from driftloop.atomic import write_jsonl
+from driftloop.data.records import Rejected, excerpt, read_jsonl
+from resources.dvc import DvcStore
 
 OWNERS = ["team:ml-platform"]
 
@@ -36,7 +37,7 @@ def write_quarantine(dvc: DvcStore, name: str, run_id: str, rejected: Sequence[R
         return None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = dvc.quarantine_dir / name / f"{stamp}_{run_id[:8]}.jsonl"
-    write_jsonl_atomic(path, (r.to_row() for r in rejected))
+    write_jsonl(path, (r.to_row() for r in rejected))
     return path
 
 
@@ -106,7 +107,7 @@ def publish_dataset(
         raise dg.Failure(description=f"{name}: no valid rows remain; nothing was written", metadata=meta)
 
     path = dvc.dataset_path(name)
-    write_jsonl_atomic(path, rows)
+    write_jsonl(path, rows)
     version = dvc.commit(name)
     columns = list(rows[0])
     meta.update(

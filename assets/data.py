@@ -11,7 +11,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from driftloop.assets.common import OWNERS, json_meta, load_dataset, publish_dataset, suite_check_results
+from assets.common import OWNERS, json_meta, load_dataset, publish_dataset, suite_check_results
 from driftloop.data.corpus import SourceError, fingerprint, ingest_with_inbox, resolve_source
 from driftloop.data.instructions import build_examples
 from driftloop.data.qa import derive
@@ -28,7 +28,7 @@ from driftloop.data.suites import (
 )
 from driftloop.data.validation import DatasetError, run_suite, screen
 from driftloop.prompts import load_prompt
-from driftloop.resources.dvc import DvcStore
+from resources.dvc import DvcStore
 
 SOURCE_DOCUMENTS = dg.AssetKey(["data", "source_documents"])
 QA_PAIRS = dg.AssetKey(["data", "qa_pairs"])
@@ -78,9 +78,9 @@ class InstructionDatasetConfig(dg.Config):
 
 def source_locations(source: str | None = None, inbox: str | None = None) -> list[str]:
     """The source and the inbox as run config, the environment or the defaults name them."""
-    home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
-    return [resolve_source(source, os.environ.get("DRIFTLOOP_SOURCE_DIR")),
-            inbox or os.environ.get("DRIFTLOOP_INBOX_DIR") or str(home / "data" / "inbox")]
+    from driftloop.layout import Layout
+
+    return [resolve_source(source, os.environ.get("DRIFTLOOP_SOURCE_DIR")), inbox or str(Layout.from_env().inbox)]
 
 
 def _feedback_examples(prompt) -> list[dict]:
@@ -88,8 +88,8 @@ def _feedback_examples(prompt) -> list[dict]:
 
     from driftloop.data.instructions import feedback_examples
     from driftloop.monitoring.traffic import read_window
-    from driftloop.resources.vector_store import VectorStore
-    from driftloop.retrieval.artifacts import ArtifactError
+    from resources.vector_store import VectorStore
+    from driftloop.artifacts import ArtifactError
     from driftloop.serving.requestlog import default_root
 
     requests, feedback = read_window(default_root(), datetime(2026, 1, 1, tzinfo=UTC), max_days=366)

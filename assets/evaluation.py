@@ -15,21 +15,21 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, model_validator
 
-from driftloop.assets.common import GPU_POD, OWNERS, json_meta, load_dataset
-from driftloop.assets.data import QA_PAIRS
-from driftloop.assets.retrieval import VECTOR_INDEX
-from driftloop.assets.training import BASE_MODEL, LORA_ADAPTER
+from assets.common import GPU_POD, OWNERS, json_meta, load_dataset
+from assets.data import QA_PAIRS
+from assets.retrieval import VECTOR_INDEX
+from assets.training import BASE_MODEL, LORA_ADAPTER
 from driftloop.evaluation.gate import DEFAULT_MIN_QUESTIONS, PAIRED_METRICS, GateRules, decide, eval_split_problem, gate_view
 from driftloop.evaluation.judge import JudgeError, JudgeSettings, build_judge
 from driftloop.evaluation.metrics import REFUSAL, EvaluationError, eval_items
 from driftloop.models.hardware import resolve_device
 from driftloop.prompts import load_prompt
 from driftloop.registry import PromotionError
-from driftloop.resources.dvc import DvcStore
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.registry import ModelRegistry
-from driftloop.resources.vector_store import VectorStore
-from driftloop.retrieval.artifacts import ArtifactError, verify
+from resources.dvc import DvcStore
+from resources.models import ModelCatalog
+from resources.registry import ModelRegistry
+from resources.vector_store import VectorStore
+from driftloop.artifacts import ArtifactError, verify
 
 EVAL_REPORT = dg.AssetKey(["evaluation", "eval_report"])
 # Twice the power analysis' requirement (docs/gate-power.md), rounded to the batch: a

@@ -9,8 +9,6 @@ retrain per drift window.
 import hashlib
 import io
 import json
-import os
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,33 +16,23 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from driftloop.assets.common import OWNERS, json_meta, load_dataset
-from driftloop.assets.data import QA_PAIRS
-from driftloop.assets.serving import DEPLOYMENT
-from driftloop.resources.dvc import DvcStore
-from driftloop.resources.models import ModelCatalog
+from assets.common import OWNERS, json_meta, load_dataset
+from assets.data import QA_PAIRS
+from assets.serving import DEPLOYMENT
+from driftloop.atomic import write_bytes
+from driftloop.layout import Layout
+from resources.dvc import DvcStore
+from resources.models import ModelCatalog
 
 INFERENCE_LOG = dg.AssetKey(["monitoring", "inference_log"])
 DRIFT_REPORT = dg.AssetKey(["monitoring", "drift_report"])
 daily = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone="UTC")
 
 
-def _home() -> Path:
-    return Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()).resolve()
-
-
 def log_root() -> Path:
     from driftloop.serving.requestlog import default_root
 
     return default_root()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
 
 
 # The schedules refresh both daily; a day and two hours without one means the daemon or
@@ -66,7 +54,7 @@ def inference_log(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     rows = join_feedback(served(requests.rows), feedback.rows)
     if requests.corrupt or feedback.corrupt:
         context.log.warning(f"{day}: skipped {requests.corrupt} corrupt request lines and {feedback.corrupt} corrupt feedback lines")
-    _write_atomic(_home() / "artifacts" / "monitoring" / "inference_log" / f"date={day}.jsonl",
+    write_bytes(Layout.from_env().inference_log / f"date={day}.jsonl",
                   "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     latencies = sorted(r["latency_s"] for r in rows if r.get("status") == 200 and r.get("latency_s") is not None)
     rated = [r["rating"] for r in rows if r.get("rating") is not None]
@@ -107,13 +95,13 @@ def _reference_embeddings(dvc: DvcStore, models: ModelCatalog, limit: int, seed:
     embedder = models.embedder()
     key = hashlib.sha256(json.dumps([dvc.version("qa_pairs").md5, models.embedding_model, embedder.describe(), limit, seed],
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = _home() / "artifacts" / "monitoring" / "reference" / f"{key}.npy"
+    cache = Layout.from_env().drift_reference / f"{key}.npy"
     if cache.is_file():
         return np.load(cache), questions
     vectors = embedder.encode(questions, batch_size=models.embedding_batch_size)
     buffer = io.BytesIO()
     np.save(buffer, vectors)
-    _write_atomic(cache, buffer.getvalue())
+    write_bytes(cache, buffer.getvalue())
     return vectors, questions
 
 
@@ -125,12 +113,13 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, mo
     questions of data/qa_pairs. Serving signals (prompt and answer length, latency, top
     retrieval score, ratings; guardrail, refusal and error rates): KS and PSI against the
     traffic before this version went live. Too little traffic says 'not enough data'."""
-    from driftloop.monitoring.drift import DriftConfig, drift_report as compute, plot_drift
+    from driftloop.monitoring.drift import DriftConfig, plot_drift
+    from driftloop.monitoring.drift import drift_report as compute
     from driftloop.monitoring.traffic import columns, current_deployment, join_feedback, rate_counts, read_window, served
-    from driftloop.training.plots import markdown_image
+    from driftloop.plots import markdown_image
 
     now = datetime.now(UTC)
-    live = current_deployment(_home() / "artifacts" / "serving" / "deployments.jsonl")
+    live = current_deployment(Layout.from_env().deployments)
     start = datetime.fromisoformat(live["at"]) if live else datetime(2026, 1, 1, tzinfo=UTC)
     requests, feedback = read_window(log_root(), start, now)
     before, before_feedback = read_window(log_root(), datetime(2026, 1, 1, tzinfo=UTC), start)
@@ -150,11 +139,11 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, mo
 
     window = {"start": start.isoformat(), "end": now.isoformat(), "serving": (live or {}).get("model_version"),
               "tag": (live or {}).get("tag"), "retrained_for": (live or {}).get("drift_window")}
-    folder = _home() / "artifacts" / "monitoring" / "drift" / f"{now:%Y%m%dT%H%M%S}-{context.run.run_id[:8]}"
+    folder = Layout.from_env().drift_reports / f"{now:%Y%m%dT%H%M%S}-{context.run.run_id[:8]}"
     body = {"window": window, "corrupt_lines": requests.corrupt + feedback.corrupt, **report.to_dict()}
-    _write_atomic(folder / "report.json", json.dumps(body, indent=2).encode())
-    _write_atomic(folder / "report.md", (report.to_markdown() + "\n").encode())
-    _write_atomic(folder / "drift.png", png)
+    write_bytes(folder / "report.json", json.dumps(body, indent=2).encode())
+    write_bytes(folder / "report.md", (report.to_markdown() + "\n").encode())
+    write_bytes(folder / "drift.png", png)
     (context.log.warning if report.drifted else context.log.info)(report.summary())
     return dg.MaterializeResult(metadata={
         "drifted": dg.MetadataValue.bool(report.drifted),

@@ -6,12 +6,12 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, model_validator
 
-from driftloop.assets.common import GPU_POD, OWNERS, json_meta, load_dataset, publish_dataset
-from driftloop.assets.data import QA_PAIRS, SOURCE_DOCUMENTS
-from driftloop.resources.dvc import DvcStore
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.vector_store import VectorStore
-from driftloop.retrieval.artifacts import ArtifactError
+from assets.common import GPU_POD, OWNERS, json_meta, load_dataset, publish_dataset
+from assets.data import QA_PAIRS, SOURCE_DOCUMENTS
+from resources.dvc import DvcStore
+from resources.models import ModelCatalog
+from resources.vector_store import VectorStore
+from driftloop.artifacts import ArtifactError
 from driftloop.retrieval.chunking import chunk_document, embed_text
 from driftloop.retrieval.index import VectorIndex, choose_spec
 from driftloop.retrieval.quality import relevant_sets, retrieval_metrics

@@ -13,20 +13,21 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from driftloop.assets.common import OWNERS, json_meta
-from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, launched_by
-from driftloop.assets.retrieval import VECTOR_INDEX
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.registry import ModelRegistry
-from driftloop.resources.vector_store import VectorStore
+from assets.common import OWNERS, json_meta
+from assets.evaluation import CHAMPION, EVAL_REPORT, launched_by
+from assets.retrieval import VECTOR_INDEX
+from driftloop.layout import Layout
+from resources.models import ModelCatalog
+from resources.registry import ModelRegistry
+from resources.vector_store import VectorStore
 
 BENTO = dg.AssetKey(["serving", "bento"])
 DEPLOYMENT = dg.AssetKey(["serving", "deployment"])
 SHADOW = dg.AssetKey(["serving", "shadow"])
 
 
-def _home() -> Path:
-    return Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()).resolve()
+def _layout() -> Layout:
+    return Layout.from_env()
 
 
 class BentoConfig(dg.Config):
@@ -44,7 +45,7 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
           model_registry: ModelRegistry) -> dg.MaterializeResult:
     """`bentoml build` of the service with the champion adapter, the promoted index and the
     prompt sealed in, offline, tagged by content hash (never `latest`)."""
-    from driftloop.retrieval.artifacts import ArtifactError
+    from driftloop.artifacts import ArtifactError
     from driftloop.serving.bento import BuildError, build_bento
     from driftloop.serving.bundle import build_bundle
 
@@ -54,7 +55,7 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
         raise dg.Failure(description="serving/bento: there is no champion; only a model that passed its promotion gate is ever built")
     base = models.base_model()
     try:
-        bundle = build_bundle(_home() / "artifacts" / "serving" / "bundles",
+        bundle = build_bundle(_layout().bundles,
                               base_model={"name": base.name, "path": base.path, "version": base.version}, adapter=champion.path,
                               adapter_version=champion.version, index_folder=vector_store.store().current_index_folder(),
                               embedding_model=models.embedding_model, prompt_version=config.prompt_version,
@@ -62,7 +63,7 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
                                         "max_input_chars": config.max_input_chars,
                                         "max_input_tokens": config.max_input_tokens, "price_per_1k_prompt": config.price_per_1k_prompt,
                                         "price_per_1k_completion": config.price_per_1k_completion})
-        tag = build_bento(bundle, _home(), config.gpus)
+        tag = build_bento(bundle, _layout().home, config.gpus)
     except (ArtifactError, BuildError) as err:
         raise dg.Failure(description=f"serving/bento: {err}") from err
     context.log.info(f"built {tag} for {bundle.model_version} on index {bundle.spec['index_version']}")
@@ -86,7 +87,7 @@ class DeploymentConfig(dg.Config):
 
 
 def _audit(record: dict) -> None:
-    path = _home() / "artifacts" / "serving" / "deployments.jsonl"
+    path = _layout().deployments
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"at": datetime.now(UTC).isoformat(), **record}) + "\n")
@@ -111,7 +112,7 @@ def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig) -> d
     if config.target == "kubernetes":
         import yaml
 
-        folder = _home() / "artifacts" / "serving" / "kubernetes" / tag.split(":")[1]
+        folder = _layout().kubernetes / tag.split(":")[1]
         folder.mkdir(parents=True, exist_ok=True)
         manifests = render_kubernetes(tag, config.image_repository, config.gpus, config.namespace, config.replicas)
         (folder / "service.yaml").write_text(yaml.safe_dump_all(manifests, sort_keys=False), encoding="utf-8")
@@ -119,14 +120,15 @@ def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig) -> d
         return dg.MaterializeResult(metadata={"tag": dg.MetadataValue.text(tag), "target": dg.MetadataValue.text("kubernetes"),
                                               "manifests": dg.MetadataValue.path(str(folder / "service.yaml"))})
 
-    from driftloop.serving.supervisor import DeployError, ensure_supervisor, free_port
+    from driftloop.serving.supervisor.client import DeployError, ensure_supervisor
+    from driftloop.serving.supervisor.processes import free_port
 
     control = config.control_port or config.port + 1
-    client = ensure_supervisor(config.port, control, _home() / "artifacts" / "serving" / "supervisor")
+    client = ensure_supervisor(config.port, control, _layout().supervisor)
     backend = free_port()
     try:
-        outcome = client.deploy(tag, serve_command(tag, backend), backend, ready_path="/readyz", env=serve_env(_home()),
-                                cwd=str(_home()), ready_timeout_s=config.ready_timeout_s)
+        outcome = client.deploy(tag, serve_command(tag, backend), backend, ready_path="/readyz", env=serve_env(_layout().home),
+                                cwd=str(_layout().home), ready_timeout_s=config.ready_timeout_s)
     except DeployError as err:
         _audit({"target": "local", "tag": tag, "model_version": model_version, "action": "failed", "error": str(err)[:2000],
                 "run_id": context.run.run_id, "by": by})
@@ -158,10 +160,11 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
     """Shadow mode: the challenger, built exactly like the serving bento but with its own
     adapter, answers a copy of every live request and serves none; both answers go to the
     request log under one request id, for comparison before (or instead of) a promotion."""
-    from driftloop.retrieval.artifacts import ArtifactError
+    from driftloop.artifacts import ArtifactError
     from driftloop.serving.bento import BuildError, build_bento, serve_command, serve_env
     from driftloop.serving.bundle import build_bundle, load_bundle
-    from driftloop.serving.supervisor import DeployError, SupervisorClient, free_port
+    from driftloop.serving.supervisor.client import DeployError, SupervisorClient
+    from driftloop.serving.supervisor.processes import free_port
 
     control = SupervisorClient(f"http://127.0.0.1:{config.control_port or config.port + 1}")
     if not control.alive():
@@ -185,12 +188,12 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
     if serving.spec.get("adapter_version") == adapter.version:
         raise dg.Failure(description=f"serving/shadow: {adapter.version} already serves; a shadow must be another version")
     try:
-        bundle = build_bundle(_home() / "artifacts" / "serving" / "bundles", base_model=serving.spec["base_model"], adapter=adapter.path,
+        bundle = build_bundle(_layout().bundles, base_model=serving.spec["base_model"], adapter=adapter.path,
                               adapter_version=adapter.version, index_folder=serving.index_dir, embedding_model=serving.spec["embedding_model"],
                               prompt_version=serving.spec["prompt_version"], settings=serving.spec["settings"])
-        tag = build_bento(bundle, _home())
+        tag = build_bento(bundle, _layout().home)
         port = free_port()
-        outcome = control.shadow(tag, serve_command(tag, port), port, env=serve_env(_home(), {"DRIFTLOOP_ROLE": "shadow"}), cwd=str(_home()),
+        outcome = control.shadow(tag, serve_command(tag, port), port, env=serve_env(_layout().home, {"DRIFTLOOP_ROLE": "shadow"}), cwd=str(_layout().home),
                                  ready_timeout_s=config.ready_timeout_s)
     except (BuildError, DeployError) as err:
         raise dg.Failure(description=f"serving/shadow: {err}") from err

@@ -12,16 +12,16 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 import driftloop.training.loop as training_loop
-from driftloop.assets.common import GPU_POD, OWNERS, json_meta, load_dataset
-from driftloop.assets.data import INSTRUCTION_DATASET
+from assets.common import GPU_POD, OWNERS, json_meta, load_dataset
+from assets.data import INSTRUCTION_DATASET
 from driftloop.models.generator import model_summary
 from driftloop.models.hardware import resolve_device
-from driftloop.resources.dvc import DvcStore
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.registry import ModelRegistry
+from resources.dvc import DvcStore
+from resources.models import ModelCatalog
+from resources.registry import ModelRegistry
 from driftloop.training.data import TrainingDataError, encode_dataset
 from driftloop.training.loop import LoraSettings, NonFiniteLossError, train_lora
-from driftloop.training.plots import loss_curve_png, markdown_image
+from driftloop.plots import loss_curve_png, markdown_image
 
 BASE_MODEL = dg.AssetKey(["training", "base_model"])
 LORA_ADAPTER = dg.AssetKey(["training", "lora_adapter"])

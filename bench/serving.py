@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -156,12 +155,6 @@ def serve_baseline(bundle_dir: str, port: int) -> None:
     HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(port: int, body: dict) -> tuple[int, dict | str, float]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/answer", data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -254,6 +247,8 @@ def run_level(port: int, questions: list[str], clients: int, n: int, max_new_tok
 
 
 def run_side(side: str, bundle, work: Path, questions: list[str], args) -> dict:
+    from driftloop.serving.supervisor.processes import free_port
+
     port = free_port()
     proc = start(side, bundle, work, port)
     try:

@@ -62,7 +62,7 @@ def phase(port: int, questions: list[str], clients: int, max_new_tokens: int) ->
 
 
 def materialize(select: str, config: dict | None = None, partition: str | None = None) -> None:
-    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-f", "orchestration/definitions.py", "--select", select]
+    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "orchestration.definitions", "--select", select]
     if config:
         command += ["--config-json", json.dumps(config)]
     if partition:
@@ -89,10 +89,10 @@ def main() -> int:
     import dagster as dg
 
     from bench.common import machine
-    from driftloop.assets.monitoring import INFERENCE_LOG
-    from driftloop.orchestration.definitions import defs
-    from driftloop.resources.registry import ModelRegistry
-    from driftloop.serving.supervisor import SupervisorClient
+    from assets.monitoring import INFERENCE_LOG
+    from orchestration.definitions import defs
+    from resources.registry import ModelRegistry
+    from driftloop.serving.supervisor.client import SupervisorClient
 
     registry = ModelRegistry().registry()
     champion = registry.champion()

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Exactly the paths the Dockerfile COPYs, and the Dockerfile itself.
 CONTEXT = ("deploy/Dockerfile", "requirements.lock", "pyproject.toml", "README.md", "driftloop", "orchestration", "assets",
-           "resources", "sensors", "bento", "deploy/profiles")
+           "resources", "sensors", "bento")
 
 
 def _files(root: Path) -> list[Path]:

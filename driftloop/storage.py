@@ -11,10 +11,10 @@ side: the registry and the retrieval store are append-only by design.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from driftloop.atomic import replace_file
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,6 @@ def pull(url: str, local_root: Path, endpoint_url: str = "") -> SyncResult:
         if target.is_file() and _same(target, fs, f"{root}/{relative}", info):
             unchanged += 1
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".pull-", dir=target.parent)
-        os.close(fd)
-        try:
-            fs.get_file(f"{root}/{relative}", tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        replace_file(target, lambda tmp, source=f"{root}/{relative}": fs.get_file(source, tmp))
         copied.append(relative)
     return SyncResult(copied=copied, unchanged=unchanged)

@@ -3,24 +3,24 @@ that configuration names (see orchestration/profile.py): local by default."""
 
 import dagster as dg
 
-from driftloop.assets.data import data_assets, data_checks
-from driftloop.assets.evaluation import evaluation_assets, evaluation_checks
-from driftloop.assets.monitoring import monitoring_assets
-from driftloop.assets.retrieval import retrieval_assets
-from driftloop.assets.serving import serving_assets
-from driftloop.assets.training import training_assets
-from driftloop.orchestration.jobs import (
+from assets.data import data_assets, data_checks
+from assets.evaluation import evaluation_assets, evaluation_checks
+from assets.monitoring import monitoring_assets
+from assets.retrieval import retrieval_assets
+from assets.serving import serving_assets
+from assets.training import training_assets
+from orchestration.jobs import (
     data_job, drift_check_job, inference_log_job, pipeline_job, promotion_job, refresh_index_job, retrain_job, shadow_job,
 )
-from driftloop.orchestration.profile import Profile, load_profile
-from driftloop.orchestration.schedules import schedules
-from driftloop.resources.dvc import DvcStore
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.registry import ModelRegistry
-from driftloop.resources.vector_store import VectorStore
-from driftloop.sensors.drift import drift_check_on_traffic, drift_retrain
-from driftloop.sensors.new_documents import new_documents
-from driftloop.sensors.run_failures import record_run_failures
+from orchestration.profile import Profile, load_profile
+from orchestration.schedules import schedules
+from resources.dvc import DvcStore
+from resources.models import ModelCatalog
+from resources.registry import ModelRegistry
+from resources.vector_store import VectorStore
+from sensors.drift import drift_check_on_traffic, drift_retrain
+from sensors.new_documents import new_documents
+from sensors.run_failures import record_run_failures
 
 RESOURCES = {"dvc": DvcStore, "models": ModelCatalog, "vector_store": VectorStore, "model_registry": ModelRegistry}
 

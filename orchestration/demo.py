@@ -15,7 +15,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_root() -> Path:
+    """The checkout a demo runs in: its children start Dagster on this folder's
+    workspace.yaml and read its demo data, so it is the working directory they inherit."""
+    root = Path.cwd()
+    if not (root / "workspace.yaml").is_file():
+        raise SystemExit(f"{root} has no workspace.yaml: run the demo from the project root (`make demo`)")
+    return root
 
 
 def _bin(name: str) -> str:
@@ -28,7 +36,7 @@ class Group:
     def __init__(self, argv: list[str], log: Path) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            argv, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
             # A shell that started us in the background may have left SIGINT ignored; the
             # child must take it, or Ctrl-C could only end it by SIGKILL.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -63,7 +71,7 @@ def wait_http(url: str, group: Group, timeout: float) -> None:
 
 def stop_all(serve_port: int, ui: Group) -> None:
     """Stop the model service on `serve_port` (its supervisor and backends), then the UI and daemon."""
-    from driftloop.serving.supervisor import SupervisorClient
+    from driftloop.serving.supervisor.client import SupervisorClient
 
     service = SupervisorClient(f"http://127.0.0.1:{serve_port + 1}")
     if service.alive():
@@ -78,13 +86,14 @@ RETRAIN = json.dumps({"ops": {"training__lora_adapter": {"config": {"seed": 1}}}
 
 
 def _latest_report_has_champion() -> bool:
-    from driftloop.resources.registry import ModelRegistry
+    from resources.registry import ModelRegistry
 
     reports = sorted((ModelRegistry().registry().root / "reports").glob("*/result.json"))
     return bool(reports) and "champion" in json.loads(reports[-1].read_text())["result"]["models"]
 
 
 def main() -> int:
+    project_root()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("DRIFTLOOP_UI_PORT", "3000")))
     parser.add_argument("--job", default="driftloop_pipeline")
@@ -97,7 +106,7 @@ def main() -> int:
         # The UI starts first: it creates the instance's SQLite schema before the job writes to it.
         wait_http(f"http://127.0.0.1:{args.port}/server_info", ui, timeout=180)
         print(f"Dagster UI: http://127.0.0.1:{args.port}  (log: {ui.log})", flush=True)
-        run = subprocess.run([_bin("dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", args.job], cwd=ROOT)
+        run = subprocess.run([_bin("dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", args.job])
         if run.returncode == 0 and args.job == "driftloop_pipeline" and not _latest_report_has_champion():
             print("First champion promoted; retraining once more so the report compares base, champion and challenger.", flush=True)
             # The retrain job (data refresh, training, evaluation, gate, redeploy), as the drift
@@ -105,8 +114,8 @@ def main() -> int:
             # of the version that now serves and the monitoring checks.
             retrain_config = home / "demo-retrain.yaml"
             retrain_config.write_text(RETRAIN, encoding="utf-8")
-            run = subprocess.run([_bin("dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "retrain_and_redeploy",
-                                  "-c", str(retrain_config)], cwd=ROOT)
+            run = subprocess.run([_bin("dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "retrain_and_redeploy",
+                                  "-c", str(retrain_config)])
         if run.returncode == 0:
             print(f"Champion served: http://127.0.0.1:{SERVE_PORT}/answer and the OpenAI API at http://127.0.0.1:{SERVE_PORT}/v1", flush=True)
             print(f"Lineage materialized: http://127.0.0.1:{args.port}/asset-groups   Ctrl-C stops everything.", flush=True)

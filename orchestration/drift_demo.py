@@ -26,10 +26,12 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from importlib.resources import files
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-NEW_TOPIC = ROOT / "deploy" / "demo" / "new_topic"
+from driftloop.layout import Layout
+
+NEW_TOPIC = Path("deploy") / "demo" / "new_topic"
 NATURAL = [
     "How does Quokka compact sorted runs?", "What is the default block cache size in Quokka?",
     "How does Quokka elect a new leader after failover?", "Which port does Quokka expose metrics on?",
@@ -126,10 +128,12 @@ def wait_for(condition, what: str, timeout: float, poll: float = 5.0):
 
 
 def main() -> int:
-    from driftloop.orchestration.demo import Group, stop_all, wait_http
+    from orchestration.demo import Group, project_root, stop_all, wait_http
+
+    root = project_root()
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--home", type=Path, default=ROOT / ".drift-demo")
+    parser.add_argument("--home", type=Path, default=root / ".drift-demo")
     parser.add_argument("--ui-port", type=int, default=3100)
     parser.add_argument("--port", type=int, default=3101)
     parser.add_argument("--traffic", type=int, default=60, help="requests per traffic phase")
@@ -144,8 +148,8 @@ def main() -> int:
     if args.fresh and home.exists():
         shutil.rmtree(home)
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "orchestration" / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
-    inbox = home / "data" / "inbox"
+    (home / "dagster_home" / "dagster.yaml").write_bytes((files("orchestration") / "dagster.yaml").read_bytes())
+    inbox = Layout.at(home, {}).inbox
     if inbox.exists():
         shutil.rmtree(inbox)
     config = {"ops": {
@@ -169,10 +173,10 @@ def main() -> int:
 
     from driftloop.data.corpus import read_directory
     from driftloop.data.qa import derive_qa_pairs
-    from driftloop.orchestration.definitions import defs
-    from driftloop.resources.registry import ModelRegistry
-    from driftloop.sensors.drift import config_for_job
-    from driftloop.serving.supervisor import SupervisorClient
+    from driftloop.serving.supervisor.client import SupervisorClient
+    from orchestration.definitions import defs
+    from resources.registry import ModelRegistry
+    from sensors.drift import config_for_job
 
     # The sensors give each job the ops it has from the shared file; the main job, run here, likewise.
     pipeline_config = home / "pipeline.yaml"
@@ -186,13 +190,13 @@ def main() -> int:
         instance = dg.DagsterInstance.get()
         if ModelRegistry().registry().champion() is None:
             timeline.add("no champion yet: running the main job once")
-            run = subprocess.run([str(bin_dir / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline",
-                                  "-c", str(pipeline_config)], cwd=ROOT)
+            run = subprocess.run([str(bin_dir / "dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "driftloop_pipeline",
+                                  "-c", str(pipeline_config)])
             if run.returncode != 0 or ModelRegistry().registry().champion() is None:
                 raise SystemExit("drift-demo: the main job did not produce a served champion; see the UI")
         else:
-            subprocess.run([sys.executable, "-c", f"from driftloop.serving.serve import deploy_champion; raise SystemExit(deploy_champion({args.port}))"],
-                           cwd=ROOT, check=True)
+            subprocess.run([sys.executable, "-c", f"from orchestration.serve import deploy_champion; raise SystemExit(deploy_champion({args.port}))"],
+                           check=True)
         first = ModelRegistry().registry().champion().version
         timeline.add(f"champion {first} serving on http://127.0.0.1:{args.port}")
 
@@ -226,7 +230,7 @@ def main() -> int:
 
         before = quality(args.port, topic, embedder)
         timeline.add(f"new-topic quality before its documents exist: {before}")
-        deployed = lambda: [json.loads(x) for x in (home / "artifacts" / "serving" / "deployments.jsonl").read_text().splitlines()  # noqa: E731
+        deployed = lambda: [json.loads(x) for x in Layout.at(home, {}).deployments.read_text().splitlines()  # noqa: E731
                             if json.loads(x).get("action") == "deployed"]
         n_deploys = len(deployed())
         shutil.copytree(NEW_TOPIC, inbox)

@@ -4,8 +4,8 @@
 instance's SQLite storage; a settings file (`DRIFTLOOP_PROFILE_FILE`, optional) may set
 its resources, e.g. other models. `production` runs each step in its own Kubernetes pod
 (`k8s_job_executor`) and binds the same resource classes to object storage. Its
-settings come from a YAML file (`DRIFTLOOP_PROFILE_FILE`, default
-deploy/profiles/production.yaml):
+settings come from a YAML file (`DRIFTLOOP_PROFILE_FILE`, default the package's
+orchestration/profiles/production.yaml):
 
     executor:      # k8s_job_executor config, passed through unchanged
     resources:     # field values per resource key; {env: NAME} reads NAME at run time
@@ -14,6 +14,7 @@ deploy/profiles/production.yaml):
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +22,12 @@ import dagster as dg
 import yaml
 
 PROFILES = ("local", "production")
-DEFAULT_PRODUCTION_FILE = Path(__file__).resolve().parents[1] / "deploy" / "profiles" / "production.yaml"
+# Package data: found in a wheel or an image as in the checkout.
+DEFAULT_PRODUCTION_FILE = Path(str(files("orchestration") / "profiles" / "production.yaml"))
 # Every step still runs in its own process (a killed or OOM-killed step fails alone and is
 # retried), but forked from a server that has imported the code location and the ML stack
 # once per run, instead of a fresh interpreter importing them again for every step.
-STEP_PRELOAD = ["driftloop.orchestration.definitions", "torch", "transformers", "peft", "sentence_transformers", "pandas"]
+STEP_PRELOAD = ["orchestration.definitions", "torch", "transformers", "peft", "sentence_transformers", "pandas"]
 LOCAL_EXECUTOR = dg.multiprocess_executor.configured(
     {"max_concurrent": 2, "start_method": {"forkserver": {"preload_modules": STEP_PRELOAD}}})
 

@@ -5,7 +5,7 @@ import os
 
 import dagster as dg
 
-from driftloop.orchestration.jobs import drift_check_job, inference_log_job, pipeline_job
+from orchestration.jobs import drift_check_job, inference_log_job, pipeline_job
 
 weekly_retrain = dg.ScheduleDefinition(
     name="weekly_retrain",

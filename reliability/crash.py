@@ -140,7 +140,7 @@ class CrashLab:
     def artifact_problems(self) -> tuple[list[str], int, int]:
         """Published folders that fail their manifest, pointers to a missing or bad version,
         checkpoints without state; and the counts of verified folders and leftover staging."""
-        from driftloop.retrieval.artifacts import ArtifactError, verify
+        from driftloop.artifacts import ArtifactError, verify
 
         problems, verified, staging = [], 0, 0
         roots = [self.project / "artifacts" / "registry" / "adapters", *self.stores]
@@ -345,7 +345,8 @@ class Traffic:
 
 
 def run_deploy_stage(lab: CrashLab, kills: int, window_s: float = 4.0) -> tuple[list[dict], dict]:
-    from driftloop.serving.supervisor import SupervisorClient, free_port
+    from driftloop.serving.supervisor.client import SupervisorClient
+    from driftloop.serving.supervisor.processes import free_port
 
     bentos = lab.build_bentos()
     port = free_port()

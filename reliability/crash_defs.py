@@ -15,15 +15,15 @@ import sys
 
 import dagster as dg
 
-from driftloop.assets.data import data_assets
-from driftloop.assets.retrieval import chunks, embeddings
-from driftloop.assets.serving import deployment
-from driftloop.assets.training import training_assets
-from driftloop.orchestration.profile import LOCAL_EXECUTOR
-from driftloop.resources.dvc import DvcStore
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.registry import ModelRegistry
-from driftloop.resources.vector_store import VectorStore
+from assets.data import data_assets
+from assets.retrieval import chunks, embeddings
+from assets.serving import deployment
+from assets.training import training_assets
+from orchestration.profile import LOCAL_EXECUTOR
+from resources.dvc import DvcStore
+from resources.models import ModelCatalog
+from resources.registry import ModelRegistry
+from resources.vector_store import VectorStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = {

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 BIN = Path(sys.executable).parent
 
-from serving_helpers import free_port, record_figures  # noqa: E402
+from driftloop.serving.supervisor.processes import free_port  # noqa: E402
+from serving_helpers import record_figures  # noqa: E402
 
 
 class Dagster:

@@ -6,7 +6,7 @@ import time
 
 import dagster as dg
 
-from driftloop.sensors.drift import drift_retrain
+from sensors.drift import drift_retrain
 
 
 class DriftReportConfig(dg.Config):

@@ -163,7 +163,8 @@ def redeploy_under_load(root: Path, tiny_llama: str, tiny_embedding_model: str, 
 
     from driftloop.serving.bento import build_bento, serve_command, serve_env
     from driftloop.serving.bundle import build_bundle
-    from driftloop.serving.supervisor import ensure_supervisor, free_port
+    from driftloop.serving.supervisor.client import ensure_supervisor
+    from driftloop.serving.supervisor.processes import free_port
 
     bundle = bundle or make_bundle(root, tiny_llama, tiny_embedding_model)
     base_only = build_bundle(root / "bundles", base_model=bundle.spec["base_model"], adapter=None, adapter_version=None,

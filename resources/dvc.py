@@ -8,7 +8,6 @@ brings back any recorded version from the remote.
 
 
 import fcntl
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,7 @@ import dagster as dg
 import yaml
 from pydantic import Field
 
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()).resolve() / "data"
+from driftloop.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -41,11 +38,11 @@ class DvcStore(dg.ConfigurableResource):
 
     @property
     def root(self) -> Path:
-        return Path(self.workspace_dir).resolve() if self.workspace_dir else default_data_dir() / "workspace"
+        return Path(self.workspace_dir).resolve() if self.workspace_dir else Layout.from_env().dvc_workspace
 
     @property
     def remote(self) -> str:
-        return self.remote_url or os.environ.get("DRIFTLOOP_DVC_REMOTE") or str(default_data_dir() / "dvc-remote")
+        return self.remote_url or Layout.from_env().dvc_remote
 
     @property
     def quarantine_dir(self) -> Path:

@@ -1,11 +1,11 @@
 """The model catalog: which models the pipeline uses, loaded once per process."""
 
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from driftloop.layout import Layout
 from driftloop.models.embedding import Embedder, load_embedder
 from driftloop.models.generator import BaseModel, resolve_base_model
 
@@ -27,5 +27,5 @@ class ModelCatalog(dg.ConfigurableResource):
         return load_embedder(self.embedding_model, self.device, self.embedding_precision)
 
     def base_model(self) -> BaseModel:
-        cache = Path(self.cache_dir) if self.cache_dir else Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()) / "artifacts" / "base_models"
+        cache = Path(self.cache_dir) if self.cache_dir else Layout.from_env().base_models
         return resolve_base_model(self.generator_model, cache.resolve())

@@ -1,20 +1,20 @@
 """The model registry as a resource: a local folder, mirrored to object storage when
 `remote_url` is set."""
 
-import os
 from pathlib import Path
 
 from pydantic import Field
 
+from driftloop.layout import Layout
 from driftloop.registry import AdapterRegistry
-from driftloop.resources.object_store import MirroredFolder
+from resources.object_store import MirroredFolder
 
 
 class ModelRegistry(MirroredFolder):
     root: str = Field(default="", description="Registry folder; default <DRIFTLOOP_HOME>/artifacts/registry")
 
     def local_root(self) -> Path:
-        base = Path(self.root) if self.root else Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()) / "artifacts" / "registry"
+        base = Path(self.root) if self.root else Layout.from_env().registry
         return base.resolve()
 
     def registry(self) -> AdapterRegistry:

@@ -1,20 +1,20 @@
 """Where embeddings and vector indexes are kept: a local folder, mirrored to object
 storage when `remote_url` is set."""
 
-import os
 from pathlib import Path
 
 from pydantic import Field
 
-from driftloop.resources.object_store import MirroredFolder
+from driftloop.layout import Layout
 from driftloop.retrieval.store import RetrievalStore
+from resources.object_store import MirroredFolder
 
 
 class VectorStore(MirroredFolder):
     root: str = Field(default="", description="Artifact folder; default <DRIFTLOOP_HOME>/artifacts/retrieval")
 
     def local_root(self) -> Path:
-        base = Path(self.root) if self.root else Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd()) / "artifacts" / "retrieval"
+        base = Path(self.root) if self.root else Layout.from_env().retrieval
         return base.resolve()
 
     def store(self) -> RetrievalStore:

@@ -1,1 +1,1 @@
-"""Sensors: run failures now; drift and new-data sensors join as the loop is built."""
+"""Sensors: drift of live traffic, new documents in the source folder, run failures."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from driftloop.assets.monitoring import DRIFT_REPORT, log_root
+from assets.monitoring import DRIFT_REPORT, log_root
 from driftloop.monitoring.traffic import INFERENCE_ENDPOINTS
 
 FIRED_MEMORY = 50
@@ -35,7 +35,7 @@ def sensor_status() -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 
 
-def _interval() -> int:
+def sensor_interval() -> int:
     return int(os.environ.get("DRIFTLOOP_SENSOR_INTERVAL_S", "60"))
 
 
@@ -81,7 +81,7 @@ def _count_new(folder: Path, offsets: dict) -> tuple[int, dict]:
     return new, seen
 
 
-@dg.sensor(name="drift_check_on_traffic", job_name="drift_check", minimum_interval_seconds=_interval(), default_status=sensor_status(),
+@dg.sensor(name="drift_check_on_traffic", job_name="drift_check", minimum_interval_seconds=sensor_interval(), default_status=sensor_status(),
            description="Runs monitoring/drift_report every DRIFTLOOP_DRIFT_CHECK_EVERY (default 100) new served requests, and on "
                        "the requests still unchecked once traffic has paused for DRIFTLOOP_DRIFT_CHECK_IDLE_S (default 900).")
 def drift_check_on_traffic(context: dg.SensorEvaluationContext):
@@ -126,7 +126,7 @@ def config_for_job(config: dict, job: dg.JobDefinition) -> dict:
     return {**config, "ops": {name: value for name, value in ops.items() if name in job.graph.node_dict}} if ops else config
 
 
-@dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", minimum_interval_seconds=_interval(), default_status=sensor_status(),
+@dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", minimum_interval_seconds=sensor_interval(), default_status=sensor_status(),
            description="One retrain (refresh data, train, evaluate, gate, redeploy) per drifted window of live traffic.")
 def drift_retrain(context: dg.SensorEvaluationContext):
     cursor = json.loads(context.cursor) if context.cursor else {}

@@ -7,12 +7,12 @@ a daemon restart or a lost cursor never re-ingests an unchanged source, and the 
 
 import dagster as dg
 
-from driftloop.assets.data import SOURCE_DOCUMENTS, source_locations
+from assets.data import SOURCE_DOCUMENTS, source_locations
 from driftloop.data.corpus import fingerprint
-from driftloop.sensors.drift import _interval, sensor_run_config, sensor_status
+from sensors.drift import sensor_interval, sensor_run_config, sensor_status
 
 
-@dg.sensor(name="new_documents", job_name="refresh_index", minimum_interval_seconds=_interval(), default_status=sensor_status(),
+@dg.sensor(name="new_documents", job_name="refresh_index", minimum_interval_seconds=sensor_interval(), default_status=sensor_status(),
            description="Incremental ingest, embedding, index refresh and redeploy when documents are added or changed.")
 def new_documents(context: dg.SensorEvaluationContext):
     current = fingerprint(source_locations())

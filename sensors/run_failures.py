@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from driftloop.resources.dvc import default_data_dir
+from driftloop.layout import Layout
 
 
 @dg.run_failure_sensor(
@@ -18,7 +18,7 @@ from driftloop.resources.dvc import default_data_dir
 def record_run_failures(context: dg.RunFailureSensorContext) -> None:
     run = context.dagster_run
     error = context.failure_event.message or ""
-    alerts = default_data_dir() / "alerts"
+    alerts = Layout.from_env().alerts
     alerts.mkdir(parents=True, exist_ok=True)
     entry = {
         "at": datetime.now(UTC).isoformat(),

@@ -95,7 +95,7 @@ def corpus(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def dvc_store(tmp_path: Path):
-    from driftloop.resources.dvc import DvcStore
+    from resources.dvc import DvcStore
 
     return DvcStore(workspace_dir=str(tmp_path / "workspace"), remote_url=str(tmp_path / "remote"))
 
@@ -138,9 +138,9 @@ def tiny_llama(tmp_path_factory) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from driftloop.models.generator import PACKAGED_GGUF, _packaged_gguf
+    from driftloop.models.generator import PACKAGED_GGUF, packaged_gguf
 
-    gguf = _packaged_gguf(next(iter(PACKAGED_GGUF)))
+    gguf = packaged_gguf(next(iter(PACKAGED_GGUF)))
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from driftloop.serving.supervisor.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-7f3a"
 
@@ -31,7 +33,7 @@ def make_bundle(root: Path, tiny_llama: str, tiny_embedding_model: str, extra_te
 
     from conftest import prose
     from driftloop.models.embedding import load_embedder
-    from driftloop.models.generator import _weights_hash
+    from driftloop.models.generator import weights_hash
     from driftloop.registry import AdapterRegistry
     from driftloop.retrieval.store import RetrievalStore
     from driftloop.serving.bundle import build_bundle
@@ -49,15 +51,9 @@ def make_bundle(root: Path, tiny_llama: str, tiny_embedding_model: str, extra_te
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     peft_model.save_pretrained(root / "adapter")
     adapter = AdapterRegistry(root / "registry").publish(root / "adapter", {"note": "serving test"})
-    base = {"name": "tiny-llama", "path": tiny_llama, "version": _weights_hash(Path(tiny_llama))}
+    base = {"name": "tiny-llama", "path": tiny_llama, "version": weights_hash(Path(tiny_llama))}
     return build_bundle(root / "bundles", base_model=base, adapter=adapter.path, adapter_version=adapter.version, index_folder=index_folder,
                         embedding_model=tiny_embedding_model, prompt_version="rag.v1", settings={"embedding_precision": "fp32", "max_input_chars": 2000})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_port_pair() -> int:
@@ -146,12 +142,12 @@ def build_tiny_models(folder: Path) -> tuple[str, str]:
     from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
     from driftloop.models.embedding import resolve_embedding_model
-    from driftloop.models.generator import PACKAGED_GGUF, _packaged_gguf
+    from driftloop.models.generator import PACKAGED_GGUF, packaged_gguf
 
     folder = Path(folder)
     llama, raw, st = folder / "tiny-llama", folder / "tiny-bert-raw", folder / "tiny-st"
     if not (llama / "config.json").is_file():
-        gguf = _packaged_gguf(next(iter(PACKAGED_GGUF)))
+        gguf = packaged_gguf(next(iter(PACKAGED_GGUF)))
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         torch.manual_seed(0)
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -54,7 +54,7 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
     env = {**os.environ, "DRIFTLOOP_PROFILE_FILE": str(profile), "DRIFTLOOP_SOURCE_DIR": str(corpus), "DRIFTLOOP_WARMUP_REQUESTS": "2"}
     env.pop("DRIFTLOOP_PROFILE", None)
     demo = subprocess.run(
-        [sys.executable, "-m", "driftloop.orchestration.drift_demo", "--home", str(home), "--port", str(port), "--ui-port", str(ui_port),
+        [sys.executable, "-m", "orchestration.drift_demo", "--home", str(home), "--port", str(port), "--ui-port", str(ui_port),
          "--traffic", "40", "--train-steps", "16", "--eval-questions", "12", "--run-config", str(run_config), "--timeout", "900", "--sensor-interval", "5"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700,
     )
@@ -106,7 +106,7 @@ def _broken_copy_fails_the_same_gate(home: Path, env: dict, champion: str) -> No
     config = json.loads((home / "retrain.yaml").read_text())["ops"]["evaluation__eval_report"]["config"]
     run_config = {"ops": {"evaluation__eval_report": {"config": {**config, "challenger_version": broken}}}}
     evaluated = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-f", "orchestration/definitions.py",
+        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
          "--select", "evaluation/eval_report,evaluation/champion", "--config-json", json.dumps(run_config)],
         cwd=ROOT, env={**env, "DRIFTLOOP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")},
         capture_output=True, text=True, timeout=600)

@@ -14,8 +14,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from driftloop.assets.data import QA_PAIRS, data_assets, data_checks
-from driftloop.assets.retrieval import VECTOR_INDEX, retrieval_assets
+from assets.data import QA_PAIRS, data_assets, data_checks
+from assets.retrieval import VECTOR_INDEX, retrieval_assets
 from driftloop.data.corpus import SUPPORTED_SUFFIXES
 from driftloop.data.qa import normalized_question
 from driftloop.data.records import read_jsonl

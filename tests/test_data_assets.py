@@ -5,11 +5,10 @@ import json
 import shutil
 
 import dagster as dg
-import pytest
 
 from conftest import BAD_DATA_REASONS, bad_data_lines
 
-from driftloop.assets.data import (
+from assets.data import (
     INSTRUCTION_DATASET,
     QA_PAIRS,
     SOURCE_DOCUMENTS,

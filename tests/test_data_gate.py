@@ -9,9 +9,9 @@ import shutil
 import dagster as dg
 import pytest
 
-from driftloop.assets.data import SOURCE_DOCUMENTS
-from driftloop.assets.training import BASE_MODEL
-from driftloop.resources.dvc import DvcStore, DvcVersion
+from assets.data import SOURCE_DOCUMENTS
+from assets.training import BASE_MODEL
+from resources.dvc import DvcStore, DvcVersion
 from test_evaluation_assets import ALL, champion_state, run, tiny_resources
 
 

@@ -4,7 +4,7 @@ import json
 
 import dagster as dg
 
-from driftloop.orchestration.definitions import defs
+from orchestration.definitions import defs
 
 EXPECTED_ASSETS = {
     "data/source_documents": "data",

@@ -10,7 +10,7 @@ import pytest
 from conftest import prose
 from test_data_assets import materialization, run_stage
 
-from driftloop.assets.data import QA_PAIRS, SOURCE_DOCUMENTS
+from assets.data import QA_PAIRS, SOURCE_DOCUMENTS
 from driftloop.data.corpus import ingest
 from driftloop.data.qa import derive, normalized_question
 from driftloop.data.records import read_jsonl

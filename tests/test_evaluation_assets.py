@@ -13,15 +13,15 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
 from conftest import BAD_DATA_REASONS, bad_data_lines
-from driftloop.assets.data import QA_PAIRS, data_assets, data_checks
-from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, GATE, eval_split_power, evaluation_assets, evaluation_checks
-from driftloop.assets.retrieval import retrieval_assets
-from driftloop.assets.training import LORA_ADAPTER, training_assets
+from assets.data import QA_PAIRS, data_assets, data_checks
+from assets.evaluation import CHAMPION, EVAL_REPORT, GATE, eval_split_power, evaluation_assets, evaluation_checks
+from assets.retrieval import retrieval_assets
+from assets.training import LORA_ADAPTER, training_assets
 from driftloop.evaluation.metrics import EvaluationError, eval_items
-from driftloop.orchestration.schedules import weekly_retrain
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.registry import ModelRegistry
-from driftloop.resources.vector_store import VectorStore
+from orchestration.schedules import weekly_retrain
+from resources.models import ModelCatalog
+from resources.registry import ModelRegistry
+from resources.vector_store import VectorStore
 
 ALL = [*data_assets, *data_checks, *retrieval_assets, *training_assets, *evaluation_assets, *evaluation_checks]
 # Random tiny models answer nonsense, so the floors are off here; the rule under test is
@@ -45,7 +45,7 @@ def tiny_resources(tmp_path, dvc_store, tiny_llama, tiny_embedding_model) -> tup
 def champion_state(folder: Path) -> tuple[dict, dict[str, bytes]]:
     """An adapter folder as a test compares it: its manifest checked against the files, and
     every file's bytes."""
-    from driftloop.retrieval.artifacts import verify
+    from driftloop.artifacts import verify
 
     return verify(folder), {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
@@ -200,7 +200,7 @@ def test_bad_data_never_reaches_training_and_the_champion_is_unchanged(corpus, d
     the instruction dataset training reads is byte-identical. Then a source mostly bad:
     the run fails at the data stage, nothing downstream starts, and the champion, its
     files, the promotion history and the last good datasets are all as they were."""
-    from driftloop.assets.data import INSTRUCTION_DATASET, SOURCE_DOCUMENTS
+    from assets.data import INSTRUCTION_DATASET, SOURCE_DOCUMENTS
     from driftloop.data.records import read_jsonl
     from driftloop.serving.requestlog import RequestLog, default_root
 

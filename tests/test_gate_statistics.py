@@ -109,7 +109,7 @@ def test_sample_size_and_a_split_too_small_are_stated():
 
 
 def test_the_eval_config_refuses_a_gate_that_cannot_conclude():
-    from driftloop.assets.evaluation import EvalReportConfig
+    from assets.evaluation import EvalReportConfig
 
     with pytest.raises(ValueError, match=r"max_questions \(8\) is below min_questions \(16\)"):
         EvalReportConfig(max_questions=8)

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from driftloop.serving.supervisor.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def graphql(port: int, query: str) -> dict:
@@ -73,7 +68,7 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
             f"  serving__deployment:\n    config:\n      port: {serve_port}\n"
         )
         run = subprocess.run(
-            [str(BIN / "dagster"), "job", "execute", "-f", "orchestration/definitions.py", "-j", "driftloop_pipeline", "-c", str(run_config)],
+            [str(BIN / "dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "driftloop_pipeline", "-c", str(run_config)],
             cwd=ROOT, env=instance_env, capture_output=True, text=True, timeout=1080,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -120,7 +115,7 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
             assert time.time() < deadline, f"daemons unhealthy: {required}"
             time.sleep(3)
     finally:
-        from driftloop.serving.supervisor import SupervisorClient
+        from driftloop.serving.supervisor.client import SupervisorClient
 
         supervisor = SupervisorClient(f"http://127.0.0.1:{serve_port + 1}")
         if supervisor.alive():

@@ -17,9 +17,9 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import UserDefinedDagsterK8sConfig, get_user_defined_k8s_config
 from kubernetes.client import ApiClient, V1Deployment, V1Job, V1Service
 
-from driftloop.orchestration.definitions import build_defs, defs as local_defs
-from driftloop.orchestration.profile import DEFAULT_PRODUCTION_FILE, ProfileError, load_profile
-from driftloop.resources.registry import ModelRegistry
+from orchestration.definitions import build_defs, defs as local_defs
+from orchestration.profile import DEFAULT_PRODUCTION_FILE, ProfileError, load_profile
+from resources.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_OPS = {"training__lora_adapter", "evaluation__eval_report", "retrieval__embeddings"}
@@ -204,7 +204,7 @@ def test_schedule_tick(prod_defs, instance, launcher, executor_config):
 
 
 def test_sensor_run_request(prod_defs, instance, launcher, executor_config):
-    from driftloop.assets.monitoring import DRIFT_REPORT
+    from assets.monitoring import DRIFT_REPORT
 
     instance.report_runless_asset_event(dg.AssetMaterialization(DRIFT_REPORT, metadata={
         "enough_data": True, "drifted": True, "window_start": "2026-11-20T00:00:00+00:00", "reasons": ["mmd"], "summary": "drifted"}))
@@ -231,7 +231,7 @@ def test_ui_materialization_and_backfill_use_the_implicit_asset_job(prod_defs, i
 
 
 def test_automation_requests_run_with_the_same_pods(prod_defs, instance, launcher, executor_config):
-    from driftloop.assets.evaluation import CHAMPION, EVAL_REPORT, GATE
+    from assets.evaluation import CHAMPION, EVAL_REPORT, GATE
 
     # Eager automation reacts to an update since its previous tick: one tick before the report, one after.
     selection = dg.AssetSelection.assets(CHAMPION)

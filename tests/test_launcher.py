@@ -15,7 +15,7 @@ import pytest
 from dagster._core.events import EngineEventData
 from dagster._core.launcher import WorkerStatus
 
-from driftloop.orchestration.launcher import LocalRunLauncher, worker_health
+from orchestration.launcher import LocalRunLauncher, worker_health
 
 REPO = Path(__file__).resolve().parents[1]
 

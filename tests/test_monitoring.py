@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from driftloop.assets.data import SOURCE_DOCUMENTS, data_assets, data_checks
-from driftloop.assets.monitoring import drift_report, inference_log
-from driftloop.resources.models import ModelCatalog
+from assets.data import SOURCE_DOCUMENTS, data_assets, data_checks
+from assets.monitoring import drift_report, inference_log
+from resources.models import ModelCatalog
 from driftloop.serving.requestlog import RequestLog
-from driftloop.sensors.drift import drift_check_on_traffic, drift_retrain
-from driftloop.sensors.new_documents import new_documents
+from sensors.drift import drift_check_on_traffic, drift_retrain
+from sensors.new_documents import new_documents
 
 NEW_TOPIC = ("kubernetes pod eviction quota scheduler taint toleration ingress helm chart namespace volume claim "
              "replica autoscaler sidecar daemonset cronjob secret configmap node affinity").split()

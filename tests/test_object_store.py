@@ -10,10 +10,10 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from driftloop.resources.dvc import DvcStore
-from driftloop.resources.registry import ModelRegistry
-from driftloop.resources.vector_store import VectorStore
-from driftloop.retrieval.artifacts import verify
+from resources.dvc import DvcStore
+from resources.registry import ModelRegistry
+from resources.vector_store import VectorStore
+from driftloop.artifacts import verify
 from driftloop.storage import push
 
 BUCKET = "driftloop-test"

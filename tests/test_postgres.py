@@ -8,7 +8,6 @@ Without PostgreSQL binaries the test is skipped, unless DRIFTLOOP_REQUIRE_POSTGR
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+
+from driftloop.serving.supervisor.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PG_USER = "driftloop-pg"
@@ -43,12 +44,6 @@ def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", PG_USER, "--", *command]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres():
     bin_dir = postgres_bin_dir()
@@ -65,7 +60,7 @@ def postgres():
         _as_server_user(["true"])
         shutil.chown(root, PG_USER)
         shutil.chown(pwfile, PG_USER)
-    port = _free_port()
+    port = free_port()
     try:
         subprocess.run(_as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-U", "dagster", "--pwfile", str(pwfile),
                                         "--auth", "scram-sha-256", "-E", "UTF8", "--locale", "C", "--no-sync"]),

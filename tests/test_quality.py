@@ -1,5 +1,6 @@
 from driftloop.data.qa import derive_qa_pairs, question_for
-from driftloop.data.quality import find_pii, near_duplicates
+from driftloop.data.quality import near_duplicates
+from driftloop.pii import find_pii
 from driftloop.data.records import Document
 
 

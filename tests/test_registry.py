@@ -5,7 +5,7 @@ import json
 import pytest
 
 from driftloop.registry import AdapterRegistry, PromotionError
-from driftloop.orchestration.cli import main as cli
+from orchestration.cli import main as cli
 
 
 def _adapter(folder, seed: int):
@@ -53,7 +53,7 @@ def test_history_records_every_change_and_rollback_restores_earlier_champions(re
 
 
 def test_one_command_rollback_moves_the_alias_then_deploys(registry, monkeypatch, capsys):
-    from driftloop.orchestration.cli import rollback
+    from orchestration.cli import rollback
 
     reg, (a, b, _) = registry
     reg.promote(a, {"rouge": 0.5}, {}, gate={"passed": True})
@@ -92,7 +92,7 @@ def _current_index(tiny_embedding_model: str) -> None:
 
     from conftest import prose
     from driftloop.models.embedding import load_embedder
-    from driftloop.resources.vector_store import VectorStore
+    from resources.vector_store import VectorStore
 
     rng = random.Random(0)
     texts = [f"Section {i}. " + prose(rng, 2) for i in range(8)]
@@ -119,9 +119,9 @@ def test_rollback_builds_the_restored_champion_and_switches_the_stable_port(tmp_
 
     import yaml
 
-    from driftloop.resources.registry import ModelRegistry
-    from driftloop.serving.serve import deploy_champion
-    from driftloop.serving.supervisor import SupervisorClient
+    from resources.registry import ModelRegistry
+    from orchestration.serve import deploy_champion
+    from driftloop.serving.supervisor.client import SupervisorClient
     from serving_helpers import KEY, ROOT, call, free_port_pair
 
     dagster_home = tmp_path / "dagster_home"

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from driftloop.assets.data import data_assets, data_checks
-from driftloop.assets.retrieval import EMBEDDINGS, VECTOR_INDEX, retrieval_assets
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.vector_store import VectorStore
+from assets.data import data_assets, data_checks
+from assets.retrieval import EMBEDDINGS, VECTOR_INDEX, retrieval_assets
+from resources.models import ModelCatalog
+from resources.vector_store import VectorStore
 
 
 def run(corpus, dvc_store, catalog, vector_store, select=None, **index_config):

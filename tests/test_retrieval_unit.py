@@ -1,13 +1,12 @@
 """Chunking, the embedding cache, index artifacts and retrieval metrics, without Dagster."""
 
-import json
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 from driftloop.models.embedding import load_embedder, resolve_embedding_model
-from driftloop.retrieval.artifacts import ArtifactError
+from driftloop.artifacts import ArtifactError
 from driftloop.retrieval.chunking import chunk_document
 from driftloop.retrieval.index import VectorIndex, choose_spec
 from driftloop.retrieval.quality import relevant_sets, retrieval_metrics

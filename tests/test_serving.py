@@ -142,7 +142,8 @@ def test_bento_build_deploy_and_redeploy_under_load(service, tiny_llama, tiny_em
 
     from driftloop.serving.bento import build_bento, serve_command, serve_env
     from driftloop.serving.bundle import build_bundle
-    from driftloop.serving.supervisor import ensure_supervisor, free_port as spare_port
+    from driftloop.serving.supervisor.client import ensure_supervisor
+    from driftloop.serving.supervisor.processes import free_port
 
     root, bundle = service["root"], service["bundle"]
     tag = build_bento(bundle, root)
@@ -153,11 +154,11 @@ def test_bento_build_deploy_and_redeploy_under_load(service, tiny_llama, tiny_em
     other = build_bento(base_only, root)
     assert other != tag and base_only.model_version.startswith("base:")
 
-    port = spare_port()
-    supervisor = ensure_supervisor(port, spare_port(), root / "supervisor")
+    port = free_port()
+    supervisor = ensure_supervisor(port, free_port(), root / "supervisor")
     env = serve_env(root, {"DRIFTLOOP_API_KEY": KEY})
     try:
-        backend = spare_port()
+        backend = free_port()
         assert supervisor.deploy(tag, serve_command(tag, backend), backend, env=env, cwd=str(root))["action"] == "deployed"
         seen, failures, stop = [], [], threading.Event()
 
@@ -170,7 +171,7 @@ def test_bento_build_deploy_and_redeploy_under_load(service, tiny_llama, tiny_em
         for t in threads:
             t.start()
         time.sleep(2)
-        backend = spare_port()
+        backend = free_port()
         outcome = supervisor.deploy(other, serve_command(other, backend), backend, env=env, cwd=str(root))
         time.sleep(2)
         stop.set()

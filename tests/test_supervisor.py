@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.serving.supervisor import DeployError, SupervisorClient, ensure_supervisor, free_port
+from driftloop.serving.supervisor.client import DeployError, SupervisorClient, ensure_supervisor
+from driftloop.serving.supervisor.processes import free_port
 
 BACKEND = r'''
 import json, os, sys, time
@@ -284,7 +285,7 @@ def test_failed_deploy_keeps_the_active_backend(sup):
     with pytest.raises(DeployError, match="another process is listening"):
         sup.client.deploy("squatter", sup.command("squatter", sup.port), sup.port)
 
-    audit = [json.loads(line) for line in (sup.state_dir / "deployments.jsonl").read_text().splitlines()]
+    audit = [json.loads(line) for line in (sup.state_dir / "events.jsonl").read_text().splitlines()]
     failed_names = [entry["name"] for entry in audit if entry["action"] == "failed"]
     assert failed_names == ["broken", "slow", "squatter"]
     assert "weights file is missing" in audit[1]["error"] and audit[1]["previous"] == "A"

@@ -4,10 +4,10 @@ import json
 
 import dagster as dg
 
-from driftloop.assets.data import data_assets
-from driftloop.assets.training import LORA_ADAPTER, training_assets
-from driftloop.resources.models import ModelCatalog
-from driftloop.resources.registry import ModelRegistry
+from assets.data import data_assets
+from assets.training import LORA_ADAPTER, training_assets
+from resources.models import ModelCatalog
+from resources.registry import ModelRegistry
 
 
 def run(corpus, dvc_store, catalog, registry, **train):

@@ -65,7 +65,7 @@ def pipeline(shape: str, source: Path, home: Path, args: argparse.Namespace, por
     started = time.monotonic()
     with (home / "pipeline.log").open("wb") as log:
         try:
-            code = subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-f", "orchestration/definitions.py",
+            code = subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m", "orchestration.definitions",
                                    "-j", "driftloop_pipeline", "-c", str(config)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                   timeout=args.timeout).returncode
         except subprocess.TimeoutExpired:
@@ -111,8 +111,8 @@ def data_counts(materialized: dict) -> dict:
 
 
 def hit_at_3(questions: list[dict], home: Path) -> dict:
-    from driftloop.resources.models import ModelCatalog
-    from driftloop.resources.vector_store import VectorStore
+    from resources.models import ModelCatalog
+    from resources.vector_store import VectorStore
     from driftloop.retrieval.index import VectorIndex
 
     store = VectorStore().store()
@@ -160,8 +160,8 @@ def one_shape(shape: str, args: argparse.Namespace) -> dict:
         code, seconds = pipeline(shape, source, home, args, port)
     import dagster as dg
 
-    from driftloop.resources.registry import ModelRegistry
-    from driftloop.serving.supervisor import SupervisorClient
+    from resources.registry import ModelRegistry
+    from driftloop.serving.supervisor.client import SupervisorClient
 
     with dg.DagsterInstance.get() as instance:
         events = lineage(instance)

@@ -7,7 +7,6 @@ nothing is skipped silently, so a smaller dataset always has an explanation.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 

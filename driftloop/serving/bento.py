@@ -11,12 +11,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from importlib.resources import files
 from pathlib import Path
 
+from driftloop.layout import Layout
 from driftloop.serving.bundle import Bundle
 
 BENTO_NAME = "driftloop"
-SERVICE_FILE = Path(__file__).resolve().parents[2] / "bento" / "service.py"
+# The service module ships as the `bento` package; read as package data, so a wheel builds it too.
+SERVICE_FILE = files("bento") / "service.py"
 
 
 class BuildError(RuntimeError):
@@ -24,7 +27,7 @@ class BuildError(RuntimeError):
 
 
 def bentoml_home(home: Path) -> Path:
-    return Path(os.environ.get("BENTOML_HOME") or home / "artifacts" / "bentoml")
+    return Layout.at(home).bentoml
 
 
 def _env(home: Path) -> dict:
@@ -49,7 +52,7 @@ def build_bento(bundle: Bundle, home: Path, gpus: int = 0) -> str:
         return tag
     context = Path(tempfile.mkdtemp(prefix="bento-build-"))
     try:
-        shutil.copy2(SERVICE_FILE, context / "service.py")
+        (context / "service.py").write_bytes(SERVICE_FILE.read_bytes())
         shutil.copytree(bundle.folder, context / "bundle")
         bentofile = {
             "service": "service:DriftloopRAG",

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftloop.retrieval.artifacts import ArtifactError, publish_folder, staging_dir, verify
+from driftloop.artifacts import ArtifactError, publish_folder, staging_dir, verify
 
 SERVING_FILE = "serving.json"
 

@@ -17,13 +17,13 @@ class BundleMismatch(RuntimeError):
 
 
 def check_base_model(bundle: Bundle) -> str:
-    from driftloop.models.generator import _weights_hash
+    from driftloop.models.generator import weights_hash
 
     base = bundle.spec["base_model"]
     path = Path(base["path"])
     if not (path / "config.json").is_file():
         raise BundleMismatch(f"base model {base['name']} is not at {path}; build the bento on this machine or mount the model there")
-    found = _weights_hash(path)
+    found = weights_hash(path)
     if found != base["version"]:
         raise BundleMismatch(f"base model at {path} has weights {found}, the bundle was built on {base['version']}")
     return str(path)

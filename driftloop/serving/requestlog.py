@@ -25,8 +25,9 @@ __all__ = ["RequestLog", "default_root", "new_request_id", "read_partition"]
 def default_root() -> Path:
     """Where the service writes and the monitoring stage reads: DRIFTLOOP_REQUEST_LOG, else
     <DRIFTLOOP_HOME>/data/serving."""
-    home = Path(os.environ.get("DRIFTLOOP_HOME") or Path.cwd())
-    return Path(os.environ.get("DRIFTLOOP_REQUEST_LOG") or home / "data" / "serving")
+    from driftloop.layout import Layout
+
+    return Layout.from_env().request_log
 
 
 class RequestLog:

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from driftloop.atomic import fsync_dir, write_json
+
 
 class ArtifactError(RuntimeError):
     """An artifact is missing, incomplete or corrupt."""
@@ -25,14 +27,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish_folder(staging: Path, target: Path, manifest: dict) -> Path:
@@ -48,7 +42,7 @@ def publish_folder(staging: Path, target: Path, manifest: dict) -> Path:
         shutil.rmtree(staging)
         return target
     os.replace(staging, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
@@ -73,13 +67,7 @@ def verify(folder: Path) -> dict:
 
 def write_pointer(path: Path, payload: dict) -> None:
     """Atomically repoint a `current.json` at a version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".pointer-", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_json(path, payload)
 
 
 def read_pointer(path: Path) -> dict | None:

@@ -10,9 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from driftloop.serving.supervisor import SupervisorClient
-
-ROOT = Path(__file__).resolve().parents[2]
+from driftloop.serving.supervisor.client import SupervisorClient
 
 
 def default_port() -> int:
@@ -23,8 +21,8 @@ def deploy_champion(port: int) -> int:
     """Build the registry's champion into a bento (a no-op when it exists) and deploy it on
     `port`, through Dagster, so both are recorded in the lineage like any other run."""
     config = json.dumps({"ops": {"serving__deployment": {"config": {"port": port}}}})
-    return subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-f", "orchestration/definitions.py",
-                           "--select", "serving/bento,serving/deployment", "--config-json", config], cwd=ROOT).returncode
+    return subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
+                           "--select", "serving/bento,serving/deployment", "--config-json", config]).returncode
 
 
 def main() -> int:
