@@ -169,5 +169,7 @@ def test_reciprocal_rank_fusion():
 
     # 7, second in both lists, beats 1 and 9, each first in one only; their tie goes to the first list.
     assert reciprocal_rank_fusion([[1, 7, 3], [9, 7, 5]], k=3) == [7, 1, 9]
+    # Equal sums: the id the first list ranks higher comes first.
+    assert reciprocal_rank_fusion([[1, 2], [2, 1]], k=2) == [1, 2]
     assert reciprocal_rank_fusion([[4, -1], []], k=3) == [4]
     assert pad([[4], [2, 3]], 3).tolist() == [[4, -1, -1], [2, 3, -1]]

@@ -61,7 +61,9 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], k: int, constant: 
             if idx >= 0:
                 fused[idx] = fused.get(idx, 0.0) + 1.0 / (constant + rank)
     # Ties go to the earlier ranking's order (dense first), so the result is deterministic.
-    order = {idx: n for n, idx in enumerate(i for ranking in rankings for i in ranking)}
+    order: dict[int, int] = {}
+    for idx in (i for ranking in rankings for i in ranking):
+        order.setdefault(idx, len(order))
     return sorted(fused, key=lambda idx: (-fused[idx], order[idx]))[:k]
 
 
