@@ -5,7 +5,7 @@ name, an option, an error message. Manuals whose pages share headings (Synopsis,
 Notes, Examples) need both: a small embedding model puts every page's "Notes" near
 each other, while the page's own name, rare in the corpus, is what BM25 ranks on.
 Measured on six corpora (BENCHMARKS.md, "Hybrid retrieval"), fusing the two lifted
-recall@5 of the derived questions from 0.756 to 0.897 pooled (man pages 0.547 to 0.747).
+recall@5 of the derived questions from 0.756 to 0.895 pooled (man pages 0.547 to 0.747).
 
 BM25 is bm25s (Lucene's scoring, k1=1.5, b=0.75, sparse matrices in numpy, saved as
 plain files the index manifest checks); fusion is reciprocal rank fusion (Cormack,
