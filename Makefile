@@ -33,14 +33,14 @@ pipeline: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster job execute -m orchestration.definitions -j driftloop_pipeline
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m orchestration.demo
+	$(BIN)/python -m cli.demo
 
 serve: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m orchestration.serve
+	$(BIN)/python -m cli.serve
 
 # The closed loop, unattended, in .drift-demo/: drift and new documents retrain and redeploy.
 drift-demo: install
-	$(BIN)/python -m orchestration.drift_demo $(ARGS)
+	$(BIN)/python -m cli.drift_demo $(ARGS)
 
 # The previous champion (or TO=<version>) made champion again and deployed.
 rollback: install $(DAGSTER_HOME)/dagster.yaml

@@ -3,7 +3,6 @@ by Great Expectations, quarantined row by row, and versioned with DVC."""
 
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -28,6 +27,7 @@ from driftloop.data.suites import (
 )
 from driftloop.data.validation import DatasetError, run_suite, screen
 from driftloop.prompts import load_prompt
+from driftloop.settings import Settings
 from resources.dvc import DvcStore
 
 SOURCE_DOCUMENTS = dg.AssetKey(["data", "source_documents"])
@@ -76,11 +76,12 @@ class InstructionDatasetConfig(dg.Config):
     max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
 
 
-def source_locations(source: str | None = None, inbox: str | None = None) -> list[str]:
-    """The source and the inbox as run config, the environment or the defaults name them."""
+def source_locations(source: str | None = None, inbox: str | None = None, settings: Settings | None = None) -> list[str]:
+    """The source and the inbox as run config, the settings or the defaults name them."""
     from driftloop.layout import Layout
 
-    return [resolve_source(source, os.environ.get("DRIFTLOOP_SOURCE_DIR")), inbox or str(Layout.from_env().inbox)]
+    settings = settings or Settings.from_env()
+    return [resolve_source(source, settings.source_dir), inbox or str(Layout.from_env().inbox)]
 
 
 def _feedback_examples(prompt) -> list[dict]:

@@ -90,9 +90,11 @@ def main() -> int:
 
     from bench.common import machine
     from assets.monitoring import INFERENCE_LOG
-    from orchestration.definitions import defs
-    from resources.registry import ModelRegistry
     from driftloop.serving.supervisor.client import SupervisorClient
+    from orchestration.definitions import defs as load_defs
+    from resources.registry import ModelRegistry
+
+    defs = load_defs()
 
     registry = ModelRegistry().registry()
     champion = registry.champion()
@@ -110,13 +112,13 @@ def main() -> int:
 
     client = SupervisorClient(f"http://127.0.0.1:{args.port + 1}")
     try:
-        materialize("serving/bento,serving/deployment", {"ops": {"serving__deployment": {"config": {"port": args.port}}}})
+        materialize("serving/bento,serving/deployment", {"resources": {"deployer": {"config": {"port": args.port}}}})
         phase(args.port, questions[: args.clients], args.clients, args.max_new_tokens)  # warm-up, not counted
         alone = phase(args.port, questions, args.clients, args.max_new_tokens)
         print(f"without a shadow: {alone}", flush=True)
 
         started = datetime.now(UTC)
-        materialize("serving/shadow", {"ops": {"serving__shadow": {"config": {"port": args.port, "challenger_version": challenger}}}})
+        materialize("serving/shadow", {"ops": {"serving__shadow": {"config": {"challenger_version": challenger}}}})
         shadow_ready_s = round((datetime.now(UTC) - started).total_seconds(), 1)
         shadowed = phase(args.port, questions, args.clients, args.max_new_tokens)
         print(f"with {challenger} shadowing (ready after {shadow_ready_s} s): {shadowed}", flush=True)
@@ -128,7 +130,7 @@ def main() -> int:
             if mirror.get("in_flight", 0) == 0:
                 break
             time.sleep(1)
-        materialize("serving/shadow", {"ops": {"serving__shadow": {"config": {"port": args.port, "stop": True}}}})
+        materialize("serving/shadow", {"ops": {"serving__shadow": {"config": {"stop": True}}}})
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         materialize("monitoring/inference_log", partition=day)
         event = dg.DagsterInstance.get().get_latest_materialization_event(INFERENCE_LOG)

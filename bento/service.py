@@ -6,6 +6,11 @@ behind a batchable API, so concurrent requests are batched adaptively; `Driftloo
 is the public face (guardrails, retrieval with the embedding model and the index, the
 request log, API keys) and calls `Models` through a dependency. It serves the bundle in
 DRIFTLOOP_BUNDLE, or the one packed beside this file when built as a bento.
+
+BentoML imports this module only to start the service, and its decorators need the
+service's resources and admission limit when the classes are declared: so the service's
+settings are read here, once, into `SETTINGS` (driftloop/settings.py), and every part of
+the service takes its values from that object.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,25 +40,26 @@ from driftloop.serving.guardrails import GuardrailSettings, Guardrails, Guardrai
 from driftloop.serving.requestlog import RequestLog, default_root, new_request_id  # noqa: E402
 from driftloop.serving.shadow import request_id_from  # noqa: E402
 from driftloop.serving.traffic import release_request_timers  # noqa: E402
+from driftloop.settings import ServiceSettings  # noqa: E402
 
 release_request_timers()
+SETTINGS = ServiceSettings.from_env()
 
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
 
 
 def _bundle_dir() -> Path:
-    return Path(os.environ.get("DRIFTLOOP_BUNDLE") or Path(__file__).resolve().parent / "bundle")
+    return Path(SETTINGS.bundle or Path(__file__).resolve().parent / "bundle")
 
 
 def _device() -> str:
     from driftloop.models.hardware import resolve_device
 
-    return resolve_device(os.environ.get("DRIFTLOOP_SERVE_DEVICE", "auto"))
+    return resolve_device(SETTINGS.serve_device)
 
 
 def _resources() -> dict:
-    gpus = int(os.environ.get("DRIFTLOOP_SERVE_GPUS", "0"))
-    return {"gpu": gpus} if gpus else {"cpu": os.environ.get("DRIFTLOOP_SERVE_CPUS", "2")}
+    return {"gpu": SETTINGS.serve_gpus} if SETTINGS.serve_gpus else {"cpu": str(SETTINGS.serve_cpus)}
 
 
 latency_hist = bentoml.metrics.Histogram(name="driftloop_request_seconds", documentation="End-to-end latency per endpoint",
@@ -89,11 +94,9 @@ class Models:
         from driftloop.serving.engine import Generation
 
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        self.generation = self._lane.submit(lambda: Generation(load_bundle(_bundle_dir()), _device())).result()
-        self.batcher = Batcher(self._generate, self._lane, max_batch=int(os.environ.get("DRIFTLOOP_MAX_BATCH", "8")),
-                               max_queue=int(os.environ.get("DRIFTLOOP_MAX_QUEUE", "64")),
-                               max_wait_s=float(os.environ.get("DRIFTLOOP_MAX_QUEUE_WAIT_S", "120")),
-                               window_s=float(os.environ.get("DRIFTLOOP_BATCH_WINDOW_MS", "10")) / 1000)
+        self.generation = self._lane.submit(lambda: Generation(load_bundle(_bundle_dir()), _device(), SETTINGS.serve_precision)).result()
+        self.batcher = Batcher(self._generate, self._lane, max_batch=SETTINGS.max_batch, max_queue=SETTINGS.max_queue,
+                               max_wait_s=SETTINGS.max_queue_wait_s, window_s=SETTINGS.batch_window_ms / 1000)
 
     @bentoml.api
     async def generate(self, prompt: str, max_new_tokens: int = 64) -> dict:
@@ -195,7 +198,7 @@ async def chat_completions(request: Request):
 openai_app = Starlette(routes=[Route("/models", list_models, methods=["GET"]), Route("/chat/completions", chat_completions, methods=["POST"])])
 
 
-@bentoml.service(name="driftloop-rag", traffic={"timeout": 300, "max_concurrency": int(os.environ.get("DRIFTLOOP_MAX_CONCURRENCY", "64"))})
+@bentoml.service(name="driftloop-rag", traffic={"timeout": 300, "max_concurrency": SETTINGS.max_concurrency})
 @bentoml.asgi_app(openai_app, path="/v1")
 class DriftloopRAG:
     models = bentoml.depends(Models)
@@ -211,10 +214,11 @@ class DriftloopRAG:
         # scan logs for); unset, each process draws its own.
         self.guardrails = Guardrails(GuardrailSettings(max_input_chars=int(settings.get("max_input_chars", 4000)),
                                                        max_input_tokens=int(settings.get("max_input_tokens", 1024)),
-                                                       canary=os.environ.get("DRIFTLOOP_CANARY", "")),
+                                                       canary=SETTINGS.canary),
                                      count_tokens=lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-        self.log = RequestLog(default_root(), float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_PROMPT", settings.get("price_per_1k_prompt", 0.0))),
-                              float(os.environ.get("DRIFTLOOP_PRICE_PER_1K_COMPLETION", settings.get("price_per_1k_completion", 0.0))))
+        prompt_price, completion_price = SETTINGS.price_per_1k_prompt, SETTINGS.price_per_1k_completion
+        self.log = RequestLog(default_root(), settings.get("price_per_1k_prompt", 0.0) if prompt_price is None else prompt_price,
+                              settings.get("price_per_1k_completion", 0.0) if completion_price is None else completion_price)
         self.model_names = [self.bundle.model_version, "driftloop"]
         # Retrieval lives here, beside the guardrails, not in the generator's process: a
         # question's embedding and search take milliseconds on one thread, and here they
@@ -223,11 +227,11 @@ class DriftloopRAG:
 
         from driftloop.serving.engine import Retrieval
 
-        torch.set_num_threads(int(os.environ.get("DRIFTLOOP_RETRIEVAL_THREADS", "1")))
+        torch.set_num_threads(SETTINGS.retrieval_threads)
         self.retrieval = Retrieval(self.bundle, _device())
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
         # A shadow answers copies of live requests: logged for comparison, seen by nobody.
-        self.role = os.environ.get("DRIFTLOOP_ROLE", "primary")
+        self.role = SETTINGS.role
         self.started = int(time.time())
 
     async def __is_ready__(self) -> bool:
@@ -243,7 +247,7 @@ class DriftloopRAG:
             return False
         warming = getattr(self, "_warming", None)
         if warming is None:
-            self._warming = asyncio.ensure_future(self._warm_up(int(os.environ.get("DRIFTLOOP_WARMUP_REQUESTS", "12"))))
+            self._warming = asyncio.ensure_future(self._warm_up(SETTINGS.warmup_requests))
             return False
         if not warming.done():
             return False
@@ -355,4 +359,4 @@ def _status(code: int):
     return HTTPStatus(code)
 
 
-DriftloopRAG.add_asgi_middleware(ApiKeyMiddleware, api_key=os.environ.get("DRIFTLOOP_API_KEY", ""))
+DriftloopRAG.add_asgi_middleware(ApiKeyMiddleware, api_key=SETTINGS.api_key)

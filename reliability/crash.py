@@ -56,9 +56,12 @@ class CrashLab:
         self.stores: list[Path] = []
 
     # -- running jobs --------------------------------------------------------------------------
-    def config(self, **ops) -> dict:
+    def config(self, deploy_port: int | None = None, **ops) -> dict:
         store = self.project / "retrieval" / f"store-{len(self.stores)}"
-        return {"ops": ops, "resources": {"vector_store": {"config": {"root": str(store)}}}}
+        resources = {"vector_store": {"config": {"root": str(store)}}}
+        if deploy_port is not None:
+            resources["deployer"] = {"config": {"port": deploy_port, "ready_timeout_s": 300}}
+        return {"ops": ops, "resources": resources}
 
     def launch(self, job: str, run_config: dict | None = None, from_failure: str | None = None) -> subprocess.Popen:
         self.config_n += 1
@@ -285,7 +288,7 @@ class CrashLab:
     def deploy_round(self, port: int, bento: dict, window_s: float) -> dict:
         self.record_bento(bento)
         started = time.time()
-        proc = self.launch("deploy", self.config(serving__deployment={"config": {"port": port, "ready_timeout_s": 300}}))
+        proc = self.launch("deploy", self.config(deploy_port=port))
         run_id = self.newest_run("deploy", started)
         deadline = time.time() + 300
         while not self.attempts(run_id):
@@ -357,7 +360,7 @@ def run_deploy_stage(lab: CrashLab, kills: int, window_s: float = 4.0) -> tuple[
         except OSError:
             break
     lab.record_bento(bentos[0])
-    first = lab.run("deploy", lab.config(serving__deployment={"config": {"port": port, "ready_timeout_s": 300}}))
+    first = lab.run("deploy", lab.config(deploy_port=port))
     assert first["success"], first
     outcomes = []
     try:

@@ -6,7 +6,8 @@ import time
 
 import dagster as dg
 
-from sensors.drift import drift_retrain
+from driftloop.settings import Settings
+from sensors.drift import drift_sensors
 
 
 class DriftReportConfig(dg.Config):
@@ -36,9 +37,11 @@ def work(context: dg.AssetExecutionContext, config: WorkConfig) -> dg.Materializ
     return dg.MaterializeResult(metadata={"seconds": config.seconds})
 
 
-defs = dg.Definitions(
-    assets=[drift_report, work],
-    jobs=[dg.define_asset_job("write_drift_report", [drift_report]), dg.define_asset_job("retrain_and_redeploy", [work]),
-          dg.define_asset_job("long_work", [work])],
-    sensors=[drift_retrain],
-)
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[drift_report, work],
+        jobs=[dg.define_asset_job("write_drift_report", [drift_report]), dg.define_asset_job("retrain_and_redeploy", [work]),
+              dg.define_asset_job("long_work", [work])],
+        sensors=[sensor for sensor in drift_sensors(Settings.from_env()) if sensor.name == "drift_retrain"],
+    )

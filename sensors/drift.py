@@ -17,7 +17,6 @@ window.
 """
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,22 +24,14 @@ import dagster as dg
 
 from assets.monitoring import DRIFT_REPORT, log_root
 from driftloop.monitoring.traffic import INFERENCE_ENDPOINTS
+from driftloop.settings import Settings
 
 FIRED_MEMORY = 50
 
 
-def sensor_status() -> dg.DefaultSensorStatus:
+def sensor_status(settings: Settings) -> dg.DefaultSensorStatus:
     # Off until turned on (UI, or DRIFTLOOP_SENSORS=running): each fires real compute.
-    running = os.environ.get("DRIFTLOOP_SENSORS", "").lower() == "running"
-    return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
-
-
-def sensor_interval() -> int:
-    return int(os.environ.get("DRIFTLOOP_SENSOR_INTERVAL_S", "60"))
-
-
-def _cooldown_s() -> float:
-    return float(os.environ.get("DRIFTLOOP_DRIFT_RETRAIN_COOLDOWN_S", str(24 * 3600)))
+    return dg.DefaultSensorStatus.RUNNING if settings.sensors == "running" else dg.DefaultSensorStatus.STOPPED
 
 
 def _persisting(meta: dict, cooldown_s: float) -> str | None:
@@ -81,12 +72,8 @@ def _count_new(folder: Path, offsets: dict) -> tuple[int, dict]:
     return new, seen
 
 
-@dg.sensor(name="drift_check_on_traffic", job_name="drift_check", minimum_interval_seconds=sensor_interval(), default_status=sensor_status(),
-           description="Runs monitoring/drift_report every DRIFTLOOP_DRIFT_CHECK_EVERY (default 100) new served requests, and on "
-                       "the requests still unchecked once traffic has paused for DRIFTLOOP_DRIFT_CHECK_IDLE_S (default 900).")
-def drift_check_on_traffic(context: dg.SensorEvaluationContext):
-    every = int(os.environ.get("DRIFTLOOP_DRIFT_CHECK_EVERY", "100"))
-    idle_s = float(os.environ.get("DRIFTLOOP_DRIFT_CHECK_IDLE_S", "900"))
+def check_on_traffic(context: dg.SensorEvaluationContext, settings: Settings):
+    every, idle_s = settings.drift_check_every, settings.drift_check_idle_s
     cursor = json.loads(context.cursor) if context.cursor else {}
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     offsets = cursor.get("offsets", {}) if cursor.get("day") == day else {}
@@ -102,19 +89,18 @@ def drift_check_on_traffic(context: dg.SensorEvaluationContext):
         return dg.SkipReason(f"{pending} new requests since the last drift check; checking every {every}, "
                              f"or after {idle_s:g} s without new requests")
     context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": 0, "total": total, "last_new_at": last_new}))
-    return dg.RunRequest(run_key=f"drift-check-{total}", run_config=sensor_run_config(context, "drift_check"), tags={"driftloop/trigger": "traffic", "driftloop/requests_seen": str(total)})
+    return dg.RunRequest(run_key=f"drift-check-{total}", run_config=sensor_run_config(context, "drift_check", settings), tags={"driftloop/trigger": "traffic", "driftloop/requests_seen": str(total)})
 
 
-def sensor_run_config(context: dg.SensorEvaluationContext, job_name: str) -> dict:
+def sensor_run_config(context: dg.SensorEvaluationContext, job_name: str, settings: Settings) -> dict:
     """Run config for a run this code location's sensors start: DRIFTLOOP_RUN_CONFIG names
     one YAML file of per-op settings shared by every job; each job gets the ops it has
     (Dagster refuses config for ops a job lacks)."""
-    path = os.environ.get("DRIFTLOOP_RUN_CONFIG")
-    if not path:
+    if not settings.run_config:
         return {}
     import yaml
 
-    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    config = yaml.safe_load(Path(settings.run_config).read_text(encoding="utf-8")) or {}
     if context.repository_def is None:
         return config
     return config_for_job(config, context.repository_def.get_job(job_name))
@@ -126,9 +112,7 @@ def config_for_job(config: dict, job: dg.JobDefinition) -> dict:
     return {**config, "ops": {name: value for name, value in ops.items() if name in job.graph.node_dict}} if ops else config
 
 
-@dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", minimum_interval_seconds=sensor_interval(), default_status=sensor_status(),
-           description="One retrain (refresh data, train, evaluate, gate, redeploy) per drifted window of live traffic.")
-def drift_retrain(context: dg.SensorEvaluationContext):
+def retrain_on_drift(context: dg.SensorEvaluationContext, settings: Settings):
     cursor = json.loads(context.cursor) if context.cursor else {}
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=DRIFT_REPORT, after_storage_id=cursor.get("seen")), limit=100, ascending=True).records
@@ -136,7 +120,7 @@ def drift_retrain(context: dg.SensorEvaluationContext):
         return dg.SkipReason("no new drift report")
     fired = list(cursor.get("fired", []))
     requests, notes = [], []
-    cooldown_s = _cooldown_s()
+    cooldown_s = settings.drift_retrain_cooldown_s
     for record in records:
         meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
         window = meta.get("window_start", "")
@@ -152,9 +136,28 @@ def drift_retrain(context: dg.SensorEvaluationContext):
         else:
             fired.append(window)
             requests.append(dg.RunRequest(
-                run_key=f"drift-{window}", run_config=sensor_run_config(context, "retrain_and_redeploy"),
+                run_key=f"drift-{window}", run_config=sensor_run_config(context, "retrain_and_redeploy", settings),
                 tags={"driftloop/trigger": "drift", "driftloop/drift_window": window, "driftloop/drift_report_run": record.run_id,
                       "driftloop/drift_reasons": ",".join(meta.get("reasons") or [])[:200],
                       "driftloop/drift_summary": str(meta.get("summary", ""))[:500]}))
     context.update_cursor(json.dumps({"seen": records[-1].storage_id, "fired": fired[-FIRED_MEMORY:]}))
     return requests or dg.SkipReason("; ".join(notes[-3:]))
+
+
+def drift_sensors(settings: Settings) -> list[dg.SensorDefinition]:
+    """The two drift sensors with their tick interval, default status and thresholds."""
+    every = dict(minimum_interval_seconds=settings.sensor_interval_s, default_status=sensor_status(settings))
+
+    @dg.sensor(name="drift_check_on_traffic", job_name="drift_check", **every,
+               description=f"Runs monitoring/drift_report every {settings.drift_check_every} new served requests "
+                           f"(DRIFTLOOP_DRIFT_CHECK_EVERY), and on the requests still unchecked once traffic has paused for "
+                           f"{settings.drift_check_idle_s:g} s (DRIFTLOOP_DRIFT_CHECK_IDLE_S).")
+    def drift_check_on_traffic(context: dg.SensorEvaluationContext):
+        return check_on_traffic(context, settings)
+
+    @dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", **every,
+               description="One retrain (refresh data, train, evaluate, gate, redeploy) per drifted window of live traffic.")
+    def drift_retrain(context: dg.SensorEvaluationContext):
+        return retrain_on_drift(context, settings)
+
+    return [drift_check_on_traffic, drift_retrain]

@@ -9,13 +9,12 @@ import dagster as dg
 
 from assets.data import SOURCE_DOCUMENTS, source_locations
 from driftloop.data.corpus import fingerprint
-from sensors.drift import sensor_interval, sensor_run_config, sensor_status
+from driftloop.settings import Settings
+from sensors.drift import sensor_run_config, sensor_status
 
 
-@dg.sensor(name="new_documents", job_name="refresh_index", minimum_interval_seconds=sensor_interval(), default_status=sensor_status(),
-           description="Incremental ingest, embedding, index refresh and redeploy when documents are added or changed.")
-def new_documents(context: dg.SensorEvaluationContext):
-    current = fingerprint(source_locations())
+def refresh_on_new_documents(context: dg.SensorEvaluationContext, settings: Settings):
+    current = fingerprint(source_locations(settings=settings))
     event = context.instance.get_latest_materialization_event(SOURCE_DOCUMENTS)
     recorded = event.asset_materialization.metadata.get("source_fingerprint") if event and event.asset_materialization else None
     if recorded is None:
@@ -23,4 +22,15 @@ def new_documents(context: dg.SensorEvaluationContext):
         return dg.SkipReason("nothing ingested yet: the main job makes the first ingest")
     if recorded.value == current:
         return dg.SkipReason("the source is unchanged since the last ingest")
-    return dg.RunRequest(run_key=f"documents-{current}", run_config=sensor_run_config(context, "refresh_index"), tags={"driftloop/trigger": "new_documents", "driftloop/source_fingerprint": current})
+    return dg.RunRequest(run_key=f"documents-{current}", run_config=sensor_run_config(context, "refresh_index", settings),
+                         tags={"driftloop/trigger": "new_documents", "driftloop/source_fingerprint": current})
+
+
+def new_documents_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.sensor(name="new_documents", job_name="refresh_index", minimum_interval_seconds=settings.sensor_interval_s,
+               default_status=sensor_status(settings),
+               description="Incremental ingest, embedding, index refresh and redeploy when documents are added or changed.")
+    def new_documents(context: dg.SensorEvaluationContext):
+        return refresh_on_new_documents(context, settings)
+
+    return new_documents

@@ -1,6 +1,6 @@
 """The closed loop, reduced, against a real Dagster daemon and webserver and a real
 BentoML service behind the supervisor: `make drift-demo`'s own scenario
-(orchestration/drift_demo.py) on a small corpus with tiny models chosen by a profile
+(cli/drift_demo.py) on a small corpus with tiny models chosen by a profile
 file, so the code under test is the product's, end to end:
 
 in-distribution traffic retrains nothing; documents on a new topic start one index
@@ -54,7 +54,7 @@ def test_drift_and_new_documents_retrain_and_redeploy_through_the_daemon(tmp_pat
     env = {**os.environ, "DRIFTLOOP_PROFILE_FILE": str(profile), "DRIFTLOOP_SOURCE_DIR": str(corpus), "DRIFTLOOP_WARMUP_REQUESTS": "2"}
     env.pop("DRIFTLOOP_PROFILE", None)
     demo = subprocess.run(
-        [sys.executable, "-m", "orchestration.drift_demo", "--home", str(home), "--port", str(port), "--ui-port", str(ui_port),
+        [sys.executable, "-m", "cli.drift_demo", "--home", str(home), "--port", str(port), "--ui-port", str(ui_port),
          "--traffic", "40", "--train-steps", "16", "--eval-questions", "12", "--run-config", str(run_config), "--timeout", "900", "--sensor-interval", "5"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700,
     )

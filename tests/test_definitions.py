@@ -4,7 +4,9 @@ import json
 
 import dagster as dg
 
-from orchestration.definitions import defs
+from orchestration.definitions import defs as load_defs
+
+defs = load_defs()
 
 EXPECTED_ASSETS = {
     "data/source_documents": "data",

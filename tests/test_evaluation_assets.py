@@ -18,7 +18,8 @@ from assets.evaluation import CHAMPION, EVAL_REPORT, GATE, eval_split_power, eva
 from assets.retrieval import retrieval_assets
 from assets.training import LORA_ADAPTER, training_assets
 from driftloop.evaluation.metrics import EvaluationError, eval_items
-from orchestration.schedules import weekly_retrain
+from driftloop.settings import Settings
+from orchestration.schedules import build_schedules
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 from resources.vector_store import VectorStore
@@ -152,6 +153,7 @@ def test_gate_promotes_good_and_blocks_broken_adapters(corpus, dvc_store, tiny_l
 
     # Schedule, sensor and backfill runs carry the tags Dagster's daemons give them; the
     # gate blocks each the same way.
+    weekly_retrain = build_schedules(Settings())[0]
     request = weekly_retrain.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests[0]
     for tags in ({**request.tags, **DagsterRun.tags_for_schedule(weekly_retrain)}, {"dagster/sensor_name": "drift_retrain"},
                  DagsterRun.tags_for_backfill_id("bkfl0001")):

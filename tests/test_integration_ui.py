@@ -65,7 +65,7 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
             "      max_steps: 2\n      warmup_steps: 0\n      max_seq_length: 256\n      checkpoint_every: 1\n"
             "  evaluation__eval_report:\n    config:\n"
             "      max_questions: 6\n      min_questions: 6\n      max_new_tokens: 24\n      no_regression: [perplexity]\n      judge_control_pairs: 4\n"
-            f"  serving__deployment:\n    config:\n      port: {serve_port}\n"
+            f"resources:\n  deployer:\n    config:\n      port: {serve_port}\n"
         )
         run = subprocess.run(
             [str(BIN / "dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "driftloop_pipeline", "-c", str(run_config)],

@@ -17,8 +17,10 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import UserDefinedDagsterK8sConfig, get_user_defined_k8s_config
 from kubernetes.client import ApiClient, V1Deployment, V1Job, V1Service
 
-from orchestration.definitions import build_defs, defs as local_defs
+from driftloop.settings import Settings
+from orchestration.definitions import build_defs, defs as load_local_defs
 from orchestration.profile import DEFAULT_PRODUCTION_FILE, ProfileError, load_profile
+from resources.deployer import KubernetesDeployer, LocalDeployer
 from resources.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ def _round_trip(obj, kind: str):
 
 @pytest.fixture(scope="module")
 def prod_defs():
-    return build_defs(load_profile("production", DEFAULT_PRODUCTION_FILE))
+    return build_defs(load_profile(Settings(), "production", DEFAULT_PRODUCTION_FILE), Settings())
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +140,14 @@ def _run_from_request(instance, defs, job_name: str, request: dg.RunRequest) -> 
 
 def test_local_profile_is_todays_behaviour(monkeypatch):
     monkeypatch.delenv("DRIFTLOOP_PROFILE", raising=False)
+    monkeypatch.setenv("DRIFTLOOP_SERVE_PORT", "3101")
+    local_defs = load_local_defs()
     job = local_defs.resolve_job_def("driftloop_pipeline")
     assert job.executor_def.name == "multiprocess"
-    assert load_profile().name == "local"
+    assert load_profile(Settings.from_env()).name == "local"
     assert all(not getattr(r, "remote_url", "") for r in local_defs.resources.values())
+    # The deployer is the local supervisor, on the port the settings name.
+    assert isinstance(local_defs.resources["deployer"], LocalDeployer) and local_defs.resources["deployer"].port == 3101
 
 
 def test_production_profile_binds_the_same_resources_to_object_storage(prod_defs):
@@ -150,7 +156,10 @@ def test_production_profile_binds_the_same_resources_to_object_storage(prod_defs
     assert resources["model_registry"].remote_url == "s3://driftloop/registry"
     assert resources["vector_store"].remote_url == "s3://driftloop/retrieval"
     assert resources["dvc"].remote_url == "s3://driftloop/dvc"
-    assert {type(r) for r in resources.values()} == {type(r) for r in local_defs.resources.values()}
+    local = load_local_defs().resources
+    assert {k: type(r) for k, r in resources.items() if k != "deployer"} == {k: type(r) for k, r in local.items() if k != "deployer"}
+    # Deploying renders manifests for the cluster instead of starting a local supervisor.
+    assert isinstance(resources["deployer"], KubernetesDeployer) and resources["deployer"].image_repository == "registry.local/driftloop"
     dg.Definitions.validate_loadable(prod_defs)
     # The executor config in the file is valid for the k8s executor.
     assert dg.validate_run_config(prod_defs.resolve_job_def("driftloop_pipeline"), {})
@@ -158,19 +167,19 @@ def test_production_profile_binds_the_same_resources_to_object_storage(prod_defs
 
 def test_profile_mistakes_fail_at_load(tmp_path):
     with pytest.raises(ProfileError, match="expected one of"):
-        load_profile("staging")
+        load_profile(Settings(), "staging")
     with pytest.raises(ProfileError, match="no settings file"):
-        load_profile("production", tmp_path / "missing.yaml")
+        load_profile(Settings(), "production", tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"resources": {"registry": {"remote_url": "s3://x"}}}))
     with pytest.raises(ProfileError, match="unknown resources"):
-        build_defs(load_profile("production", bad))
+        build_defs(load_profile(Settings(), "production", bad), Settings())
 
 
 def test_env_values_resolve_when_a_step_starts(tmp_path, monkeypatch):
     settings = tmp_path / "p.yaml"
     settings.write_text(yaml.safe_dump({"resources": {"model_registry": {"remote_url": {"env": "REGISTRY_URL"}}}}))
-    registry = build_defs(load_profile("production", settings)).resources["model_registry"]
+    registry = build_defs(load_profile(Settings(), "production", settings), Settings()).resources["model_registry"]
     monkeypatch.setenv("REGISTRY_URL", str(tmp_path / "remote-registry"))
 
     @dg.asset
@@ -279,6 +288,26 @@ def test_serving_manifests_validate_with_gpu_probes_and_rolling_update(capsys):
     assert container.readiness_probe.http_get.path == "/readyz" and container.liveness_probe.http_get.path == "/livez"
     assert deployment.spec.strategy.type == "RollingUpdate" and deployment.spec.strategy.rolling_update.max_unavailable == 0
     assert deployment.spec.template.spec.tolerations[0].key == "nvidia.com/gpu"
+
+
+def test_the_production_deployer_renders_manifests_and_records_them(prod_defs, tmp_path, monkeypatch):
+    """serving/deployment with the deployer the production profile binds: no supervisor,
+    manifests for the bento's content-hash tag, and one line in the audit trail."""
+    from assets.serving import BENTO, deployment
+    from driftloop.layout import Layout
+
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(dg.AssetMaterialization(BENTO, metadata={"tag": "driftloop:0f1e2d3c4b5a6978", "model_version": "lora-abc"}))
+    result = dg.materialize([deployment], instance=instance, resources={"deployer": prod_defs.resources["deployer"]})
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("serving__deployment")[0].metadata.items()}
+    assert meta["target"] == "kubernetes" and meta["action"] == "rendered" and "url" not in meta
+    deployment_manifest, service = yaml.safe_load_all(Path(meta["manifests"]).read_text())
+    container = _round_trip(_round_trip_dict(deployment_manifest, "V1Deployment"), "V1Deployment").spec.template.spec.containers[0]
+    assert container.image == "registry.local/driftloop:0f1e2d3c4b5a6978"
+    assert service["kind"] == "Service"
+    (line,) = Layout.from_env().deployments.read_text().splitlines()
+    assert json.loads(line)["target"] == "kubernetes" and json.loads(line)["tag"] == "driftloop:0f1e2d3c4b5a6978"
 
 
 def _round_trip_dict(body: dict, kind: str):

@@ -1,5 +1,6 @@
 """The layout rules a newcomer relies on: an import path names the folder it lives in,
-and product code finds its files as package data, not by counting parent folders."""
+product code finds its files as package data, not by counting parent folders, and reads
+its settings when it runs, never when a module is imported."""
 
 import ast
 import re
@@ -7,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PRODUCT = ["driftloop", "orchestration", "assets", "resources", "sensors", "bento"]
+PRODUCT = ["driftloop", "orchestration", "assets", "resources", "sensors", "bento", "cli"]
 SCANNED = [*PRODUCT, "tests", "bench", "reliability", "deploy"]
 
 
@@ -59,13 +60,55 @@ def test_no_private_name_is_imported_from_another_module():
 
 
 def test_readme_configuration_table_lists_every_variable_the_code_reads():
+    from driftloop.settings import variables
+
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index("## Configuration"):]
     table = table[: table.index("\n\n", table.index("| variable |"))]
     documented = set(re.findall(r"^\| `(DRIFTLOOP_\w+)`", table, re.M))
-    used = {m for p in _python_files(PRODUCT) for m in re.findall(r"\bDRIFTLOOP_[A-Z0-9_]+\b", p.read_text(encoding="utf-8"))}
+    named = {m for p in _python_files(PRODUCT) for m in re.findall(r"\bDRIFTLOOP_[A-Z0-9_]+\b", p.read_text(encoding="utf-8"))}
+    used = named | variables()
     assert used - documented == set(), "read by the code, missing from README's configuration table"
     assert documented - used == set(), "in README's configuration table, read by no code"
+
+
+# The one module-level read: BentoML imports the service module only to start the service,
+# and its decorators need the service's settings when the classes are declared.
+IMPORT_TIME_READS = {("bento/service.py", "ServiceSettings.from_env")}
+READERS = {"os.environ", "os.getenv", "Settings.from_env", "ServiceSettings.from_env", "Settings", "ServiceSettings", "Layout.from_env"}
+
+
+def _import_time_nodes(tree: ast.Module):
+    """Every node Python evaluates when the module is imported: module and class bodies,
+    decorators, default values and annotations, but no function body."""
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = node.args
+            pending += [*getattr(node, "decorator_list", []), *args.defaults, *(d for d in args.kw_defaults if d is not None)]
+            continue
+        yield node
+        pending += list(ast.iter_child_nodes(node))
+
+
+def _dotted(node) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def test_nothing_reads_the_environment_when_a_module_is_imported():
+    found = []
+    for path in _python_files(PRODUCT):
+        where = str(path.relative_to(REPO))
+        for node in _import_time_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            name = _dotted(node.func) if isinstance(node, ast.Call) else _dotted(node) if isinstance(node, ast.Attribute) else ""
+            if name in READERS and (where, name) not in IMPORT_TIME_READS:
+                found.append(f"{where}:{node.lineno}: {name}")
+    assert not found, "read when the module is imported:\n" + "\n".join(sorted(set(found)))
 
 
 def test_every_folder_derives_from_one_home_and_four_overrides(tmp_path, monkeypatch):

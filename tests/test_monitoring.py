@@ -15,8 +15,9 @@ from assets.data import SOURCE_DOCUMENTS, data_assets, data_checks
 from assets.monitoring import drift_report, inference_log
 from resources.models import ModelCatalog
 from driftloop.serving.requestlog import RequestLog
-from sensors.drift import drift_check_on_traffic, drift_retrain
-from sensors.new_documents import new_documents
+from driftloop.settings import Settings
+from sensors.drift import drift_sensors
+from sensors.new_documents import new_documents_sensor
 
 NEW_TOPIC = ("kubernetes pod eviction quota scheduler taint toleration ingress helm chart namespace volume claim "
              "replica autoscaler sidecar daemonset cronjob secret configmap node affinity").split()
@@ -55,7 +56,7 @@ def sensor_tick(sensor, instance, cursor=None):
     return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
 
 
-def test_drift_report_says_not_enough_data_then_flags_a_new_topic_once(stage, monkeypatch):
+def test_drift_report_says_not_enough_data_then_flags_a_new_topic_once(stage):
     log = RequestLog(stage["home"] / "data" / "serving")
     empty = check(stage)
     assert empty["enough_data"] is False and empty["drifted"] is False and "not enough data" in empty["summary"]
@@ -70,6 +71,7 @@ def test_drift_report_says_not_enough_data_then_flags_a_new_topic_once(stage, mo
     assert calm["corrupt_lines"] == 2 and calm["n_current"] >= 30
 
     instance = stage["instance"]
+    drift_retrain = drift_sensors(Settings())[1]
     first = sensor_tick(drift_retrain, instance)
     assert not first.run_requests and "no drift" in (first.skip_message or "")
 
@@ -102,7 +104,7 @@ def test_drift_report_says_not_enough_data_then_flags_a_new_topic_once(stage, mo
     assert persisting["drifted"] is True and persisting["retrained_for_window"] == shifted["window_start"], persisting["summary"]
     held = sensor_tick(drift_retrain, instance, again.cursor)
     assert not held.run_requests and "drift persists" in held.skip_message and shifted["window_start"] in held.skip_message
-    monkeypatch.setenv("DRIFTLOOP_DRIFT_RETRAIN_COOLDOWN_S", "0")
+    drift_retrain = drift_sensors(Settings(drift_retrain_cooldown_s=0))[1]
     check(stage)
     late = sensor_tick(drift_retrain, instance, held.cursor)
     assert [r.run_key for r in late.run_requests] == [f"drift-{persisting['window_start']}"]
@@ -125,8 +127,8 @@ def test_inference_log_partition_joins_feedback_and_compares_shadow(stage):
     assert empty.asset_materializations_for_node("monitoring__inference_log")[0].metadata["dagster/row_count"].value == 0
 
 
-def test_drift_checks_follow_new_traffic(stage, monkeypatch):
-    monkeypatch.setenv("DRIFTLOOP_DRIFT_CHECK_EVERY", "10")
+def test_drift_checks_follow_new_traffic(stage):
+    drift_check_on_traffic = drift_sensors(Settings(drift_check_every=10))[0]
     log = RequestLog(stage["home"] / "data" / "serving")
     instance = stage["instance"]
     send(log, stage["questions"][:6])
@@ -141,13 +143,14 @@ def test_drift_checks_follow_new_traffic(stage, monkeypatch):
     send(log, stage["questions"][:4])
     tail = sensor_tick(drift_check_on_traffic, instance, due.cursor)
     assert not tail.run_requests and "4 new requests" in tail.skip_message
-    monkeypatch.setenv("DRIFTLOOP_DRIFT_CHECK_IDLE_S", "0")
+    drift_check_on_traffic = drift_sensors(Settings(drift_check_every=10, drift_check_idle_s=1e-9))[0]
     paused = sensor_tick(drift_check_on_traffic, instance, tail.cursor)
     assert [r.run_key for r in paused.run_requests] == ["drift-check-15"]
     assert not sensor_tick(drift_check_on_traffic, instance, paused.cursor).run_requests
 
 
 def test_new_documents_in_the_inbox_start_one_refresh(stage, dvc_store):
+    new_documents = new_documents_sensor(Settings.from_env())
     instance = stage["instance"]
     assert not sensor_tick(new_documents, instance).run_requests  # ingested as it is
     # Nothing ingested yet: the first ingest is the main job's, never a refresh racing it.

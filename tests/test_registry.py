@@ -5,7 +5,7 @@ import json
 import pytest
 
 from driftloop.registry import AdapterRegistry, PromotionError
-from orchestration.cli import main as cli
+from cli.main import main as cli
 
 
 def _adapter(folder, seed: int):
@@ -53,7 +53,7 @@ def test_history_records_every_change_and_rollback_restores_earlier_champions(re
 
 
 def test_one_command_rollback_moves_the_alias_then_deploys(registry, monkeypatch, capsys):
-    from orchestration.cli import rollback
+    from cli.main import rollback
 
     reg, (a, b, _) = registry
     reg.promote(a, {"rouge": 0.5}, {}, gate={"passed": True})
@@ -120,7 +120,7 @@ def test_rollback_builds_the_restored_champion_and_switches_the_stable_port(tmp_
     import yaml
 
     from resources.registry import ModelRegistry
-    from orchestration.serve import deploy_champion
+    from cli.serve import deploy_champion
     from driftloop.serving.supervisor.client import SupervisorClient
     from serving_helpers import KEY, ROOT, call, free_port_pair
 

@@ -128,7 +128,12 @@ def obedient_service(tmp_path, tiny_llama, tiny_embedding_model, monkeypatch):
     monkeypatch.setenv("DRIFTLOOP_CANARY", canary)
     monkeypatch.setenv("DRIFTLOOP_REQUEST_LOG", str(tmp_path / "requestlog"))
     threads = torch.get_num_threads()
+    import bento.service
     from bento.service import DriftloopRAG, Models
+    from driftloop.settings import ServiceSettings
+
+    # The service reads its settings once, when BentoML first imports it.
+    monkeypatch.setattr(bento.service, "SETTINGS", ServiceSettings.from_env())
 
     models = Models()
     try:

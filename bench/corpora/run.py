@@ -51,8 +51,7 @@ def run_config(shape: str, args: argparse.Namespace, port: int) -> dict:
         # Warmup must end before the last step.
         "training__lora_adapter": {"config": {"max_steps": args.train_steps, "warmup_steps": min(3, args.train_steps - 1)}},
         "evaluation__eval_report": {"config": {"max_questions": args.eval_questions, "max_new_tokens": args.max_new_tokens, "judge": "none"}},
-        "serving__deployment": {"config": {"port": port}},
-    }}
+    }, "resources": {"deployer": {"config": {"port": port}}}}
 
 
 def pipeline(shape: str, source: Path, home: Path, args: argparse.Namespace, port: int) -> tuple[int, float]:

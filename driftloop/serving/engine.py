@@ -3,7 +3,6 @@ champion adapter, the embedding model, the vector index and the prompt template.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,13 +30,13 @@ def check_base_model(bundle: Bundle) -> str:
 
 class Generation:
     """The generator half: batched greedy answers with the champion adapter merged in, in
-    the precision evaluation used (DRIFTLOOP_SERVE_PRECISION overrides it)."""
+    the precision evaluation used, unless `precision` (DRIFTLOOP_SERVE_PRECISION) overrides it."""
 
-    def __init__(self, bundle: Bundle, device: str = "cpu") -> None:
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "") -> None:
         from driftloop.evaluation.generate import BASE, Answerer
 
         self.bundle = bundle
-        precision = os.environ.get("DRIFTLOOP_SERVE_PRECISION") or bundle.spec.get("settings", {}).get("generator_precision", "auto")
+        precision = precision or bundle.spec.get("settings", {}).get("generator_precision", "auto")
         self.answerer = Answerer(check_base_model(bundle), device, precision=precision)
         if bundle.adapter_dir is not None:
             self.answerer.merge(bundle.adapter_dir)

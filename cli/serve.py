@@ -4,7 +4,6 @@ foreground until Ctrl-C, which stops the service."""
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,21 +13,24 @@ from driftloop.serving.supervisor.client import SupervisorClient
 
 
 def default_port() -> int:
-    return int(os.environ.get("DRIFTLOOP_SERVE_PORT", "3001"))
+    from driftloop.settings import Settings
+
+    return Settings.from_env().serve_port
 
 
 def deploy_champion(port: int) -> int:
     """Build the registry's champion into a bento (a no-op when it exists) and deploy it on
     `port`, through Dagster, so both are recorded in the lineage like any other run."""
-    config = json.dumps({"ops": {"serving__deployment": {"config": {"port": port}}}})
+    config = json.dumps({"resources": {"deployer": {"config": {"port": port}}}})
     return subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
                            "--select", "serving/bento,serving/deployment", "--config-json", config]).returncode
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=default_port())
+    parser.add_argument("--port", type=int, default=None, help="the stable serving port (default: DRIFTLOOP_SERVE_PORT or 3001)")
     args = parser.parse_args()
+    args.port = args.port or default_port()
     code = deploy_champion(args.port)
     if code != 0:
         print("serving failed; is there a champion? (make pipeline first)", file=sys.stderr)

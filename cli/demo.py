@@ -81,7 +81,6 @@ def stop_all(serve_port: int, ui: Group) -> None:
     print("stopped the Dagster UI and daemon", flush=True)
 
 
-SERVE_PORT = int(os.environ.get("DRIFTLOOP_SERVE_PORT", "3001"))
 RETRAIN = json.dumps({"ops": {"training__lora_adapter": {"config": {"seed": 1}}}})
 
 
@@ -93,9 +92,13 @@ def _latest_report_has_champion() -> bool:
 
 
 def main() -> int:
+    from driftloop.settings import Settings
+
     project_root()
+    settings = Settings.from_env()
+    serve_port = settings.serve_port
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("DRIFTLOOP_UI_PORT", "3000")))
+    parser.add_argument("--port", type=int, default=settings.ui_port)
     parser.add_argument("--job", default="driftloop_pipeline")
     args = parser.parse_args()
     home = Path(os.environ["DAGSTER_HOME"])
@@ -117,7 +120,7 @@ def main() -> int:
             run = subprocess.run([_bin("dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "retrain_and_redeploy",
                                   "-c", str(retrain_config)])
         if run.returncode == 0:
-            print(f"Champion served: http://127.0.0.1:{SERVE_PORT}/answer and the OpenAI API at http://127.0.0.1:{SERVE_PORT}/v1", flush=True)
+            print(f"Champion served: http://127.0.0.1:{serve_port}/answer and the OpenAI API at http://127.0.0.1:{serve_port}/v1", flush=True)
             print(f"Lineage materialized: http://127.0.0.1:{args.port}/asset-groups   Ctrl-C stops everything.", flush=True)
         else:
             print(f"The run failed; the UI shows why: http://127.0.0.1:{args.port}/runs   Ctrl-C stops everything.", flush=True)
@@ -127,7 +130,7 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        stop_all(SERVE_PORT, ui)
+        stop_all(serve_port, ui)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def wait_for(condition, what: str, timeout: float, poll: float = 5.0):
 
 
 def main() -> int:
-    from orchestration.demo import Group, project_root, stop_all, wait_http
+    from cli.demo import Group, project_root, stop_all, wait_http
 
     root = project_root()
 
@@ -155,7 +155,6 @@ def main() -> int:
     config = {"ops": {
         "training__lora_adapter": {"config": {"max_steps": args.train_steps}},
         "evaluation__eval_report": {"config": {"max_questions": args.eval_questions, "judge": "none"}},
-        "serving__deployment": {"config": {"port": args.port}},
     }}
     if args.run_config:
         import yaml
@@ -180,7 +179,7 @@ def main() -> int:
 
     # The sensors give each job the ops it has from the shared file; the main job, run here, likewise.
     pipeline_config = home / "pipeline.yaml"
-    pipeline_config.write_text(json.dumps(config_for_job(config, defs.get_repository_def().get_job("driftloop_pipeline"))), encoding="utf-8")
+    pipeline_config.write_text(json.dumps(config_for_job(config, defs().get_repository_def().get_job("driftloop_pipeline"))), encoding="utf-8")
     timeline = Timeline()
     bin_dir = Path(sys.executable).parent
     ui = Group([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.ui_port)], home / "dagster-dev.log")
@@ -195,7 +194,7 @@ def main() -> int:
             if run.returncode != 0 or ModelRegistry().registry().champion() is None:
                 raise SystemExit("drift-demo: the main job did not produce a served champion; see the UI")
         else:
-            subprocess.run([sys.executable, "-c", f"from orchestration.serve import deploy_champion; raise SystemExit(deploy_champion({args.port}))"],
+            subprocess.run([sys.executable, "-c", f"from cli.serve import deploy_champion; raise SystemExit(deploy_champion({args.port}))"],
                            check=True)
         first = ModelRegistry().registry().champion().version
         timeline.add(f"champion {first} serving on http://127.0.0.1:{args.port}")

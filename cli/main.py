@@ -61,7 +61,7 @@ def rollback(to: str | None, reason: str, port: int, deploy=None) -> int:
     """The champion alias back to `to` (default: the one before), then that champion built and
     deployed with a zero-downtime switch. A failed deploy leaves the current version serving;
     the alias stays rolled back, so the next deploy serves the restored champion."""
-    from orchestration.serve import deploy_champion
+    from cli.serve import deploy_champion
 
     code = _model("rollback", to, reason or "driftloop rollback")
     if code != 0:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     undo.add_argument("--port", type=int, default=None, help="the stable serving port (default: DRIFTLOOP_SERVE_PORT or 3001)")
     args = parser.parse_args(argv)
     if args.command == "rollback":
-        from orchestration.serve import default_port
+        from cli.serve import default_port
 
         return rollback(args.to, args.reason, args.port or default_port())
     if args.command == "model":
