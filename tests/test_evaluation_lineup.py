@@ -42,12 +42,7 @@ def stage(tiny_llama, tiny_embedding_model, tmp_path):
 
 def evaluate(stage, version, settings=SETTINGS, run_id="run00001"):
     lineup = Lineup.prepare(stage["registry"], version, ROWS, stage["store"], settings)
-    return lineup.evaluate(stage["base"], stage["embedder"], device="cpu", precision="fp32", run_id=run_id, log=_Silent())
-
-
-class _Silent:
-    def info(self, message):
-        pass
+    return lineup.evaluate(stage["base"], stage["embedder"], device="cpu", precision="fp32", run_id=run_id)
 
 
 def test_the_challenger_is_gated_against_the_champion_and_the_report_is_sealed(stage, tmp_path):
