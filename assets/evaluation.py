@@ -9,7 +9,6 @@ the same challenger.
 """
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -19,23 +18,19 @@ from assets.common import GPU_POD, OWNERS, json_meta, load_dataset
 from assets.data import QA_PAIRS
 from assets.retrieval import VECTOR_INDEX
 from assets.training import BASE_MODEL, LORA_ADAPTER
-from driftloop.evaluation.gate import DEFAULT_MIN_QUESTIONS, PAIRED_METRICS, GateRules, decide, eval_split_problem, gate_view
-from driftloop.evaluation.judge import JudgeError, JudgeSettings, build_judge
-from driftloop.evaluation.metrics import REFUSAL, EvaluationError, eval_items
+from driftloop.artifacts import ArtifactError, verify
+from driftloop.evaluation.gate import DEFAULT_MIN_QUESTIONS, PAIRED_METRICS, GateRules, eval_split_problem
+from driftloop.evaluation.judge import JudgeError, JudgeSettings
+from driftloop.evaluation.lineup import DEFAULT_MAX_QUESTIONS, EvalSettings, Lineup
+from driftloop.evaluation.metrics import EvaluationError
 from driftloop.models.hardware import resolve_device
-from driftloop.prompts import load_prompt
 from driftloop.registry import PromotionError
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 from resources.vector_store import VectorStore
-from driftloop.artifacts import ArtifactError, verify
 
 EVAL_REPORT = dg.AssetKey(["evaluation", "eval_report"])
-# Twice the power analysis' requirement (docs/gate-power.md), rounded to the batch: a
-# margin for an SD measured on 40 questions; with the answer cache a report generates
-# only the challenger's, 32 x 9-16 s on 2 cores.
-DEFAULT_MAX_QUESTIONS = 32
 CHAMPION = dg.AssetKey(["evaluation", "champion"])
 GATE = "promotion_gate"
 HEADLINE = ("semantic_similarity", "rouge_l", "bleu", "perplexity", "context_recall", "faithfulness", "answer_relevancy", "refusal_rate",
@@ -86,12 +81,16 @@ class EvalReportConfig(dg.Config):
                              timeout_s=self.judge_timeout_s, min_agreement=self.judge_min_agreement, control_pairs=self.judge_control_pairs)
 
     def rules(self) -> GateRules:
-        floors = {"semantic_similarity": self.min_semantic_similarity, "toxic_rate": self.max_toxic_rate,
-                  "pii_rate": self.max_pii_rate, "empty_rate": self.max_empty_rate}
-        floors.update({metric: bound for metric, bound in (("faithfulness", self.min_faithfulness),
-                                                            ("answer_relevancy", self.min_answer_relevancy)) if bound > 0})
-        return GateRules(floors=floors, no_regression=tuple(self.no_regression), tolerance=self.tolerance, relative_tolerance=self.relative_tolerance,
-                         min_questions=self.min_questions, seed=self.seed)
+        return GateRules.from_bounds(
+            min_semantic_similarity=self.min_semantic_similarity, max_toxic_rate=self.max_toxic_rate, max_pii_rate=self.max_pii_rate,
+            max_empty_rate=self.max_empty_rate, min_faithfulness=self.min_faithfulness, min_answer_relevancy=self.min_answer_relevancy,
+            no_regression=self.no_regression, tolerance=self.tolerance, relative_tolerance=self.relative_tolerance,
+            min_questions=self.min_questions, seed=self.seed)
+
+    def settings(self) -> EvalSettings:
+        return EvalSettings(max_questions=self.max_questions, k=self.k, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                            prompt_version=self.prompt_version, prompt_b_version=self.prompt_b_version, seed=self.seed,
+                            rules=self.rules(), judge=self.judge_settings())
 
 
 def _latest_metadata(context, key: dg.AssetKey) -> dict:
@@ -135,85 +134,43 @@ def eval_report(
     base model, the champion and the challenger, scored with ragas metrics that need no
     LLM, embedding similarity, perplexity, guardrail rates and latency; a report in
     markdown and HTML; and the promotion gate."""
-    from driftloop.evaluation.cache import AnswerCache
-    from driftloop.evaluation.generate import Answerer
-    from driftloop.evaluation.report import is_partial, judge_note, write_report
-    from driftloop.evaluation.run import evaluate_models
-    from driftloop.retrieval.index import VectorIndex
-
     registry = model_registry.registry()
     challenger_version = config.challenger_version or _latest_metadata(context, LORA_ADAPTER).get("adapter_version")
     if not challenger_version:
         raise dg.Failure(description="evaluation/eval_report: no challenger; materialize training/lora_adapter or set challenger_version")
     try:
-        challenger = registry.get(challenger_version)
-        champion = registry.champion()
-        items = eval_items(load_dataset(dvc, "qa_pairs"), config.max_questions, config.seed)
-        prompt = load_prompt(config.prompt_version)
-        prompt_b = load_prompt(config.prompt_b_version) if config.prompt_b_version else None
-        index = VectorIndex(vector_store.store().current_index_folder())
+        lineup = Lineup.prepare(registry, challenger_version, load_dataset(dvc, "qa_pairs"), vector_store.store(), config.settings())
     except (ArtifactError, EvaluationError, FileNotFoundError) as err:
         raise dg.Failure(description=f"evaluation/eval_report: {err}") from err
-
-    lineup: dict[str, Path | None] = {"base": None}
-    if champion is not None and champion.version != challenger.version:
-        lineup["champion"] = champion.path
-    lineup["challenger"] = challenger.path
-    base = models.base_model()
-    device = resolve_device(models.device)
-    answerer = Answerer(base.path, device, precision=models.generator_precision)
-    embedder = models.embedder()
     try:
-        judge = build_judge(config.judge_settings(), embedder, answerer, device, REFUSAL)
-    except (JudgeError, OSError) as err:
+        outcome = lineup.evaluate(models.base_model(), models.embedder(), device=resolve_device(models.device),
+                                  precision=models.generator_precision, run_id=context.run.run_id, log=context.log)
+    except JudgeError as err:
         raise dg.Failure(description=f"evaluation/eval_report: the judge cannot start: {err}") from err
-    context.log.info(f"evaluating {list(lineup)} on {len(items)} questions (challenger {challenger.version}, "
-                     f"champion {champion.version if champion else 'none'}, judge {judge.name if judge else 'none'})")
-    identities = {"base": f"base:{base.version}", "challenger": f"base:{base.version}+{challenger.version}"}
-    if champion is not None:
-        identities["champion"] = f"base:{base.version}+{champion.version}"
-    result = evaluate_models(answerer, index, embedder, items, lineup, prompt, k=config.k, max_new_tokens=config.max_new_tokens,
-                             batch_size=config.batch_size, prompt_b=prompt_b, log=context.log.info, judge=judge,
-                             min_agreement=config.judge_min_agreement, control_pairs=config.judge_control_pairs,
-                             cache=AnswerCache(registry.root / "answer_cache"), identities=identities)
-    reference = "champion" if "champion" in lineup else "base"
-    judgement = result.get("judge")
-    gate = decide(gate_view(result["models"]["challenger"], judgement), gate_view(result["models"][reference], judgement), config.rules(),
-                  result["questions"], ("challenger", reference))
-    gate.update({"challenger": challenger.version, "reference": reference,
-                 "reference_version": champion.version if reference == "champion" else f"base:{base.version}"})
-    result["versions"] = {"challenger": challenger.version, "champion": champion.version if champion else None, "base": base.version,
-                          "index": index.version, "generator_precision": answerer.precision}
+    (context.log.info if outcome.passed else context.log.warning)(f"promotion gate {outcome.verdict}")
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
-    folder = registry.root / "reports" / f"{stamp}-{challenger.version}-{context.run.run_id[:8]}"
-    markdown = write_report(folder, result, gate, f"Evaluation of {challenger.version}")
-    verdict = {"PASSED": "passed", "FAILED": "failed: " + "; ".join(gate["failures"]),
-               "INCONCLUSIVE": "inconclusive, not promoted: " + "; ".join(gate["inconclusive"])}[gate["verdict"]]
-    (context.log.info if gate["passed"] else context.log.warning)(f"promotion gate {verdict}")
-
-    ours = result["models"]["challenger"]
+    ours = outcome.result["models"]["challenger"]
     metadata = {
-        "challenger": dg.MetadataValue.text(challenger.version),
-        "champion": dg.MetadataValue.text(champion.version if champion else "none"),
-        "gate_passed": dg.MetadataValue.bool(gate["passed"]),
-        "gate_verdict": dg.MetadataValue.text(gate["verdict"]),
-        "answers_reused": dg.MetadataValue.json({name: int(m.get("answers_reused", 0)) for name, m in result["models"].items()}),
-        "report": dg.MetadataValue.md(markdown),
-        "report_html": dg.MetadataValue.path(str(folder / "report.html")),
-        "report_dir": dg.MetadataValue.path(str(folder)),
-        "models": json_meta(result["models"]),
-        "questions": dg.MetadataValue.int(result["n_questions"]),
-        "partial": dg.MetadataValue.bool(is_partial(result)),
-        "judge": dg.MetadataValue.text(judge_note(judgement)),
+        "challenger": dg.MetadataValue.text(outcome.challenger),
+        "champion": dg.MetadataValue.text(outcome.champion or "none"),
+        "gate_passed": dg.MetadataValue.bool(outcome.passed),
+        "gate_verdict": dg.MetadataValue.text(outcome.gate["verdict"]),
+        "answers_reused": dg.MetadataValue.json(outcome.answers_reused),
+        "report": dg.MetadataValue.md(outcome.markdown),
+        "report_html": dg.MetadataValue.path(str(outcome.folder / "report.html")),
+        "report_dir": dg.MetadataValue.path(str(outcome.folder)),
+        "models": json_meta(outcome.result["models"]),
+        "questions": dg.MetadataValue.int(outcome.result["n_questions"]),
+        "partial": dg.MetadataValue.bool(outcome.partial),
+        "judge": dg.MetadataValue.text(outcome.judge_note),
     }
     for metric in HEADLINE:
         if isinstance(ours.get(metric), float):
             metadata[f"challenger_{metric}"] = dg.MetadataValue.float(round(ours[metric], 4))
     yield dg.MaterializeResult(metadata=metadata)
     yield dg.AssetCheckResult(
-        check_name=GATE, passed=gate["passed"], severity=dg.AssetCheckSeverity.ERROR,
-        description=verdict, metadata={"gate": json_meta(gate), "challenger": dg.MetadataValue.text(challenger.version)},
+        check_name=GATE, passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR,
+        description=outcome.verdict, metadata={"gate": json_meta(outcome.gate), "challenger": dg.MetadataValue.text(outcome.challenger)},
     )
 
 

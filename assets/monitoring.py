@@ -6,10 +6,8 @@ traffic against what the serving champion was trained and evaluated on.
 retrain per drift window.
 """
 
-import hashlib
-import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -85,26 +83,6 @@ class DriftCheckConfig(dg.Config):
     seed: int = 0
 
 
-def _reference_embeddings(dvc: DvcStore, models: ModelCatalog, limit: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Embeddings of the questions the champion was trained and evaluated on, cached by the
-    dataset's DVC version and the embedding model."""
-    questions = [r["question"] for r in load_dataset(dvc, "qa_pairs")]
-    rng = np.random.default_rng(seed)
-    if len(questions) > limit:
-        questions = [questions[i] for i in sorted(rng.choice(len(questions), limit, replace=False))]
-    embedder = models.embedder()
-    key = hashlib.sha256(json.dumps([dvc.version("qa_pairs").md5, models.embedding_model, embedder.describe(), limit, seed],
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = Layout.from_env().drift_reference / f"{key}.npy"
-    if cache.is_file():
-        return np.load(cache), questions
-    vectors = embedder.encode(questions, batch_size=models.embedding_batch_size)
-    buffer = io.BytesIO()
-    np.save(buffer, vectors)
-    write_bytes(cache, buffer.getvalue())
-    return vectors, questions
-
-
 @dg.asset(key=DRIFT_REPORT, deps=[QA_PAIRS, DEPLOYMENT], group_name="monitoring", kinds={"scikitlearn"}, owners=OWNERS, code_version="1",
           tags={"stage": "monitoring"}, freshness_policy=DAILY)
 def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, models: ModelCatalog, dvc: DvcStore) -> dg.MaterializeResult:
@@ -113,37 +91,20 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, mo
     questions of data/qa_pairs. Serving signals (prompt and answer length, latency, top
     retrieval score, ratings; guardrail, refusal and error rates): KS and PSI against the
     traffic before this version went live. Too little traffic says 'not enough data'."""
-    from driftloop.monitoring.drift import DriftConfig, plot_drift
-    from driftloop.monitoring.drift import drift_report as compute
-    from driftloop.monitoring.traffic import columns, current_deployment, join_feedback, rate_counts, read_window, served
+    from driftloop.monitoring.drift import DriftConfig
+    from driftloop.monitoring.report import check_drift, reference_embeddings
     from driftloop.plots import markdown_image
 
-    now = datetime.now(UTC)
-    live = current_deployment(Layout.from_env().deployments)
-    start = datetime.fromisoformat(live["at"]) if live else datetime(2026, 1, 1, tzinfo=UTC)
-    requests, feedback = read_window(log_root(), start, now)
-    before, before_feedback = read_window(log_root(), datetime(2026, 1, 1, tzinfo=UTC), start)
-    current = join_feedback(served(requests.rows), feedback.rows)[-config.max_queries:]
-    previous = join_feedback(served(before.rows), before_feedback.rows)[-config.max_queries:]
-    ref_vectors, ref_questions = _reference_embeddings(dvc, models, config.reference_queries, config.seed)
-    questions = [r.get("question") or "" for r in current]
-    cur_vectors = models.embedder().encode(questions, batch_size=models.embedding_batch_size)
-    ref_columns = {**columns(previous), "prompt_chars": [float(len(q)) for q in ref_questions]}
-    cur_columns = columns(current)
-    ref_rates, cur_rates = rate_counts(previous), rate_counts(current)
-    rates = {name: (*ref_rates[name], *cur_rates[name]) for name in ref_rates}
+    layout, embedder = Layout.from_env(), models.embedder()
     settings = DriftConfig(policy=config.policy, seed=config.seed, embedding_min_samples=config.min_queries,
                            mmd_permutations=config.permutations, classifier_auc_threshold=config.classifier_auc_threshold)
-    report = compute(ref_vectors, cur_vectors, ref_columns, cur_columns, rates, settings)
-    png = plot_drift(ref_vectors, cur_vectors, ref_columns, cur_columns, report, seed=config.seed)
-
-    window = {"start": start.isoformat(), "end": now.isoformat(), "serving": (live or {}).get("model_version"),
-              "tag": (live or {}).get("tag"), "retrained_for": (live or {}).get("drift_window")}
-    folder = Layout.from_env().drift_reports / f"{now:%Y%m%dT%H%M%S}-{context.run.run_id[:8]}"
-    body = {"window": window, "corrupt_lines": requests.corrupt + feedback.corrupt, **report.to_dict()}
-    write_bytes(folder / "report.json", json.dumps(body, indent=2).encode())
-    write_bytes(folder / "report.md", (report.to_markdown() + "\n").encode())
-    write_bytes(folder / "drift.png", png)
+    questions = [r["question"] for r in load_dataset(dvc, "qa_pairs")]
+    ref_vectors, ref_questions = reference_embeddings(questions, dvc.version("qa_pairs").md5, embedder, models.embedding_model,
+                                                      layout.drift_reference, limit=config.reference_queries, seed=config.seed,
+                                                      batch_size=models.embedding_batch_size)
+    checked = check_drift(layout, embedder, ref_vectors, ref_questions, settings, max_queries=config.max_queries,
+                          batch_size=models.embedding_batch_size, run_id=context.run.run_id)
+    report, window = checked.report, checked.window
     (context.log.warning if report.drifted else context.log.info)(report.summary())
     return dg.MaterializeResult(metadata={
         "drifted": dg.MetadataValue.bool(report.drifted),
@@ -156,10 +117,10 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, mo
         "retrained_for_window": dg.MetadataValue.text(window["retrained_for"] or ""),
         "n_current": dg.MetadataValue.int(report.n_current),
         "n_reference": dg.MetadataValue.int(report.n_reference),
-        "corrupt_lines": dg.MetadataValue.int(body["corrupt_lines"]),
+        "corrupt_lines": dg.MetadataValue.int(checked.corrupt_lines),
         "signals": dg.MetadataValue.md(report.to_markdown()),
-        "plot": dg.MetadataValue.md(markdown_image(png, "reference vs live queries")),
-        "report": dg.MetadataValue.path(str(folder / "report.json")),
+        "plot": dg.MetadataValue.md(markdown_image(checked.plot, "reference vs live queries")),
+        "report": dg.MetadataValue.path(str(checked.report_path)),
     })
 
 

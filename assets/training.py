@@ -1,9 +1,5 @@
 """Training stage: the base generator and a LoRA adapter trained on the instruction dataset."""
 
-import hashlib
-import json
-import random
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -11,17 +7,17 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field, model_validator
 
-import driftloop.training.loop as training_loop
 from assets.common import GPU_POD, OWNERS, json_meta, load_dataset
 from assets.data import INSTRUCTION_DATASET
 from driftloop.models.generator import model_summary
 from driftloop.models.hardware import resolve_device
+from driftloop.plots import loss_curve_png, markdown_image
+from driftloop.training.data import TrainingDataError
+from driftloop.training.loop import NonFiniteLossError
+from driftloop.training.run import train_adapter
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
-from driftloop.training.data import TrainingDataError, encode_dataset
-from driftloop.training.loop import LoraSettings, NonFiniteLossError, train_lora
-from driftloop.plots import loss_curve_png, markdown_image
 
 BASE_MODEL = dg.AssetKey(["training", "base_model"])
 LORA_ADAPTER = dg.AssetKey(["training", "lora_adapter"])
@@ -54,19 +50,6 @@ class LoraAdapterConfig(dg.Config):
         if self.warmup_steps and self.max_steps and self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
         return self
-
-    def settings(self) -> LoraSettings:
-        data = self.model_dump(exclude={"max_examples", "min_examples", "long_examples"})
-        data["target_modules"] = tuple(data["target_modules"])
-        return LoraSettings(**data)
-
-
-def _code_version() -> str:
-    """Content hash of the training code, so an adapter names the code that made it."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(training_loop.__file__).parent.glob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 @dg.asset(key=BASE_MODEL, group_name="training", kinds={"pytorch", "transformers"}, owners=OWNERS, code_version="1", tags={"stage": "training"})
@@ -103,49 +86,17 @@ def lora_adapter(
     """A LoRA adapter trained with peft on the instruction dataset, checkpointed every
     N steps (a retried run resumes), then stored in the model registry under a version
     derived from its weights, with its full lineage."""
-    from transformers import AutoTokenizer
-
     base = models.base_model()
     dataset = dvc.version("instruction_dataset")
     examples = load_dataset(dvc, "instruction_dataset")
-    if config.max_examples and len(examples) > config.max_examples:
-        examples = random.Random(config.seed).sample(examples, config.max_examples)
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
     try:
-        items, skipped = encode_dataset(examples, tokenizer, config.max_seq_length, config.long_examples, config.min_examples)
+        trained = train_adapter(base, dataset.md5, examples, config.model_dump(), model_registry.registry(),
+                                device=resolve_device(models.device), run_id=context.run.run_id, log=context.log)
     except TrainingDataError as err:
         raise dg.Failure(description=f"training/lora_adapter: {err}") from err
-    if skipped:
-        context.log.warning(f"{len(skipped)} examples longer than max_seq_length={config.max_seq_length} skipped, e.g. {skipped[:3]}")
-
-    settings = config.settings()
-    device = resolve_device(models.device)
-    key = hashlib.sha256(json.dumps([base.version, dataset.md5, config.model_dump(), _code_version()], sort_keys=True).encode()).hexdigest()[:16]
-    checkpoints = model_registry.registry().root / "checkpoints" / key
-
-    def progress(log, total):
-        eta = log.seconds * (total - log.step)
-        context.log.info(f"step {log.step}/{total} loss {log.loss:.4f} {log.tokens / log.seconds:.0f} tokens/s lr {log.lr:.2e} about {eta:.0f}s left")
-
-    try:
-        model, result = train_lora(base.path, items, settings, checkpoints, device=device, progress=progress)
     except (NonFiniteLossError, ValueError) as err:
         raise dg.Failure(description=f"training/lora_adapter: {err}; no adapter was saved") from err
-    if result.resumed_from_step:
-        context.log.info(f"resumed from the checkpoint at step {result.resumed_from_step}")
-
-    staging = checkpoints / "final-adapter"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    lineage = {
-        "base_model": base.name, "base_model_version": base.version, "dataset": "data/instruction_dataset",
-        "dataset_dvc_md5": dataset.md5, "code_version": _code_version(), "config": config.model_dump(), "seed": config.seed,
-        "train_seconds": round(result.seconds, 1), "tokens_seen": result.tokens_seen, "steps": result.steps,
-        "final_loss": result.final_loss, "best_loss": result.best_loss, "precision": result.precision, "device": result.device,
-        "examples": len(items), "skipped_examples": len(skipped), "run_id": context.run.run_id,
-    }
-    adapter = model_registry.registry().publish(staging, lineage)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    adapter, result = trained.adapter, trained.training
     png = loss_curve_png([h.step for h in result.history], [h.loss for h in result.history], f"{adapter.version}")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(adapter.version),
@@ -161,8 +112,8 @@ def lora_adapter(
             "trainable_params": dg.MetadataValue.int(result.trainable_params),
             "total_params": dg.MetadataValue.int(result.total_params),
             "resumed_from_step": dg.MetadataValue.int(result.resumed_from_step),
-            "adapter_bytes": dg.MetadataValue.int(sum(p.stat().st_size for p in adapter.path.iterdir())),
-            "lineage": json_meta(lineage),
+            "adapter_bytes": dg.MetadataValue.int(trained.adapter_bytes),
+            "lineage": json_meta(trained.lineage),
         },
     )
 

@@ -6,6 +6,7 @@ not promote either."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from driftloop.evaluation.judge import JUDGED
@@ -35,6 +36,19 @@ class GateRules:
     power: float = POWER
     resamples: int = RESAMPLES
     seed: int = 0
+
+    @classmethod
+    def from_bounds(cls, *, min_semantic_similarity: float, max_toxic_rate: float, max_pii_rate: float, max_empty_rate: float,
+                    min_faithfulness: float, min_answer_relevancy: float, no_regression: Sequence[str], tolerance: float,
+                    relative_tolerance: float, min_questions: int, seed: int) -> GateRules:
+        """Rules from the flat bounds a run configures. A judged floor of 0 leaves that
+        metric out of the gate: with the judge off it would otherwise fail as missing."""
+        floors = {"semantic_similarity": min_semantic_similarity, "toxic_rate": max_toxic_rate, "pii_rate": max_pii_rate,
+                  "empty_rate": max_empty_rate}
+        floors.update({metric: bound for metric, bound in (("faithfulness", min_faithfulness), ("answer_relevancy", min_answer_relevancy))
+                       if bound > 0})
+        return cls(floors=floors, no_regression=tuple(no_regression), tolerance=tolerance, relative_tolerance=relative_tolerance,
+                   min_questions=min_questions, seed=seed)
 
 
 def eval_split_problem(qa_rows, min_questions: int) -> str | None:
