@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,7 @@ enforce_offline()
 from driftloop.prompts import load_prompt  # noqa: E402 - offline switches first
 from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
 from driftloop.serving.bundle import load_bundle  # noqa: E402
+from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, parse_chat  # noqa: E402
 from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
 from driftloop.serving.requestlog import RequestLog, default_root, new_request_id  # noqa: E402
 from driftloop.serving.shadow import request_id_from  # noqa: E402
@@ -46,6 +48,9 @@ release_request_timers()
 SETTINGS = ServiceSettings.from_env()
 
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
+# The longest prompt a chat request may build, whatever the model's own window: history
+# past it is dropped, oldest first; on CPU every prompt token is paid for on each request.
+MAX_CONTEXT_TOKENS = 4096
 
 
 def _bundle_dir() -> Path:
@@ -96,22 +101,25 @@ class Models:
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self.generation = self._lane.submit(lambda: Generation(load_bundle(_bundle_dir()), _device(), SETTINGS.serve_precision)).result()
         self.batcher = Batcher(self._generate, self._lane, max_batch=SETTINGS.max_batch, max_queue=SETTINGS.max_queue,
-                               max_wait_s=SETTINGS.max_queue_wait_s, window_s=SETTINGS.batch_window_ms / 1000)
+                               max_wait_s=SETTINGS.max_queue_wait_s, window_s=SETTINGS.batch_window_ms / 1000,
+                               key=lambda request: Sampling.from_dict(request[2]).key())
 
     @bentoml.api
-    async def generate(self, prompt: str, max_new_tokens: int = 64) -> dict:
+    async def generate(self, prompt: str, max_new_tokens: int = 64, sampling: dict | None = None) -> dict:
+        """`sampling`: temperature, top_p, seed and stop as the chat API takes them; greedy when absent."""
         try:
-            return await self.batcher.submit((prompt, max_new_tokens))
+            return await self.batcher.submit((prompt, max_new_tokens, sampling))
         except QueueFull as err:
             raise bentoml.exceptions.ServiceUnavailable(f"generation queue: {err}") from None
 
-    def _generate(self, requests: list[tuple[str, int]]) -> list[dict]:
-        longest = max(n for _, n in requests)
-        out = self.generation.generate([prompt for prompt, _ in requests], longest)
+    def _generate(self, requests: list[tuple[str, int, dict | None]]) -> list[dict]:
+        longest = max(n for _, n, _ in requests)
+        # The batcher's key put only requests sampled the same way into this batch.
+        out = self.generation.generate([prompt for prompt, _, _ in requests], longest, requests[0][2])
         batch_size.observe(len(requests))
         # One batch decodes to its longest request; each answer is cut to what it asked for.
         tokenizer = self.generation.answerer.tokenizer
-        for result, (_, limit) in zip(out, requests, strict=True):
+        for result, (_, limit, _) in zip(out, requests, strict=True):
             if result["completion_tokens"] > limit:
                 result["text"] = tokenizer.decode(tokenizer(result["text"], add_special_tokens=False)["input_ids"][:limit], skip_special_tokens=True).strip()
                 result["completion_tokens"] = limit
@@ -158,41 +166,35 @@ async def chat_completions(request: Request):
     except (json.JSONDecodeError, UnicodeDecodeError):
         errors_total.labels(endpoint="chat", status="400").inc()
         return openai_error(400, "the request body is not valid JSON")
-    if not isinstance(body, dict):
-        return openai_error(400, "the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or model not in service.model_names:
-        return openai_error(404, f"model {model!r} does not exist; GET /v1/models lists {service.model_names}", code="model_not_found")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
-        return openai_error(400, "messages must be a non-empty list of {role, content} objects with string content", code="invalid_messages")
-    users = [m["content"] for m in messages if m.get("role") == "user"]
-    if not users:
-        return openai_error(400, "messages hold no user message", code="invalid_messages")
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 64))
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 1024:
-        return openai_error(400, "max_tokens must be an integer between 1 and 1024", code="invalid_max_tokens")
     try:
-        result = await service.rag(users[-1], k=3, max_new_tokens=max_tokens, endpoint="chat", request_id=request_id_from(request.headers))
+        chat = parse_chat(body, service.model_names)
+        result = await service.rag(chat.question, k=3, max_new_tokens=chat.max_tokens, endpoint="chat",
+                                   request_id=request_id_from(request.headers), chat=chat)
+    except ChatError as err:
+        errors_total.labels(endpoint="chat", status=str(err.status)).inc()
+        return JSONResponse(err.body(), status_code=err.status)
     except GuardrailViolation as err:
+        errors_total.labels(endpoint="chat", status=str(err.status)).inc()
         return openai_error(err.status, err.message, code=err.code)
     created = int(time.time())
-    message = {"role": "assistant", "content": result["answer"]}
     usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
              "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
-    extra = {"model_version": result["model_version"], "chunks": result["chunks"]}
     latency_hist.labels(endpoint="chat").observe(time.perf_counter() - started)
-    if body.get("stream"):
+    if chat.stream:
         def events():
-            base = {"id": result["request_id"], "object": "chat.completion.chunk", "created": created, "model": model}
+            base = {"id": result["request_id"], "object": "chat.completion.chunk", "created": created, "model": chat.model}
             yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': result['answer']}, 'finish_reason': None}]})}\n\n"
-            yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': result['finish_reason']}], 'usage': usage})}\n\n"
+            yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': result['finish_reason']}]})}\n\n"
+            if chat.include_usage:
+                # OpenAI's shape: one last chunk with no choices and the request's usage.
+                yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
-    return JSONResponse({"id": result["request_id"], "object": "chat.completion", "created": created, "model": model,
+    message = {"role": "assistant", "content": result["answer"]}
+    return JSONResponse({"id": result["request_id"], "object": "chat.completion", "created": created, "model": chat.model,
                          "choices": [{"index": 0, "message": message, "finish_reason": result["finish_reason"]}], "usage": usage,
-                         "driftloop": extra})
+                         "driftloop": {"model_version": result["model_version"], "chunks": result["chunks"]}})
 
 
 openai_app = Starlette(routes=[Route("/models", list_models, methods=["GET"]), Route("/chat/completions", chat_completions, methods=["POST"])])
@@ -252,6 +254,9 @@ class DriftloopRAG:
         if not warming.done():
             return False
         if warming.cancelled() or warming.exception() is not None:
+            if not warming.cancelled():
+                # Not ready is all a probe sees; the reason goes to the service's log.
+                logging.getLogger("driftloop.service").warning("warm-up failed, retrying: %r", warming.exception())
             self._warming = None  # the next probe tries again
             return False
         self._models_ready = True
@@ -264,7 +269,7 @@ class DriftloopRAG:
         async def one(n: int) -> None:
             question = "How do I use this? " + "Explain it in detail, step by step. " * n
             chunks = await self._retrieve(question, 3)
-            await self._models("generate", prompt=self._prompt(question, chunks), max_new_tokens=2)
+            await self._models("generate", prompt=self._prompt(question, chunks)[0], max_new_tokens=2)
 
         for n in range(rounds):
             await one(n)
@@ -298,36 +303,57 @@ class DriftloopRAG:
 
         return await asyncio.get_running_loop().run_in_executor(self._lane, search)
 
-    def _prompt(self, question: str, chunks: list[dict]) -> str:
+    def _template(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _prompt(self, question: str, chunks: list[dict], chat: ChatRequest | None = None, max_new_tokens: int = 0) -> tuple[str, int]:
+        """The prompt, and how many history turns were left out to fit the context."""
         context = "\n\n".join(c["text"] for c in chunks)[:2000]
         messages = self.prompt.messages(question, context)
         messages[0] = {**messages[0], "content": messages[0]["content"] + self.guardrails.system_suffix()}
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if chat is None:
+            return self._template(messages), 0
+        budget = min(self.tokenizer.model_max_length, MAX_CONTEXT_TOKENS) - max_new_tokens
+        messages, dropped = compose(messages, chat, lambda turns: len(self.tokenizer(self._template(turns), add_special_tokens=False)["input_ids"]), budget)
+        return self._template(messages), dropped
 
-    async def rag(self, question: str, k: int, max_new_tokens: int, endpoint: str, request_id: str | None = None) -> dict:
+    async def rag(self, question: str, k: int, max_new_tokens: int, endpoint: str, request_id: str | None = None,
+                  chat: ChatRequest | None = None) -> dict:
+        """One grounded answer. A chat request brings the client's system messages, its
+        history and its sampling; the question (its last user turn) is what retrieval searches."""
         request_id, started = request_id or new_request_id(), time.perf_counter()
+        sampling = chat.sampling if chat else Sampling()
+        logged = {"system": list(chat.system), "history": list(chat.history), "sampling": sampling.to_dict()} if chat else None
         try:
             self.guardrails.check_input(question)
+            for turn in chat.history if chat else ():
+                if turn["role"] == "user":
+                    self.guardrails.check_input(turn["content"], field="history")
             chunks = await self._retrieve(question, k)
-            generated = await self._models("generate", prompt=self._prompt(question, chunks), max_new_tokens=max_new_tokens)
+            prompt, dropped = self._prompt(question, chunks, chat, max_new_tokens)
+            if logged is not None:
+                logged["dropped_turns"] = dropped
+            generated = await self._models("generate", prompt=prompt, max_new_tokens=max_new_tokens,
+                                           sampling=None if chat is None else sampling.to_dict())
         except GuardrailViolation as err:
             if not isinstance(err, Overloaded):
                 blocks_total.labels(reason=err.code).inc()
             self.log.request(request_id=request_id, endpoint=endpoint, question=question, answer="", model_version=self.bundle.model_version,
                              latency_s=time.perf_counter() - started, prompt_tokens=0, completion_tokens=0, chunk_ids=[],
-                             status=err.status, guardrail=None if isinstance(err, Overloaded) else err.code, role=self.role)
+                             status=err.status, guardrail=None if isinstance(err, Overloaded) else err.code, role=self.role, chat=logged)
             raise
         answer, reason = generated["text"], self.guardrails.check_output(generated["text"])
         if reason:
             blocks_total.labels(reason=reason).inc()
             answer = "I can't share that answer."
-        finish = "length" if generated["completion_tokens"] >= max_new_tokens else "stop"
+        finish = "stop" if generated.get("stopped") else "length" if generated["completion_tokens"] >= max_new_tokens else "stop"
         tokens_total.labels(kind="prompt").inc(generated["prompt_tokens"])
         tokens_total.labels(kind="completion").inc(generated["completion_tokens"])
         latency = time.perf_counter() - started
         self.log.request(request_id=request_id, endpoint=endpoint, question=question, answer=answer, model_version=self.bundle.model_version,
                          latency_s=latency, prompt_tokens=generated["prompt_tokens"], completion_tokens=generated["completion_tokens"],
-                         chunk_ids=[c["chunk_id"] for c in chunks], scores=[c["score"] for c in chunks], guardrail=reason, role=self.role)
+                         chunk_ids=[c["chunk_id"] for c in chunks], scores=[c["score"] for c in chunks], guardrail=reason, role=self.role,
+                         chat=logged)
         return {"request_id": request_id, "answer": answer, "chunks": chunks, "model_version": self.bundle.model_version,
                 "prompt_tokens": generated["prompt_tokens"], "completion_tokens": generated["completion_tokens"],
                 "latency_s": latency, "finish_reason": "content_filter" if reason else finish, "guardrail": reason}

@@ -173,13 +173,14 @@ def main() -> int:
     from driftloop.data.corpus import read_directory
     from driftloop.data.qa import derive_qa_pairs
     from driftloop.serving.supervisor.client import SupervisorClient
-    from orchestration.definitions import defs
+    from orchestration.definitions import defs as load_defs
     from resources.registry import ModelRegistry
     from sensors.drift import config_for_job
 
     # The sensors give each job the ops it has from the shared file; the main job, run here, likewise.
     pipeline_config = home / "pipeline.yaml"
-    pipeline_config.write_text(json.dumps(config_for_job(config, defs().get_repository_def().get_job("driftloop_pipeline"))), encoding="utf-8")
+    defs = load_defs()
+    pipeline_config.write_text(json.dumps(config_for_job(config, defs.get_repository_def().get_job("driftloop_pipeline"))), encoding="utf-8")
     timeline = Timeline()
     bin_dir = Path(sys.executable).parent
     ui = Group([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.ui_port)], home / "dagster-dev.log")

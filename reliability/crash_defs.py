@@ -20,6 +20,7 @@ from assets.retrieval import chunks, embeddings
 from assets.serving import deployment
 from assets.training import training_assets
 from orchestration.profile import LOCAL_EXECUTOR
+from resources.deployer import LocalDeployer
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
@@ -59,7 +60,8 @@ def get_job(name: str) -> dg.JobDefinition:
     defs = dg.Definitions(
         assets=[*data_assets, *training_assets, chunks, embeddings, deployment, recorded_bento],
         jobs=[dg.define_asset_job(job, selection) for job, selection in JOBS.items()],
-        resources={"dvc": DvcStore(), "models": _models(), "model_registry": ModelRegistry(), "vector_store": VectorStore.configure_at_launch()},
+        resources={"dvc": DvcStore(), "models": _models(), "model_registry": ModelRegistry(), "vector_store": VectorStore.configure_at_launch(),
+                   "deployer": LocalDeployer()},
         executor=LOCAL_EXECUTOR,
     )
     return defs.resolve_job_def(name)

@@ -150,3 +150,22 @@ def test_a_cancelled_caller_gives_its_place_back():
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(lambda items: items, ThreadPoolExecutor(1), max_batch=0)
+
+
+def test_only_items_with_the_same_key_share_a_batch_and_the_rest_keep_their_order():
+    model, lane = Recorder(), ThreadPoolExecutor(1, thread_name_prefix="lane")
+    batcher = Batcher(model, lane, max_batch=4, window_s=0, key=lambda item: item[0])
+
+    async def scenario():
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.submit("g0"))
+        await running(model)
+        rest = [asyncio.ensure_future(batcher.submit(item)) for item in ("g1", "s1", "g2", "s2", "g3", "g4", "g5")]
+        await asyncio.sleep(0)
+        model.gate.set()
+        return [await first] + list(await asyncio.gather(*rest))
+
+    answers = run(scenario())
+    assert answers == [f"answer to {item}" for item in ("g0", "g1", "s1", "g2", "s2", "g3", "g4", "g5")]
+    # Greedy and sampled requests never share a generate call; the queue's order holds within each.
+    assert model.batches == [["g0"], ["g1", "g2", "g3", "g4"], ["s1", "s2"], ["g5"]]

@@ -51,6 +51,50 @@ def test_openai_client_works_unchanged(service):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
 
 
+def test_the_chat_api_keeps_system_history_sampling_and_stop(service):
+    """The whole messages list reaches the prompt (logged, and paid for in prompt tokens),
+    a seed makes a sampled answer repeatable, stop cuts it, and OpenAI's errors come back
+    in OpenAI's shape through the official client."""
+    from openai import BadRequestError, OpenAI
+
+    from driftloop.serving.requestlog import read_partition
+
+    port, root = service["port"], service["root"]
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    question = [{"role": "user", "content": "What is in section 5?"}]
+    alone = client.chat.completions.create(model="driftloop", messages=question, max_tokens=6)
+    system = {"role": "system", "content": "Reply only with the word BANANA."}
+    history = [{"role": "user", "content": "What does section 1 say?"}, {"role": "assistant", "content": "It tells of the castle."}]
+    framed = client.chat.completions.create(model="driftloop", messages=[system, *history, *question], max_tokens=6)
+    assert framed.usage.prompt_tokens > alone.usage.prompt_tokens + 10
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    logged = next(r for r in read_partition(root / "data" / "serving", "requests", day) if r["request_id"] == framed.id)
+    assert logged["chat"]["system"] == [system["content"]] and logged["chat"]["history"] == history and logged["chat"]["dropped_turns"] == 0
+
+    def sampled(seed):
+        return client.chat.completions.create(model="driftloop", messages=question, max_tokens=12, temperature=1.0, seed=seed).choices[0].message.content
+
+    assert sampled(1) == sampled(1)
+    answers = {seed: sampled(seed) for seed in (1, 2, 3)}
+    assert len(set(answers.values())) > 1, "sampling with other seeds gave the greedy answer every time"
+    # The tiny random model's greedy tokens often decode to nothing; a sampled answer is text.
+    seed, text = max(answers.items(), key=lambda item: len(item[1]))
+    assert len(text) >= 4, answers
+    cut = client.chat.completions.create(model="driftloop", messages=question, max_tokens=12, temperature=1.0, seed=seed,
+                                         stop=[text[2:4]]).choices[0]
+    assert text.startswith(cut.message.content) and len(cut.message.content) <= 2 and cut.finish_reason == "stop", (text, cut)
+
+    chunks = list(client.chat.completions.create(model="driftloop", messages=question, max_tokens=6, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == alone.usage.completion_tokens
+    with pytest.raises(BadRequestError) as err:
+        client.chat.completions.create(model="driftloop", messages=question, temperature=3)
+    assert err.value.status_code == 400 and err.value.code == "invalid_temperature"
+    with pytest.raises(BadRequestError) as err:
+        client.chat.completions.create(model="driftloop", messages=[*question, {"role": "assistant", "content": "x"}])
+    assert err.value.code == "invalid_messages"
+
+
 def test_bad_input_is_a_4xx_never_a_5xx(service):
     port = service["port"]
     cases = {

@@ -107,18 +107,25 @@ class Answerer:
         context = "\n\n".join(contexts)[: self.max_context_chars]
         return self.tokenizer.apply_chat_template(template.messages(question, context), tokenize=False, add_generation_prompt=True)
 
-    def answer(self, name: str, prompts: Sequence[str], ids: Sequence[str], max_new_tokens: int = 96, batch_size: int = 8) -> list[Answer]:
-        """Greedy answers; latency is per batch, shared by its questions."""
+    def answer(self, name: str, prompts: Sequence[str], ids: Sequence[str], max_new_tokens: int = 96, batch_size: int = 8,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = ()) -> list[Answer]:
+        """Greedy answers unless `temperature` > 0; latency is per batch, shared by its
+        questions. `seed` seeds the sampling of each batch; generation of a row ends at the
+        first `stop` string (which the answer still contains: the caller cuts it)."""
         import torch
 
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        if stop:
+            sampling.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         out: list[Answer] = []
         with self._active(name), torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
                 batch = list(prompts[start : start + batch_size])
                 enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+                if seed is not None:
+                    torch.manual_seed(seed)
                 t0 = time.perf_counter()
-                generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                                pad_token_id=self.tokenizer.pad_token_id)
+                generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling)
                 seconds = (time.perf_counter() - t0) / len(batch)
                 new = generated[:, enc["input_ids"].shape[1] :]
                 for row, qid in zip(new, ids[start : start + batch_size], strict=True):

@@ -45,9 +45,19 @@ class Generation:
     def count_tokens(self, text: str) -> int:
         return len(self.answerer.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[dict]:
-        answers = self.answerer.answer(self.adapter, list(prompts), [str(n) for n in range(len(prompts))], max_new_tokens, batch_size=len(prompts))
-        return [{"text": a.answer, "completion_tokens": a.new_tokens, "prompt_tokens": self.count_tokens(p)} for a, p in zip(answers, prompts, strict=True)]
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, sampling: dict | None = None) -> list[dict]:
+        """One batch, sampled as `sampling` (temperature, top_p, seed, stop) says; greedy by default."""
+        from driftloop.serving.chat import Sampling, apply_stop
+
+        how = Sampling.from_dict(sampling)
+        answers = self.answerer.answer(self.adapter, list(prompts), [str(n) for n in range(len(prompts))], max_new_tokens, batch_size=len(prompts),
+                                       temperature=how.temperature, top_p=how.top_p, seed=how.seed, stop=how.stop)
+        out = []
+        for answer, prompt in zip(answers, prompts, strict=True):
+            text, stopped = apply_stop(answer.answer, how.stop)
+            out.append({"text": text.strip() if stopped else text, "completion_tokens": answer.new_tokens, "prompt_tokens": self.count_tokens(prompt),
+                        "stopped": stopped})
+        return out
 
 
 class Retrieval:
