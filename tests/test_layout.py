@@ -130,3 +130,10 @@ def test_every_folder_derives_from_one_home_and_four_overrides(tmp_path, monkeyp
 def test_no_file_of_the_project_is_over_500_lines():
     long = [f"{p.relative_to(REPO)}: {n}" for p in _python_files(SCANNED) if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500]
     assert not long, "\n".join(long)
+
+
+def test_the_image_copies_every_package_it_installs():
+    # `pip install .` in the image fails on a package folder the Dockerfile did not copy.
+    packages = {p.split(".")[0] for p in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]}
+    copied = set(re.findall(r"^COPY (\w+) \1$", (REPO / "deploy" / "Dockerfile").read_text(encoding="utf-8"), re.M))
+    assert packages - copied == set(), "installed but not copied into the image"
