@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install demo drift-demo pipeline serve rollback test test-fast test-avx2 reliability ui lock clean corpora corpora-assemble
+.PHONY: install demo drift-demo pipeline serve rollback test closed-loop test-fast test-avx2 reliability ui lock clean corpora corpora-assemble
 
 install: $(STAMP)
 
@@ -52,7 +52,13 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 # The Postgres instance test starts its own server from Debian's postgresql, installed
 # here when missing (it skips, with the reason, where that is not possible).
 test: install
-	DRIFTLOOP_PG_BIN=$${DRIFTLOOP_PG_BIN:-$$(.ci/postgres-bin || true)} $(BIN)/python -m pytest -q --durations=25
+	DRIFTLOOP_PG_BIN=$${DRIFTLOOP_PG_BIN:-$$(.ci/postgres-bin || true)} $(BIN)/python -m pytest -q --durations=25 -m "not scenario"
+
+# The closed loop end to end (tests/test_closed_loop.py, `make drift-demo` reduced): about
+# 7 minutes on 2 cores, so it runs here and before a change to sensors, serving or the
+# gate lands, not inside CI's 30 minutes.
+closed-loop: install
+	$(BIN)/python -m pytest -q -m scenario
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration"

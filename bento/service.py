@@ -37,7 +37,7 @@ enforce_offline()
 from driftloop.prompts import load_prompt  # noqa: E402 - offline switches first
 from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
 from driftloop.serving.bundle import load_bundle  # noqa: E402
-from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, parse_chat  # noqa: E402
+from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, parse_chat, parse_embeddings  # noqa: E402
 from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
 from driftloop.serving.requestlog import RequestLog, default_root, new_request_id  # noqa: E402
 from driftloop.serving.shadow import request_id_from  # noqa: E402
@@ -154,8 +154,29 @@ class ApiKeyMiddleware:
 
 async def list_models(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
-    data = [{"id": name, "object": "model", "created": service.started, "owned_by": "driftloop"} for name in service.model_names]
+    data = [{"id": name, "object": "model", "created": service.started, "owned_by": "driftloop"}
+            for name in [*service.model_names, *service.embedding_names]]
     return JSONResponse({"object": "list", "data": data})
+
+
+async def embeddings(request: Request) -> JSONResponse:
+    """`/v1/embeddings` with the model retrieval uses: the vectors the index was built on."""
+    import base64
+
+    service = bentoml.get_current_service()
+    try:
+        asked = parse_embeddings(json.loads(await request.body()), service.embedding_names)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return openai_error(400, "the request body is not valid JSON")
+    except ChatError as err:
+        return JSONResponse(err.body(), status_code=err.status)
+    embedder = service.retrieval.embedder
+    vectors = await asyncio.get_running_loop().run_in_executor(service._lane, lambda: embedder.encode(list(asked.inputs)))
+    tokens = sum(len(ids) for ids in embedder.tokenizer(list(asked.inputs), add_special_tokens=True)["input_ids"])
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(vector.astype("<f4").tobytes()).decode() if asked.base64 else vector.tolist()}
+            for i, vector in enumerate(vectors)]
+    return JSONResponse({"object": "list", "data": data, "model": asked.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
 async def chat_completions(request: Request):
@@ -197,7 +218,8 @@ async def chat_completions(request: Request):
                          "driftloop": {"model_version": result["model_version"], "chunks": result["chunks"]}})
 
 
-openai_app = Starlette(routes=[Route("/models", list_models, methods=["GET"]), Route("/chat/completions", chat_completions, methods=["POST"])])
+openai_app = Starlette(routes=[Route("/models", list_models, methods=["GET"]), Route("/chat/completions", chat_completions, methods=["POST"]),
+                                Route("/embeddings", embeddings, methods=["POST"])])
 
 
 @bentoml.service(name="driftloop-rag", traffic={"timeout": 300, "max_concurrency": SETTINGS.max_concurrency})
@@ -222,6 +244,7 @@ class DriftloopRAG:
         self.log = RequestLog(default_root(), settings.get("price_per_1k_prompt", 0.0) if prompt_price is None else prompt_price,
                               settings.get("price_per_1k_completion", 0.0) if completion_price is None else completion_price)
         self.model_names = [self.bundle.model_version, "driftloop"]
+        self.embedding_names = [Path(self.bundle.spec["embedding_model"]).name]
         # Retrieval lives here, beside the guardrails, not in the generator's process: a
         # question's embedding and search take milliseconds on one thread, and here they
         # neither queue behind a generate batch nor start a second thread pool beside it.

@@ -79,3 +79,16 @@ def test_a_question_that_cannot_fit_names_both_token_counts():
 def test_stop_sequences_cut_the_answer_before_the_first_one():
     assert apply_stop("one. two. END three END", ["END", "two"]) == ("one. ", True)
     assert apply_stop("no stop here", ["END"]) == ("no stop here", False)
+
+
+def test_embedding_requests_take_a_string_or_a_list_and_refuse_the_rest():
+    from driftloop.serving.chat import parse_embeddings
+
+    assert parse_embeddings({"model": "m", "input": "x"}, ["m"]).inputs == ("x",)
+    assert parse_embeddings({"model": "m", "input": ["a", "b"], "encoding_format": "base64"}, ["m"]).base64
+    for body, code in [({"model": "n", "input": "x"}, "model_not_found"), ({"model": "m", "input": [1, 2]}, "invalid_input"),
+                       ({"model": "m", "input": "x", "encoding_format": "int8"}, "invalid_encoding_format"),
+                       ({"model": "m", "input": "x", "dimensions": 8}, "invalid_dimensions")]:
+        with pytest.raises(ChatError) as err:
+            parse_embeddings(body, ["m"])
+        assert err.value.code == code, body

@@ -22,7 +22,7 @@ from conftest import write_corpus
 from serving_helpers import free_port_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.scenario]
 
 
 @pytest.mark.timeout(1800)

@@ -102,7 +102,7 @@ class ObedientGeneration:
     def count_tokens(self, text: str) -> int:
         return self.real.count_tokens(text)
 
-    def generate(self, prompts, max_new_tokens: int) -> list[dict]:
+    def generate(self, prompts, max_new_tokens: int, sampling: dict | None = None) -> list[dict]:
         out = []
         for prompt in prompts:
             system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", prompt, re.DOTALL)[1]

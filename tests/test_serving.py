@@ -95,6 +95,33 @@ def test_the_chat_api_keeps_system_history_sampling_and_stop(service):
     assert err.value.code == "invalid_messages"
 
 
+def test_embeddings_are_the_retrieval_models_through_the_openai_client(service):
+    from pathlib import Path
+
+    from openai import BadRequestError, NotFoundError, OpenAI
+
+    port, bundle = service["port"], service["bundle"]
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    name = Path(bundle.spec["embedding_model"]).name
+    assert name in [m.id for m in client.models.list().data]
+    # The client asks for base64 by default and decodes it; the float form must be the same vectors.
+    packed = client.embeddings.create(model=name, input=["the castle in section 3", "a moat"])
+    status, body = call(port, "/v1/embeddings", {"model": name, "input": ["the castle in section 3", "a moat"], "encoding_format": "float"})
+    assert status == 200, body
+    floats = [row["embedding"] for row in json.loads(body)["data"]]
+    assert [d.index for d in packed.data] == [0, 1] and packed.usage.prompt_tokens > 4
+    for got, want in zip((d.embedding for d in packed.data), floats, strict=True):
+        assert len(got) == len(want) and max(abs(a - b) for a, b in zip(got, want)) < 1e-6
+        assert abs(sum(v * v for v in got) - 1.0) < 1e-3
+    assert floats[0] != floats[1]
+    with pytest.raises(NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input="x")
+    with pytest.raises(NotFoundError):
+        client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(BadRequestError):
+        client.embeddings.create(model=name, input=[])
+
+
 def test_bad_input_is_a_4xx_never_a_5xx(service):
     port = service["port"]
     cases = {

@@ -132,6 +132,37 @@ def parse_chat(body: object, models: Sequence[str], max_tokens_limit: int = 1024
                        max_tokens=max_tokens, sampling=sampling, stream=bool(body.get("stream")), include_usage=bool(options.get("include_usage")))
 
 
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    inputs: tuple[str, ...]
+    base64: bool = False
+
+
+MAX_EMBEDDING_INPUTS = 256
+
+
+def parse_embeddings(body: object, models: Sequence[str]) -> EmbeddingRequest:
+    """An OpenAI embeddings request: `input` one string or a list of them; the vectors as
+    floats, or as base64 float32 (what the official client asks for by default)."""
+    if not isinstance(body, dict):
+        raise ChatError(400, "the request body must be a JSON object", "invalid_body")
+    model = body.get("model")
+    if not isinstance(model, str) or model not in models:
+        raise ChatError(404, f"the model {model!r} does not exist; the embedding model is {list(models)}", "model_not_found", "model")
+    inputs = body.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(inputs, list) or not inputs or len(inputs) > MAX_EMBEDDING_INPUTS or not all(isinstance(t, str) and t for t in inputs):
+        raise ChatError(400, f"input must be a non-empty string or a list of 1 to {MAX_EMBEDDING_INPUTS} of them (token arrays are not taken)",
+                        "invalid_input", "input")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise ChatError(400, f"encoding_format must be float or base64, got {encoding!r}", "invalid_encoding_format", "encoding_format")
+    if body.get("dimensions") is not None:
+        raise ChatError(400, "dimensions is not supported: the embedding model has one size", "invalid_dimensions", "dimensions")
+    return EmbeddingRequest(model, tuple(inputs), encoding == "base64")
+
+
 def compose(rag_messages: list[dict], request: ChatRequest, count_tokens: Callable[[list[dict]], int], budget: int) -> tuple[list[dict], int]:
     """The messages the generator sees and how many history turns were dropped: the RAG
     system turn with the client's instructions after it, as much history as fits
