@@ -146,16 +146,16 @@ def retrain_on_drift(context: dg.SensorEvaluationContext, settings: Settings):
 
 def drift_sensors(settings: Settings) -> list[dg.SensorDefinition]:
     """The two drift sensors with their tick interval, default status and thresholds."""
-    every = dict(minimum_interval_seconds=settings.sensor_interval_s, default_status=sensor_status(settings))
+    timing = dict(minimum_interval_seconds=settings.sensor_interval_s, default_status=sensor_status(settings))
 
-    @dg.sensor(name="drift_check_on_traffic", job_name="drift_check", **every,
+    @dg.sensor(name="drift_check_on_traffic", job_name="drift_check", **timing,
                description=f"Runs monitoring/drift_report every {settings.drift_check_every} new served requests "
                            f"(DRIFTLOOP_DRIFT_CHECK_EVERY), and on the requests still unchecked once traffic has paused for "
                            f"{settings.drift_check_idle_s:g} s (DRIFTLOOP_DRIFT_CHECK_IDLE_S).")
     def drift_check_on_traffic(context: dg.SensorEvaluationContext):
         return check_on_traffic(context, settings)
 
-    @dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", **every,
+    @dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", **timing,
                description="One retrain (refresh data, train, evaluate, gate, redeploy) per drifted window of live traffic.")
     def drift_retrain(context: dg.SensorEvaluationContext):
         return retrain_on_drift(context, settings)

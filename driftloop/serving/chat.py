@@ -93,12 +93,19 @@ def _number(body: dict, name: str, default: float, low: float, high: float, low_
     return float(value)
 
 
-def parse_chat(body: object, models: Sequence[str], max_tokens_limit: int = 1024) -> ChatRequest:
+def _served_model(body: object, models: Sequence[str]) -> str:
+    """The request's model, when the body is an object and the model is one this endpoint serves."""
     if not isinstance(body, dict):
         raise ChatError(400, "the request body must be a JSON object", "invalid_body")
     model = body.get("model")
     if not isinstance(model, str) or model not in models:
-        raise ChatError(404, f"the model {model!r} does not exist; GET /v1/models lists {list(models)}", "model_not_found", "model")
+        raise ChatError(404, f"the model {model!r} does not exist here; this endpoint serves {list(models)} (GET /v1/models lists all)",
+                        "model_not_found", "model")
+    return model
+
+
+def parse_chat(body: object, models: Sequence[str], max_tokens_limit: int = 1024) -> ChatRequest:
+    model = _served_model(body, models)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ChatError(400, "messages must be a non-empty list of {role, content} objects", "invalid_messages", "messages")
@@ -145,11 +152,7 @@ MAX_EMBEDDING_INPUTS = 256
 def parse_embeddings(body: object, models: Sequence[str]) -> EmbeddingRequest:
     """An OpenAI embeddings request: `input` one string or a list of them; the vectors as
     floats, or as base64 float32 (what the official client asks for by default)."""
-    if not isinstance(body, dict):
-        raise ChatError(400, "the request body must be a JSON object", "invalid_body")
-    model = body.get("model")
-    if not isinstance(model, str) or model not in models:
-        raise ChatError(404, f"the model {model!r} does not exist; the embedding model is {list(models)}", "model_not_found", "model")
+    model = _served_model(body, models)
     inputs = body.get("input")
     inputs = [inputs] if isinstance(inputs, str) else inputs
     if not isinstance(inputs, list) or not inputs or len(inputs) > MAX_EMBEDDING_INPUTS or not all(isinstance(t, str) and t for t in inputs):
