@@ -11,8 +11,9 @@ import dagster as dg
 from pydantic import Field
 
 from assets.common import OWNERS, json_meta, load_dataset, publish_dataset, suite_check_results
+from assets.keys import INSTRUCTION_DATASET, QA_PAIRS, SOURCE_DOCUMENTS, VECTOR_INDEX
 from driftloop.data.corpus import SourceError, fingerprint, ingest_with_inbox, resolve_source
-from driftloop.data.instructions import build_examples
+from driftloop.data.instructions import build_examples, training_contexts
 from driftloop.data.qa import derive
 from driftloop.data.records import Document, Rejected, excerpt
 from driftloop.data.suites import (
@@ -29,10 +30,9 @@ from driftloop.data.validation import DatasetError, run_suite, screen
 from driftloop.prompts import load_prompt
 from driftloop.settings import Settings
 from resources.dvc import DvcStore
+from resources.models import ModelCatalog
+from resources.vector_store import VectorStore
 
-SOURCE_DOCUMENTS = dg.AssetKey(["data", "source_documents"])
-QA_PAIRS = dg.AssetKey(["data", "qa_pairs"])
-INSTRUCTION_DATASET = dg.AssetKey(["data", "instruction_dataset"])
 BLOCKING = ("schema", "text_quality", "duplicates", "leakage")
 KINDS = {"dvc", "great_expectations", "pandas"}
 
@@ -71,6 +71,13 @@ class QAPairsConfig(dg.Config):
 
 class InstructionDatasetConfig(dg.Config):
     prompt_version: str = Field(default="rag.v1", description="A template under driftloop/prompts/.")
+    contexts: Literal["retrieved", "gold"] = Field(
+        default="retrieved",
+        description="retrieved: each question is shown the top-k chunks the served index returns for it, as evaluation and "
+        "serving show them, with the chunk that answers it swapped in where retrieval missed (RAFT); gold: its own section.",
+    )
+    k: int = Field(default=3, ge=1, le=20, description="Retrieved contexts per example; the same k as evaluation and serving.")
+    search_depth: int = Field(default=20, ge=1, description="Chunks ranked per question, so that chunks of eval documents can be skipped.")
     max_example_chars: int = Field(default=8000, gt=0)
     include_feedback: bool = Field(default=True, description="Corrected answers from the request log become examples, validated like the rest.")
     max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
@@ -84,13 +91,12 @@ def source_locations(source: str | None = None, inbox: str | None = None, settin
     return [resolve_source(source, settings.source_dir), inbox or str(Layout.from_env().inbox)]
 
 
-def _feedback_examples(prompt) -> list[dict]:
+def _feedback_examples(prompt, vector_store: VectorStore) -> list[dict]:
     from datetime import UTC, datetime
 
+    from driftloop.artifacts import ArtifactError
     from driftloop.data.instructions import feedback_examples
     from driftloop.monitoring.traffic import read_window
-    from resources.vector_store import VectorStore
-    from driftloop.artifacts import ArtifactError
     from driftloop.serving.requestlog import default_root
 
     requests, feedback = read_window(default_root(), datetime(2026, 1, 1, tzinfo=UTC), max_days=366)
@@ -98,11 +104,30 @@ def _feedback_examples(prompt) -> list[dict]:
         return []
     texts = {}
     try:
-        with (VectorStore().store().current_index_folder() / "chunks.jsonl").open(encoding="utf-8") as handle:
+        with (vector_store.store().current_index_folder() / "chunks.jsonl").open(encoding="utf-8") as handle:
             texts = {row["chunk_id"]: row["text"] for row in map(json.loads, handle)}
     except (OSError, ValueError, ArtifactError):
         pass  # no index yet: the examples go without context
     return feedback_examples(requests.rows, feedback.rows, texts, prompt)
+
+
+def _retrieved_contexts(qa_rows: list[dict], config: "InstructionDatasetConfig", models: ModelCatalog, vector_store: VectorStore):
+    from driftloop.artifacts import ArtifactError
+    from driftloop.retrieval.index import VectorIndex
+
+    try:
+        index = VectorIndex(vector_store.store().current_index_folder())
+    except ArtifactError as err:
+        raise dg.Failure(description=f"data/instruction_dataset: contexts 'retrieved' needs the served index: {err} "
+                                     "(or set contexts: gold)") from err
+    train = [r for r in qa_rows if r["split"] == "train"]
+    eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
+    questions = [r["question"] for r in train]
+    depth = min(max(config.search_depth, config.k), len(index.chunks))
+    if not train:
+        return training_contexts([], index.chunks, [], config.k, eval_docs), index.version
+    _, ranked = index.search(models.embedder().encode(questions, batch_size=models.embedding_batch_size), depth, questions)
+    return training_contexts(train, index.chunks, [[int(i) for i in row] for row in ranked], config.k, eval_docs), index.version
 
 
 def _pii_summary(frame) -> dict:
@@ -225,23 +250,40 @@ def qa_pairs(context: dg.AssetExecutionContext, config: QAPairsConfig, dvc: DvcS
 
 @dg.asset(
     key=INSTRUCTION_DATASET,
-    deps=[QA_PAIRS],
-    group_name="data",
+    deps=[QA_PAIRS, VECTOR_INDEX],
+    group_name="training",
     kinds=KINDS,
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     tags={"stage": "data"},
 )
-def instruction_dataset(context: dg.AssetExecutionContext, config: InstructionDatasetConfig, dvc: DvcStore) -> dg.MaterializeResult:
+def instruction_dataset(
+    context: dg.AssetExecutionContext, config: InstructionDatasetConfig, dvc: DvcStore, models: ModelCatalog, vector_store: VectorStore
+) -> dg.MaterializeResult:
     """Chat-format fine-tuning examples (system, user question + context, assistant
-    answer) built from the train split only, with the prompt template version recorded."""
+    answer) built from the train split only, each shown the contexts the served index
+    retrieves for it (RAFT), with the prompt template and index versions recorded."""
     qa_rows = load_dataset(dvc, "qa_pairs")
     try:
         prompt = load_prompt(config.prompt_version)
     except FileNotFoundError as err:
         raise dg.Failure(description=str(err)) from err
-    rows = build_examples(qa_rows, prompt)
-    from_feedback = _feedback_examples(prompt) if config.include_feedback else []
+    context_meta = {"contexts": dg.MetadataValue.text(config.contexts)}
+    if config.contexts == "retrieved":
+        found, index_version = _retrieved_contexts(qa_rows, config, models, vector_store)
+        rows = build_examples(qa_rows, prompt, found.texts)
+        shown = max(len(found.texts), 1)
+        context_meta.update({
+            "index_version": dg.MetadataValue.text(index_version),
+            "k": dg.MetadataValue.int(config.k),
+            "retrieved_answer_rate": dg.MetadataValue.float(round(found.retrieved_hits / shown, 4)),
+            "answer_chunk_inserted": dg.MetadataValue.int(found.answer_inserted),
+            "section_fallback": dg.MetadataValue.int(found.section_fallback),
+            "eval_chunks_skipped": dg.MetadataValue.int(found.eval_chunks_skipped),
+        })
+    else:
+        rows = build_examples(qa_rows, prompt)
+    from_feedback = _feedback_examples(prompt, vector_store) if config.include_feedback else []
     rows += from_feedback
     eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
     limits = Limits(max_example_chars=config.max_example_chars)
@@ -255,6 +297,7 @@ def instruction_dataset(context: dg.AssetExecutionContext, config: InstructionDa
         seen=len(rows), max_bad_fraction=config.max_bad_fraction,
         preview_columns=["example_id", "doc_id", "prompt_version"],
         extra_metadata={
+            **context_meta,
             "prompt_version": dg.MetadataValue.text(prompt.version),
             "feedback_examples": dg.MetadataValue.int(len(from_feedback)),
             "example_user_turns": dg.MetadataValue.md("\n\n".join(f"- {excerpt(t, 200)}" for t in user_turns)),

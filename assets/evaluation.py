@@ -15,9 +15,7 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from assets.common import GPU_POD, OWNERS, json_meta, load_dataset
-from assets.data import QA_PAIRS
-from assets.retrieval import VECTOR_INDEX
-from assets.training import BASE_MODEL, LORA_ADAPTER
+from assets.keys import BASE_MODEL, CHAMPION, EVAL_REPORT, LORA_ADAPTER, QA_PAIRS, VECTOR_INDEX
 from driftloop.artifacts import ArtifactError, verify
 from driftloop.evaluation.gate import DEFAULT_MIN_QUESTIONS, PAIRED_METRICS, GateRules, eval_split_problem
 from driftloop.evaluation.judge import JudgeError, JudgeSettings
@@ -30,8 +28,6 @@ from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 from resources.vector_store import VectorStore
 
-EVAL_REPORT = dg.AssetKey(["evaluation", "eval_report"])
-CHAMPION = dg.AssetKey(["evaluation", "champion"])
 GATE = "promotion_gate"
 HEADLINE = ("semantic_similarity", "rouge_l", "bleu", "perplexity", "context_recall", "faithfulness", "answer_relevancy", "refusal_rate",
             "latency_p50_s")

@@ -15,15 +15,12 @@ import numpy as np
 from pydantic import Field
 
 from assets.common import OWNERS, json_meta, load_dataset
-from assets.data import QA_PAIRS
-from assets.serving import DEPLOYMENT
+from assets.keys import DEPLOYMENT, DRIFT_REPORT, INFERENCE_LOG, QA_PAIRS
 from driftloop.atomic import write_bytes
 from driftloop.layout import Layout
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
 
-INFERENCE_LOG = dg.AssetKey(["monitoring", "inference_log"])
-DRIFT_REPORT = dg.AssetKey(["monitoring", "drift_report"])
 daily = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone="UTC")
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from assets.common import GPU_POD, OWNERS, json_meta, load_dataset, publish_dataset
-from assets.data import QA_PAIRS, SOURCE_DOCUMENTS
+from assets.keys import CHUNKS, EMBEDDINGS, QA_PAIRS, SOURCE_DOCUMENTS, VECTOR_INDEX
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
 from resources.vector_store import VectorStore
@@ -16,9 +16,6 @@ from driftloop.retrieval.chunking import chunk_document, embed_text
 from driftloop.retrieval.index import VectorIndex, choose_spec
 from driftloop.retrieval.quality import relevant_sets, retrieval_metrics
 
-CHUNKS = dg.AssetKey(["retrieval", "chunks"])
-EMBEDDINGS = dg.AssetKey(["retrieval", "embeddings"])
-VECTOR_INDEX = dg.AssetKey(["retrieval", "vector_index"])
 
 
 class ChunksConfig(dg.Config):

@@ -11,17 +11,14 @@ import dagster as dg
 from pydantic import Field
 
 from assets.common import OWNERS, json_meta
-from assets.evaluation import CHAMPION, EVAL_REPORT, launched_by
-from assets.retrieval import VECTOR_INDEX
+from assets.keys import BENTO, CHAMPION, DEPLOYMENT, EVAL_REPORT, SHADOW, VECTOR_INDEX
+from assets.evaluation import launched_by
 from driftloop.layout import Layout
 from resources.deployer import Deployer
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 from resources.vector_store import VectorStore
 
-BENTO = dg.AssetKey(["serving", "bento"])
-DEPLOYMENT = dg.AssetKey(["serving", "deployment"])
-SHADOW = dg.AssetKey(["serving", "shadow"])
 
 
 def _layout() -> Layout:

@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from assets.common import GPU_POD, OWNERS, json_meta, load_dataset
-from assets.data import INSTRUCTION_DATASET
+from assets.keys import BASE_MODEL, INSTRUCTION_DATASET, LORA_ADAPTER
 from driftloop.models.generator import model_summary
 from driftloop.models.hardware import resolve_device
 from driftloop.plots import loss_curve_png, markdown_image
@@ -19,8 +19,6 @@ from resources.dvc import DvcStore
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 
-BASE_MODEL = dg.AssetKey(["training", "base_model"])
-LORA_ADAPTER = dg.AssetKey(["training", "lora_adapter"])
 
 
 class LoraAdapterConfig(dg.Config):

@@ -34,7 +34,7 @@ from driftloop.offline import enforce_offline
 
 enforce_offline()
 
-from driftloop.prompts import load_prompt  # noqa: E402 - offline switches first
+from driftloop.prompts import join_contexts, load_prompt  # noqa: E402 - offline switches first
 from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
 from driftloop.serving.bundle import load_bundle  # noqa: E402
 from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, parse_chat, parse_embeddings  # noqa: E402
@@ -331,7 +331,7 @@ class DriftloopRAG:
 
     def _prompt(self, question: str, chunks: list[dict], chat: ChatRequest | None = None, max_new_tokens: int = 0) -> tuple[str, int]:
         """The prompt, and how many history turns were left out to fit the context."""
-        context = "\n\n".join(c["text"] for c in chunks)[:2000]
+        context = join_contexts([c["text"] for c in chunks])
         messages = self.prompt.messages(question, context)
         messages[0] = {**messages[0], "content": messages[0]["content"] + self.guardrails.system_suffix()}
         if chat is None:

@@ -71,6 +71,17 @@ def write_corpus(root: Path, n_docs: int = 16, seed: int = 0) -> Path:
 # One JSONL line per class of bad source data, each quarantined with its reason (sorted):
 # duplicate, empty, not_utf8, pii (with pii_action quarantine), too_large (with
 # max_file_bytes 10,000), wrong_fields twice (a field the schema lacks, a null text).
+# The data stage run without an index: training examples are shown their own sections.
+SECTION_CONTEXTS = {"data__instruction_dataset": {"config": {"contexts": "gold"}}}
+
+
+def data_resources(dvc_store, **more) -> dict:
+    from resources.models import ModelCatalog
+    from resources.vector_store import VectorStore
+
+    return {"dvc": dvc_store, "models": ModelCatalog(), "vector_store": VectorStore(), **more}
+
+
 BAD_DATA_REASONS = ["duplicate", "empty", "not_utf8", "pii", "too_large", "wrong_fields", "wrong_fields"]
 
 

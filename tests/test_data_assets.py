@@ -6,7 +6,7 @@ import shutil
 
 import dagster as dg
 
-from conftest import BAD_DATA_REASONS, bad_data_lines
+from conftest import BAD_DATA_REASONS, SECTION_CONTEXTS, bad_data_lines, data_resources
 
 from assets.data import (
     INSTRUCTION_DATASET,
@@ -22,11 +22,13 @@ from driftloop.data.validation import run_suite
 
 def run_stage(dvc_store, source, select=None, raise_on_error=True, **qa):
     config = {"ops": {"data__source_documents": {"config": {"source": str(source)}}}}
+    if select is None or INSTRUCTION_DATASET in select:
+        config["ops"].update(SECTION_CONTEXTS)
     if qa:
         config["ops"]["data__qa_pairs"] = {"config": qa}
     return dg.materialize(
         [*data_assets, *data_checks],
-        resources={"dvc": dvc_store},
+        resources=data_resources(dvc_store),
         run_config=config,
         selection=select,
         raise_on_error=raise_on_error,
@@ -149,8 +151,8 @@ def test_each_bad_data_class_is_quarantined_before_training_and_nothing_is_lost(
         log.feedback(request_id=request_id, rating=1, correction=correction)
     config = {"ops": {"data__source_documents": {"config": {"source": str(source), "max_file_bytes": 10_000, "pii_action": "quarantine",
                                                             "max_bad_fraction": 0.6}},
-                      "data__qa_pairs": {"config": {"eval_fraction": 0.3}}}}
-    result = dg.materialize([*data_assets, *data_checks], resources={"dvc": dvc_store}, run_config=config)
+                      "data__qa_pairs": {"config": {"eval_fraction": 0.3}}, **SECTION_CONTEXTS}}
+    result = dg.materialize([*data_assets, *data_checks], resources=data_resources(dvc_store), run_config=config)
     docs = materialization(result, SOURCE_DOCUMENTS)
     reasons = {row["source"].split("#")[0]: row["reason"] for row in read_jsonl(__import__("pathlib").Path(docs.metadata["quarantine_path"].value))}
     assert sorted(reasons.values()) == BAD_DATA_REASONS, reasons

@@ -11,7 +11,7 @@ defs = load_defs()
 EXPECTED_ASSETS = {
     "data/source_documents": "data",
     "data/qa_pairs": "data",
-    "data/instruction_dataset": "data",
+    "data/instruction_dataset": "training",
     "retrieval/chunks": "retrieval",
     "retrieval/embeddings": "retrieval",
     "retrieval/vector_index": "retrieval",

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
+from conftest import SECTION_CONTEXTS, data_resources
+
 from assets.data import SOURCE_DOCUMENTS, data_assets, data_checks
 from assets.monitoring import drift_report, inference_log
 from resources.models import ModelCatalog
@@ -28,8 +30,8 @@ CHECK = {"min_queries": 30, "permutations": 200, "reference_queries": 200}
 def stage(tmp_path, dvc_store, corpus, tiny_embedding_model, monkeypatch):
     monkeypatch.setenv("DRIFTLOOP_SOURCE_DIR", str(corpus))
     instance = dg.DagsterInstance.ephemeral()
-    dg.materialize([*data_assets, *data_checks], resources={"dvc": dvc_store}, instance=instance,
-                   run_config={"ops": {"data__qa_pairs": {"config": {"eval_fraction": 0.4}}}})
+    dg.materialize([*data_assets, *data_checks], resources=data_resources(dvc_store), instance=instance,
+                   run_config={"ops": {"data__qa_pairs": {"config": {"eval_fraction": 0.4}}, **SECTION_CONTEXTS}})
     questions = [r["question"] for r in map(json.loads, dvc_store.dataset_path("qa_pairs").read_text().splitlines())]
     resources = {"dvc": dvc_store, "models": ModelCatalog(embedding_model=tiny_embedding_model, device="cpu", embedding_precision="fp32")}
     return {"instance": instance, "resources": resources, "questions": questions, "home": tmp_path / "home"}
@@ -161,7 +163,7 @@ def test_new_documents_in_the_inbox_start_one_refresh(stage, dvc_store):
     (inbox / "k8s.md").write_text("# Pod eviction\n\n" + " ".join(NEW_TOPIC * 3) + ".\n")
     due = sensor_tick(new_documents, instance)
     assert len(due.run_requests) == 1 and due.run_requests[0].tags["driftloop/trigger"] == "new_documents"
-    dg.materialize([*data_assets, *data_checks], resources={"dvc": dvc_store}, instance=instance, selection=[SOURCE_DOCUMENTS])
+    dg.materialize([*data_assets, *data_checks], resources=data_resources(dvc_store), instance=instance, selection=[SOURCE_DOCUMENTS])
     docs = [json.loads(line)["doc_id"] for line in dvc_store.dataset_path("source_documents").read_text().splitlines()]
     assert "inbox/k8s.md" in docs
     assert not sensor_tick(new_documents, instance).run_requests
@@ -172,8 +174,8 @@ def test_corrected_answers_become_validated_training_examples(stage, dvc_store):
     good, blank = send(log, stage["questions"][:2])
     log.feedback(request_id=good, rating=1, correction="The castle stands by the river; write to jane.doe@corp.io for maps.")
     log.feedback(request_id=blank, rating=2, correction="   ")
-    dg.materialize([*data_assets, *data_checks], resources={"dvc": dvc_store}, instance=stage["instance"],
-                   run_config={"ops": {"data__qa_pairs": {"config": {"eval_fraction": 0.4}}}})
+    dg.materialize([*data_assets, *data_checks], resources=data_resources(dvc_store), instance=stage["instance"],
+                   run_config={"ops": {"data__qa_pairs": {"config": {"eval_fraction": 0.4}}, **SECTION_CONTEXTS}})
     rows = [json.loads(line) for line in dvc_store.dataset_path("instruction_dataset").read_text().splitlines()]
     learned = [r for r in rows if r["doc_id"].startswith("feedback/")]
     assert [r["qa_id"] for r in learned] == [good]

@@ -56,3 +56,33 @@ def test_retrieval_is_incremental_and_gated(corpus, dvc_store, tiny_embedding_mo
     evaluation = next(e for e in gated.get_asset_check_evaluations() if e.check_name == "retrieval_quality")
     assert not evaluation.passed and "previous index keeps serving" in evaluation.description
     assert store.current_index_folder() == kept, "an index that failed its gate must not be served"
+
+
+def test_training_examples_are_shown_what_the_served_index_retrieves(corpus, dvc_store, tiny_embedding_model, tmp_path):
+    from assets.data import INSTRUCTION_DATASET
+    from driftloop.data.records import read_jsonl
+    from driftloop.retrieval.index import VectorIndex
+    from driftloop.retrieval.quality import holds_answer
+
+    catalog = ModelCatalog(embedding_model=tiny_embedding_model, device="cpu", embedding_precision="fp32")
+    vector_store = VectorStore(root=str(tmp_path / "retrieval"))
+    result = run(corpus, dvc_store, catalog, vector_store)
+    assert result.success
+    built = meta(result, INSTRUCTION_DATASET)
+    served = VectorIndex(vector_store.store().current_index_folder())
+    assert built["contexts"].value == "retrieved" and built["index_version"].value == served.version
+    qa = {r["qa_id"]: r for r in read_jsonl(dvc_store.dataset_path("qa_pairs"))}
+    eval_docs = {r["doc_id"] for r in qa.values() if r["split"] == "eval"}
+    eval_only = [c["text"] for c in served.chunks if c["doc_id"] in eval_docs]
+    examples = list(read_jsonl(dvc_store.dataset_path("instruction_dataset")))
+    assert examples and built["eval_chunks_skipped"].value > 0, "the tiny corpus's eval documents should be retrieved for some train question"
+    with_k_chunks = 0
+    for example in examples:
+        user, answer = example["messages"][1]["content"], example["messages"][-1]["content"]
+        assert holds_answer(user, answer), user
+        assert not any(text[:80] in user for text in eval_only)
+        shown = [c for c in served.chunks if c["text"][:80] in user]
+        assert len(shown) >= 2, f"{example['qa_id']} is shown {len(shown)} chunks"
+        with_k_chunks += len(shown) >= 3
+    # Where the answer straddles two chunks the question's own section stands in for one.
+    assert with_k_chunks >= len(examples) - built["section_fallback"].value

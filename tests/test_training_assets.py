@@ -4,6 +4,8 @@ import json
 
 import dagster as dg
 
+from conftest import SECTION_CONTEXTS, data_resources
+
 from assets.data import data_assets
 from assets.training import LORA_ADAPTER, training_assets
 from resources.models import ModelCatalog
@@ -15,11 +17,12 @@ def run(corpus, dvc_store, catalog, registry, **train):
         "ops": {
             "data__source_documents": {"config": {"source": str(corpus)}},
             "data__qa_pairs": {"config": {"eval_fraction": 0.3}},
+            **SECTION_CONTEXTS,
             "training__lora_adapter": {"config": {"max_steps": 6, "batch_size": 4, "max_seq_length": 512, "checkpoint_every": 2,
                                                   "warmup_steps": 1, "min_examples": 4, **train}},
         }
     }
-    return dg.materialize([*data_assets, *training_assets], resources={"dvc": dvc_store, "models": catalog, "model_registry": registry},
+    return dg.materialize([*data_assets, *training_assets], resources=data_resources(dvc_store, models=catalog, model_registry=registry),
                           run_config=config, raise_on_error=False)
 
 

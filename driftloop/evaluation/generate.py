@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from driftloop.prompts import PromptTemplate
+from driftloop.prompts import MAX_CONTEXT_CHARS, PromptTemplate, join_contexts
 
 BASE = "base"
 
@@ -52,7 +52,7 @@ def generator_precision(precision: str, device: str) -> str:
 
 
 class Answerer:
-    def __init__(self, base_path: str, device: str = "cpu", max_context_chars: int = 2000, precision: str = "auto") -> None:
+    def __init__(self, base_path: str, device: str = "cpu", max_context_chars: int = MAX_CONTEXT_CHARS, precision: str = "auto") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,7 +104,7 @@ class Answerer:
         return self._active(BASE)
 
     def prompt_text(self, template: PromptTemplate, question: str, contexts: Sequence[str]) -> str:
-        context = "\n\n".join(contexts)[: self.max_context_chars]
+        context = join_contexts(contexts, self.max_context_chars)
         return self.tokenizer.apply_chat_template(template.messages(question, context), tokenize=False, add_generation_prompt=True)
 
     def answer(self, name: str, prompts: Sequence[str], ids: Sequence[str], max_new_tokens: int = 96, batch_size: int = 8,

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Sequence
 from importlib import resources
+
+# Training, evaluation and serving show the generator the same amount of context.
+MAX_CONTEXT_CHARS = 2000
+
+
+def join_contexts(texts: Sequence[str], max_chars: int = MAX_CONTEXT_CHARS) -> str:
+    return "\n\n".join(texts)[:max_chars]
 
 
 @dataclass(frozen=True)

@@ -17,20 +17,33 @@ def _norm(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-def relevant_sets(qa_rows: Sequence[dict], chunks: Sequence[dict]) -> tuple[list[set[int]], int]:
+def _probe(answer: str) -> str:
+    return _norm(answer)[:60]
+
+
+def holds_answer(text: str, answer: str) -> bool:
+    probe = _probe(answer)
+    return bool(probe) and probe in _norm(text)
+
+
+def answer_chunks(qa_rows: Sequence[dict], chunks: Sequence[dict]) -> list[tuple[set[int], set[int]]]:
+    """Per question: the chunks of its document that hold the reference answer's opening,
+    and all the chunks of its document."""
     by_doc: dict[str, list[int]] = {}
     normed = [_norm(c["text"]) for c in chunks]
     for i, c in enumerate(chunks):
         by_doc.setdefault(c["doc_id"], []).append(i)
-    result, doc_level = [], 0
+    result = []
     for row in qa_rows:
         candidates = by_doc.get(row["doc_id"], [])
-        probe = _norm(row["answer"])[:60]
-        exact = {i for i in candidates if probe and probe in normed[i]}
-        if not exact:
-            doc_level += 1
-        result.append(exact or set(candidates))
-    return result, doc_level
+        probe = _probe(row["answer"])
+        result.append(({i for i in candidates if probe and probe in normed[i]}, set(candidates)))
+    return result
+
+
+def relevant_sets(qa_rows: Sequence[dict], chunks: Sequence[dict]) -> tuple[list[set[int]], int]:
+    found = answer_chunks(qa_rows, chunks)
+    return [exact or document for exact, document in found], sum(1 for exact, _ in found if not exact)
 
 
 def retrieval_metrics(ranked_ids: np.ndarray, relevant: Sequence[set[int]], k: int) -> dict:
