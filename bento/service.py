@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, pa
 from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
 from driftloop.serving.requestlog import RequestLog, default_root, new_request_id  # noqa: E402
 from driftloop.serving.shadow import request_id_from  # noqa: E402
+from driftloop.serving.stream import LineReader, Released, TextDeltas, encode_event  # noqa: E402
 from driftloop.serving.traffic import release_request_timers  # noqa: E402
 from driftloop.settings import ServiceSettings  # noqa: E402
 
@@ -108,18 +110,57 @@ class Models:
     async def generate(self, prompt: str, max_new_tokens: int = 64, sampling: dict | None = None) -> dict:
         """`sampling`: temperature, top_p, seed and stop as the chat API takes them; greedy when absent."""
         try:
-            return await self.batcher.submit((prompt, max_new_tokens, sampling))
+            return await self.batcher.submit((prompt, max_new_tokens, sampling, None))
         except QueueFull as err:
             raise bentoml.exceptions.ServiceUnavailable(f"generation queue: {err}") from None
 
-    def _generate(self, requests: list[tuple[str, int, dict | None]]) -> list[dict]:
-        longest = max(n for _, n, _ in requests)
+    @bentoml.api
+    async def generate_stream(self, prompt: str, max_new_tokens: int = 64, sampling: dict | None = None) -> AsyncGenerator[str, None]:
+        """`generate`, streamed: one JSON line per piece of final text ({"text": ...}) as the
+        tokens are decoded, in the same batches as every other request, then one line with
+        the counts ({"done": true, ...}). The pieces add up to what `generate` returns."""
+        loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+        deltas = TextDeltas(lambda ids: self.generation.answerer.tokenizer.decode(ids, skip_special_tokens=True),
+                            Sampling.from_dict(sampling).stop, max_new_tokens)
+
+        def sink(token: int) -> None:  # on the generate thread
+            piece = deltas.push(token)
+            if piece:
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        try:
+            job = asyncio.ensure_future(self.batcher.submit((prompt, max_new_tokens, sampling, sink)))
+        except QueueFull as err:
+            raise bentoml.exceptions.ServiceUnavailable(f"generation queue: {err}") from None
+        while True:
+            waiter = asyncio.ensure_future(pieces.get())
+            await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.done():
+                yield encode_event({"text": waiter.result()})
+                continue
+            waiter.cancel()
+            break
+        while not pieces.empty():
+            yield encode_event({"text": pieces.get_nowait()})
+        try:
+            result = job.result()
+        except QueueFull as err:
+            raise bentoml.exceptions.ServiceUnavailable(f"generation queue: {err}") from None
+        tail = deltas.finish()
+        if tail:
+            yield encode_event({"text": tail})
+        yield encode_event({"done": True, "prompt_tokens": result["prompt_tokens"], "completion_tokens": min(result["completion_tokens"], max_new_tokens),
+                            "stopped": bool(result.get("stopped") or deltas.stopped)})
+
+    def _generate(self, requests: list[tuple[str, int, dict | None, Callable[[int], None] | None]]) -> list[dict]:
+        longest = max(n for _, n, _, _ in requests)
         # The batcher's key put only requests sampled the same way into this batch.
-        out = self.generation.generate([prompt for prompt, _, _ in requests], longest, requests[0][2])
+        out = self.generation.generate([prompt for prompt, _, _, _ in requests], longest, requests[0][2],
+                                       sinks=[sink for *_, sink in requests] if any(sink for *_, sink in requests) else None)
         batch_size.observe(len(requests))
         # One batch decodes to its longest request; each answer is cut to what it asked for.
         tokenizer = self.generation.answerer.tokenizer
-        for result, (_, limit, _) in zip(out, requests, strict=True):
+        for result, (_, limit, _, _) in zip(out, requests, strict=True):
             if result["completion_tokens"] > limit:
                 result["text"] = tokenizer.decode(tokenizer(result["text"], add_special_tokens=False)["input_ids"][:limit], skip_special_tokens=True).strip()
                 result["completion_tokens"] = limit
@@ -189,8 +230,13 @@ async def chat_completions(request: Request):
         return openai_error(400, "the request body is not valid JSON")
     try:
         chat = parse_chat(body, service.model_names)
-        result = await service.rag(chat.question, k=3, max_new_tokens=chat.max_tokens, endpoint="chat",
-                                   request_id=request_id_from(request.headers), chat=chat)
+        if chat.stream:
+            # Everything that can refuse the request happens before the stream opens, so a
+            # refusal is an HTTP error, as OpenAI's is.
+            grounded = await service._ground(chat.question, 3, chat.max_tokens, "chat", request_id_from(request.headers), chat)
+        else:
+            result = await service.rag(chat.question, k=3, max_new_tokens=chat.max_tokens, endpoint="chat",
+                                       request_id=request_id_from(request.headers), chat=chat)
     except ChatError as err:
         errors_total.labels(endpoint="chat", status=str(err.status)).inc()
         return JSONResponse(err.body(), status_code=err.status)
@@ -198,24 +244,45 @@ async def chat_completions(request: Request):
         errors_total.labels(endpoint="chat", status=str(err.status)).inc()
         return openai_error(err.status, err.message, code=err.code)
     created = int(time.time())
-    usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
-             "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
-    latency_hist.labels(endpoint="chat").observe(time.perf_counter() - started)
     if chat.stream:
-        def events():
-            base = {"id": result["request_id"], "object": "chat.completion.chunk", "created": created, "model": chat.model}
-            yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': result['answer']}, 'finish_reason': None}]})}\n\n"
-            yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': result['finish_reason']}]})}\n\n"
-            if chat.include_usage:
-                # OpenAI's shape: one last chunk with no choices and the request's usage.
-                yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(_chat_events(service, grounded, chat, created, started), media_type="text/event-stream")
+    latency_hist.labels(endpoint="chat").observe(time.perf_counter() - started)
     message = {"role": "assistant", "content": result["answer"]}
     return JSONResponse({"id": result["request_id"], "object": "chat.completion", "created": created, "model": chat.model,
-                         "choices": [{"index": 0, "message": message, "finish_reason": result["finish_reason"]}], "usage": usage,
+                         "choices": [{"index": 0, "message": message, "finish_reason": result["finish_reason"]}], "usage": _usage(result),
                          "driftloop": {"model_version": result["model_version"], "chunks": result["chunks"]}})
+
+
+def _usage(result: dict) -> dict:
+    return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
+            "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
+
+
+async def _chat_events(service, grounded: dict, chat: ChatRequest, created: int, started: float):
+    """OpenAI's chunk stream: the role, a delta per piece as it is generated, the finish
+    reason, the usage when asked, then [DONE]. A failure mid-stream (the headers are sent)
+    ends it with an error event, as OpenAI's API does."""
+    base = {"id": grounded["request_id"], "object": "chat.completion.chunk", "created": created, "model": chat.model}
+
+    def event(payload: dict) -> str:
+        return f"data: {json.dumps({**base, **payload})}\n\n"
+
+    yield event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    try:
+        async for piece, result in service.rag_stream(grounded):
+            if result is None:
+                yield event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+    except Exception as err:  # noqa: BLE001 - the client is owed an end to the stream
+        errors_total.labels(endpoint="chat", status="stream").inc()
+        logging.getLogger("driftloop.service").warning("chat stream %s failed: %r", grounded["request_id"], err)
+        yield f"data: {json.dumps({'error': {'message': 'generation failed mid-stream', 'type': 'server_error', 'code': None, 'param': None}})}\n\n"
+        return
+    latency_hist.labels(endpoint="chat").observe(time.perf_counter() - started)
+    yield event({"choices": [{"index": 0, "delta": {}, "finish_reason": result["finish_reason"]}]})
+    if chat.include_usage:
+        # OpenAI's shape: one last chunk with no choices and the request's usage.
+        yield event({"choices": [], "usage": _usage(result)})
+    yield "data: [DONE]\n\n"
 
 
 openai_app = Starlette(routes=[Route("/models", list_models, methods=["GET"]), Route("/chat/completions", chat_completions, methods=["POST"]),
@@ -340,11 +407,12 @@ class DriftloopRAG:
         messages, dropped = compose(messages, chat, lambda turns: len(self.tokenizer(self._template(turns), add_special_tokens=False)["input_ids"]), budget)
         return self._template(messages), dropped
 
-    async def rag(self, question: str, k: int, max_new_tokens: int, endpoint: str, request_id: str | None = None,
-                  chat: ChatRequest | None = None) -> dict:
-        """One grounded answer. A chat request brings the client's system messages, its
-        history and its sampling; the question (its last user turn) is what retrieval searches."""
-        request_id, started = request_id or new_request_id(), time.perf_counter()
+    async def _ground(self, question: str, k: int, max_new_tokens: int, endpoint: str, request_id: str | None,
+                      chat: ChatRequest | None) -> dict:
+        """Everything before generation: the input guardrails, retrieval and the prompt. A
+        blocked request is logged here, with its reason, and raised."""
+        started = time.perf_counter()
+        request_id = request_id or new_request_id()
         sampling = chat.sampling if chat else Sampling()
         logged = {"system": list(chat.system), "history": list(chat.history), "sampling": sampling.to_dict()} if chat else None
         try:
@@ -354,32 +422,75 @@ class DriftloopRAG:
                     self.guardrails.check_input(turn["content"], field="history")
             chunks = await self._retrieve(question, k)
             prompt, dropped = self._prompt(question, chunks, chat, max_new_tokens)
-            if logged is not None:
-                logged["dropped_turns"] = dropped
-            generated = await self._models("generate", prompt=prompt, max_new_tokens=max_new_tokens,
-                                           sampling=None if chat is None else sampling.to_dict())
         except GuardrailViolation as err:
-            if not isinstance(err, Overloaded):
-                blocks_total.labels(reason=err.code).inc()
-            self.log.request(request_id=request_id, endpoint=endpoint, question=question, answer="", model_version=self.bundle.model_version,
-                             latency_s=time.perf_counter() - started, prompt_tokens=0, completion_tokens=0, chunk_ids=[],
-                             status=err.status, guardrail=None if isinstance(err, Overloaded) else err.code, role=self.role, chat=logged)
+            self._log_blocked(err, request_id, endpoint, question, started, logged)
             raise
-        answer, reason = generated["text"], self.guardrails.check_output(generated["text"])
+        if logged is not None:
+            logged["dropped_turns"] = dropped
+        return {"request_id": request_id, "started": started, "question": question, "endpoint": endpoint, "chunks": chunks, "prompt": prompt,
+                "max_new_tokens": max_new_tokens, "sampling": None if chat is None else sampling.to_dict(), "logged": logged}
+
+    def _log_blocked(self, err: GuardrailViolation, request_id: str, endpoint: str, question: str, started: float, logged: dict | None) -> None:
+        if not isinstance(err, Overloaded):
+            blocks_total.labels(reason=err.code).inc()
+        self.log.request(request_id=request_id, endpoint=endpoint, question=question, answer="", model_version=self.bundle.model_version,
+                         latency_s=time.perf_counter() - started, prompt_tokens=0, completion_tokens=0, chunk_ids=[],
+                         status=err.status, guardrail=None if isinstance(err, Overloaded) else err.code, role=self.role, chat=logged)
+
+    def _finish(self, grounded: dict, answer: str, reason: str | None, generated: dict) -> dict:
+        """Log and count one answered request; `reason` is the output guardrail's, if any."""
         if reason:
             blocks_total.labels(reason=reason).inc()
             answer = "I can't share that answer."
-        finish = "stop" if generated.get("stopped") else "length" if generated["completion_tokens"] >= max_new_tokens else "stop"
+        limit = grounded["max_new_tokens"]
+        finish = "stop" if generated.get("stopped") else "length" if generated["completion_tokens"] >= limit else "stop"
         tokens_total.labels(kind="prompt").inc(generated["prompt_tokens"])
         tokens_total.labels(kind="completion").inc(generated["completion_tokens"])
-        latency = time.perf_counter() - started
-        self.log.request(request_id=request_id, endpoint=endpoint, question=question, answer=answer, model_version=self.bundle.model_version,
-                         latency_s=latency, prompt_tokens=generated["prompt_tokens"], completion_tokens=generated["completion_tokens"],
-                         chunk_ids=[c["chunk_id"] for c in chunks], scores=[c["score"] for c in chunks], guardrail=reason, role=self.role,
-                         chat=logged)
-        return {"request_id": request_id, "answer": answer, "chunks": chunks, "model_version": self.bundle.model_version,
+        latency = time.perf_counter() - grounded["started"]
+        chunks = grounded["chunks"]
+        self.log.request(request_id=grounded["request_id"], endpoint=grounded["endpoint"], question=grounded["question"], answer=answer,
+                         model_version=self.bundle.model_version, latency_s=latency, prompt_tokens=generated["prompt_tokens"],
+                         completion_tokens=generated["completion_tokens"], chunk_ids=[c["chunk_id"] for c in chunks],
+                         scores=[c["score"] for c in chunks], guardrail=reason, role=self.role, chat=grounded["logged"])
+        return {"request_id": grounded["request_id"], "answer": answer, "chunks": chunks, "model_version": self.bundle.model_version,
                 "prompt_tokens": generated["prompt_tokens"], "completion_tokens": generated["completion_tokens"],
                 "latency_s": latency, "finish_reason": "content_filter" if reason else finish, "guardrail": reason}
+
+    async def rag(self, question: str, k: int, max_new_tokens: int, endpoint: str, request_id: str | None = None,
+                  chat: ChatRequest | None = None) -> dict:
+        """One grounded answer. A chat request brings the client's system messages, its
+        history and its sampling; the question (its last user turn) is what retrieval searches."""
+        grounded = await self._ground(question, k, max_new_tokens, endpoint, request_id, chat)
+        try:
+            generated = await self._models("generate", prompt=grounded["prompt"], max_new_tokens=max_new_tokens, sampling=grounded["sampling"])
+        except GuardrailViolation as err:
+            self._log_blocked(err, grounded["request_id"], endpoint, question, grounded["started"], grounded["logged"])
+            raise
+        return self._finish(grounded, generated["text"], self.guardrails.check_output(generated["text"]), generated)
+
+    async def rag_stream(self, grounded: dict) -> AsyncGenerator[tuple[str, dict | None], None]:
+        """The answer as the models service generates it: (text, None) for each piece that
+        passed the output guardrails, then ("", result) once, the result `rag` returns.
+        A piece is released only after the whole answer up to it is checked, and the last
+        few characters wait for the next piece, so a secret split across two pieces is seen
+        whole; a failed check ends the stream with finish_reason content_filter."""
+        released = Released(self.guardrails.check_output, hold=self.guardrails.output_hold())
+        reader, generated = LineReader(), None
+        stream = self.models.to_async.generate_stream(prompt=grounded["prompt"], max_new_tokens=grounded["max_new_tokens"], sampling=grounded["sampling"])
+        async for piece in stream:
+            for event in reader.feed(piece):
+                if event.get("done"):
+                    generated = event
+                    continue
+                out = released.add(event["text"])
+                if out:
+                    yield out, None
+        last = released.add("", final=True)
+        if last:
+            yield last, None
+        if generated is None:
+            raise RuntimeError("the models service's stream ended without its counts")
+        yield "", self._finish(grounded, released.text, released.blocked, {**generated, "text": released.text})
 
     @bentoml.api(route="/answer")
     async def answer(self, question: str = Field(description="The user's question"), k: int = Field(default=3, ge=1, le=20),

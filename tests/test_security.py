@@ -102,13 +102,16 @@ class ObedientGeneration:
     def count_tokens(self, text: str) -> int:
         return self.real.count_tokens(text)
 
-    def generate(self, prompts, max_new_tokens: int, sampling: dict | None = None) -> list[dict]:
+    def generate(self, prompts, max_new_tokens: int, sampling: dict | None = None, sinks=None) -> list[dict]:
         out = []
-        for prompt in prompts:
+        for n, prompt in enumerate(prompts):
             system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", prompt, re.DOTALL)[1]
             text = _echo(system, re.search(r"dl-canary-[0-9a-f]+", system)[0], len(self.written))
             self.seen.append(system)
             self.written.append(text)
+            if sinks and sinks[n]:
+                for token in self.answerer.tokenizer(text, add_special_tokens=False)["input_ids"]:
+                    sinks[n](token)
             out.append({"text": text, "completion_tokens": self.count_tokens(text), "prompt_tokens": self.count_tokens(prompt)})
         return out
 
@@ -184,6 +187,20 @@ def test_injection_prompts_never_leak_the_canary(obedient_service):
     assert figures["canary_leaks"] == 0, leaks
     assert [r["guardrail"] for r in logged if r["status"] == 200] == ["canary_leak"] * len(answered)
     assert not any(canary in json.dumps(r) or leaks_secret(r["answer"], secret) for r in logged)
+
+    # Streamed, each piece goes out before the answer is whole: none may carry the secret.
+    async def stream_all():
+        out = []
+        for row, _ in answered:
+            question = row["question"] if row["where"] == "document" else row["text"]
+            grounded = await service._ground(question, 20, 1024, "chat", None, None)
+            pieces = [item async for item in service.rag_stream(grounded)]
+            out.append((row["id"], "".join(text for text, _ in pieces), pieces[-1][1]))
+        return out
+
+    streamed = asyncio.run(stream_all())
+    assert [result["finish_reason"] for _, _, result in streamed] == ["content_filter"] * len(answered)
+    assert not [(i, text) for i, text, _ in streamed if canary in text or leaks_secret(text, secret)]
 
 
 def test_output_guard_withholds_an_answer_that_echoes_the_system_prompt():

@@ -95,6 +95,28 @@ def test_the_chat_api_keeps_system_history_sampling_and_stop(service):
     assert err.value.code == "invalid_messages"
 
 
+def test_chat_streams_as_it_generates_and_adds_up_to_the_answer(service):
+    """A streamed reply arrives in many deltas, generated as they are sent, and they add up
+    to the unstreamed reply of the same request, stop sequence included."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{service['port']}/v1", api_key=KEY, max_retries=0)
+    question = [{"role": "user", "content": "Tell me everything about section 2."}]
+    asked = {"model": "driftloop", "messages": question, "max_tokens": 48, "temperature": 1.0}
+    # The tiny random model's greedy tokens often decode to nothing; sampled ones are text.
+    seed, whole = max(((s, client.chat.completions.create(**asked, seed=s).choices[0].message.content) for s in (1, 2, 3)), key=lambda x: len(x[1]))
+    assert len(whole) > 100, whole
+    deltas = [c.choices[0].delta.content for c in client.chat.completions.create(**asked, seed=seed, stream=True)
+              if c.choices and c.choices[0].delta.content]
+    assert "".join(deltas) == whole
+    assert len(deltas) >= 8, f"{len(deltas)} deltas: the reply was not streamed as it was generated"
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
+    cut = client.chat.completions.create(**asked, seed=seed, stop=[stop]).choices[0].message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**asked, seed=seed, stop=[stop], stream=True)
+                       if c.choices)
+    assert streamed == cut and stop not in streamed and len(cut) < len(whole)
+
+
 def test_embeddings_are_the_retrieval_models_through_the_openai_client(service):
     from pathlib import Path
 

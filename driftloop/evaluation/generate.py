@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,11 +108,15 @@ class Answerer:
         return self.tokenizer.apply_chat_template(template.messages(question, context), tokenize=False, add_generation_prompt=True)
 
     def answer(self, name: str, prompts: Sequence[str], ids: Sequence[str], max_new_tokens: int = 96, batch_size: int = 8,
-               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = ()) -> list[Answer]:
+               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
+               sinks: Sequence[Callable[[int], None] | None] | None = None) -> list[Answer]:
         """Greedy answers unless `temperature` > 0; latency is per batch, shared by its
         questions. `seed` seeds the sampling of each batch; generation of a row ends at the
-        first `stop` string (which the answer still contains: the caller cuts it)."""
+        first `stop` string (which the answer still contains: the caller cuts it). A row's
+        sink, where given, receives each of its tokens as it is generated."""
         import torch
+
+        from driftloop.serving.stream import RowStreamer
 
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
         if stop:
@@ -125,7 +129,10 @@ class Answerer:
                 if seed is not None:
                     torch.manual_seed(seed)
                 t0 = time.perf_counter()
-                generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling)
+                rows = list(sinks[start : start + batch_size]) if sinks else []
+                streamer = RowStreamer(rows, {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}) if any(rows) else None
+                generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                                streamer=streamer, **sampling)
                 seconds = (time.perf_counter() - t0) / len(batch)
                 new = generated[:, enc["input_ids"].shape[1] :]
                 for row, qid in zip(new, ids[start : start + batch_size], strict=True):

@@ -3,7 +3,7 @@ champion adapter, the embedding model, the vector index and the prompt template.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +45,15 @@ class Generation:
     def count_tokens(self, text: str) -> int:
         return len(self.answerer.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, sampling: dict | None = None) -> list[dict]:
-        """One batch, sampled as `sampling` (temperature, top_p, seed, stop) says; greedy by default."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, sampling: dict | None = None,
+                 sinks: Sequence[Callable[[int], None] | None] | None = None) -> list[dict]:
+        """One batch, sampled as `sampling` (temperature, top_p, seed, stop) says; greedy by
+        default. A prompt's sink, where given, receives its tokens as they are generated."""
         from driftloop.serving.chat import Sampling, apply_stop
 
         how = Sampling.from_dict(sampling)
         answers = self.answerer.answer(self.adapter, list(prompts), [str(n) for n in range(len(prompts))], max_new_tokens, batch_size=len(prompts),
-                                       temperature=how.temperature, top_p=how.top_p, seed=how.seed, stop=how.stop)
+                                       temperature=how.temperature, top_p=how.top_p, seed=how.seed, stop=how.stop, sinks=sinks)
         out = []
         for answer, prompt in zip(answers, prompts, strict=True):
             text, stopped = apply_stop(answer.answer, how.stop)

@@ -184,6 +184,12 @@ class Guardrails:
         if self.settings.block_injection and (self.canary in text or looks_like_injection(text)):
             raise GuardrailViolation(422, "prompt_injection", f"{field} looks like a prompt-injection attempt and was refused")
 
+    def output_hold(self) -> int:
+        """Characters a stream keeps back before release: the widest text in which
+        `leaks_secret` finds the canary (its hex encoding, spaced out), so no part of a leak
+        goes out before the whole of it is seen."""
+        return 4 * len(self.canary.split("-")[-1])
+
     def check_output(self, text: str) -> str | None:
         """The reason an answer must be withheld, or None."""
         if self.canary in text or leaks_secret(text, self.canary.split("-")[-1]):
