@@ -117,6 +117,30 @@ def test_chat_streams_as_it_generates_and_adds_up_to_the_answer(service):
     assert streamed == cut and stop not in streamed and len(cut) < len(whole)
 
 
+def test_langchain_chat_model_invokes_and_streams_with_its_history(service):
+    """LangChain's ChatOpenAI, as an application would configure it, against the live
+    service: a conversation with a system message and history, invoked and streamed."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    from langchain_openai import ChatOpenAI
+
+    from driftloop.serving.requestlog import read_partition
+
+    chat = ChatOpenAI(base_url=f"http://127.0.0.1:{service['port']}/v1", api_key=KEY, model="driftloop", max_tokens=24,
+                      temperature=1.0, seed=2, max_retries=0)
+    conversation = [SystemMessage("Answer in French."), HumanMessage("What does section 1 say?"), AIMessage("It tells of the castle."),
+                    HumanMessage("And section 4?")]
+    reply = chat.invoke(conversation)
+    assert isinstance(reply.content, str) and reply.usage_metadata["output_tokens"] <= 24
+    pieces = [chunk.content for chunk in chat.stream(conversation) if chunk.content]
+    assert "".join(pieces) == reply.content and (len(pieces) > 1 or len(reply.content) < 64)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    logged = next(r for r in read_partition(service["root"] / "data" / "serving", "requests", day)
+                  if r["request_id"] == reply.response_metadata["id"])
+    assert logged["question"] == "And section 4?" and logged["chat"]["system"] == ["Answer in French."]
+    assert logged["chat"]["history"] == [{"role": "user", "content": "What does section 1 say?"},
+                                         {"role": "assistant", "content": "It tells of the castle."}]
+
+
 def test_embeddings_are_the_retrieval_models_through_the_openai_client(service):
     from pathlib import Path
 
