@@ -136,6 +136,8 @@ class CrashLab:
     def setup(self) -> None:
         result = self.run("setup", self.config(**{"data__source_documents": {"config": {"source": str(self.corpus)}},
                                                   "data__qa_pairs": {"config": {"eval_fraction": 0.3}},
+                                                  # No index here (the harness kills the embedding step): sections as contexts.
+                                                  "data__instruction_dataset": {"config": {"contexts": "gold"}},
                                                   "retrieval__chunks": {"config": {"chunk_tokens": 16, "overlap_tokens": 2}}}))
         assert result["success"], result
 

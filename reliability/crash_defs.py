@@ -28,7 +28,8 @@ from resources.vector_store import VectorStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = {
-    "setup": dg.AssetSelection.groups("data") | dg.AssetSelection.assets(["training", "base_model"], ["retrieval", "chunks"]),
+    "setup": dg.AssetSelection.groups("data")
+    | dg.AssetSelection.assets(["data", "instruction_dataset"], ["training", "base_model"], ["retrieval", "chunks"]),
     "train": dg.AssetSelection.assets(["training", "lora_adapter"]),
     "embed": dg.AssetSelection.assets(["retrieval", "embeddings"]),
     "deploy": dg.AssetSelection.assets(["serving", "deployment"]),

@@ -59,10 +59,11 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
                 assert time.time() < deadline and ui.poll() is None, "webserver did not come up"
                 time.sleep(1)
         # Two training steps keep the test to minutes; the demo's 24 steps are a config away.
+        # 768 tokens hold an example with its three retrieved chunks.
         run_config = tmp_path / "run_config.yaml"
         run_config.write_text(
             "ops:\n  training__lora_adapter:\n    config:\n"
-            "      max_steps: 2\n      warmup_steps: 0\n      max_seq_length: 256\n      checkpoint_every: 1\n"
+            "      max_steps: 2\n      warmup_steps: 0\n      max_seq_length: 768\n      checkpoint_every: 1\n"
             "  evaluation__eval_report:\n    config:\n"
             "      max_questions: 6\n      min_questions: 6\n      max_new_tokens: 24\n      no_regression: [perplexity]\n      judge_control_pairs: 4\n"
             f"resources:\n  deployer:\n    config:\n      port: {serve_port}\n"
