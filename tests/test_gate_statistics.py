@@ -100,6 +100,15 @@ def test_a_floor_failure_or_a_missing_pair_fails_rather_than_being_inconclusive(
     assert missing["verdict"] == "FAILED" and "perplexity missing: no paired per-question scores against champion" in missing["failures"]
 
 
+def test_a_metric_the_reference_lacks_fails_its_rule_rather_than_being_skipped():
+    rows = questions(48, shift=0.0, ppl_ratio=1.0)
+    reference = {**summary(rows, "champion"), "perplexity": float("nan")}
+    result = decide(summary(rows, "challenger"), reference, RULES, rows)
+    assert result["verdict"] == "FAILED" and not result["passed"]
+    assert "perplexity missing for champion: no regression cannot be shown" in result["failures"], result["failures"]
+    assert {c["metric"]: c["ok"] for c in result["checks"] if c["rule"] == "no_regression"} == {"semantic_similarity": True, "perplexity": False}
+
+
 def test_sample_size_and_a_split_too_small_are_stated():
     assert questions_needed(0.1, 0.05) == math.ceil((z_sum() * 0.1 / 0.05) ** 2) == 25
     rows = [{"split": "eval"}] * 5 + [{"split": "train"}] * 50

@@ -131,8 +131,9 @@ def decide(challenger: dict, champion: dict | None, rules: GateRules, questions:
         for metric, e in zip(rules.no_regression, found, strict=True):
             value, ref_value = challenger.get(metric), champion.get(metric)
             if not _present(ref_value):
-                checks.append({"rule": "no_regression", "metric": metric, "value": value, "champion": ref_value, "ok": True,
-                               "note": "reference has no value; rule skipped"})
+                # Without the reference's score there is nothing to show the challenger is no worse.
+                checks.append({"rule": "no_regression", "metric": metric, "value": value, "champion": ref_value, "ok": False})
+                failures.append(f"{metric} missing for {reference}: no regression cannot be shown")
                 continue
             if not _present(value) or e is None:
                 checks.append({"rule": "no_regression", "metric": metric, "value": value, "champion": ref_value, "ok": False})
