@@ -20,6 +20,7 @@ from driftloop.data.suites import (
     Limits,
     document_frame,
     document_rules,
+    eval_texts,
     instruction_frame,
     instruction_rules,
     pii_rule,
@@ -288,7 +289,7 @@ def instruction_dataset(
     eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
     limits = Limits(max_example_chars=config.max_example_chars)
     try:
-        screened = screen(rows, instruction_frame(rows, eval_docs), instruction_rules(limits), "example_id", "instruction_dataset")
+        screened = screen(rows, instruction_frame(rows, eval_docs, eval_texts(qa_rows)), instruction_rules(limits), "example_id", "instruction_dataset")
     except DatasetError as err:
         raise dg.Failure(description=str(err)) from err
     user_turns = [r["messages"][1]["content"] for r in screened.kept[:10]]
@@ -343,10 +344,12 @@ def qa_pairs_checks(dvc: DvcStore):
     name="instruction_dataset_expectations",
 )
 def instruction_dataset_checks(dvc: DvcStore):
-    """The stored examples are well-formed chats and none comes from an eval document."""
+    """The stored examples are well-formed chats and none comes from an eval document, asks
+    an eval question or teaches an eval answer."""
     rows = load_dataset(dvc, "instruction_dataset")
-    eval_docs = {r["doc_id"] for r in load_dataset(dvc, "qa_pairs") if r["split"] == "eval"}
-    frame = instruction_frame(rows, eval_docs)
+    qa_rows = load_dataset(dvc, "qa_pairs")
+    eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
+    frame = instruction_frame(rows, eval_docs, eval_texts(qa_rows))
     reports = {name: run_suite(frame, f"check.instruction_dataset.{name}", rules) for name, rules in instruction_rules(Limits()).items()}
     yield from suite_check_results(reports, INSTRUCTION_DATASET, BLOCKING)
 

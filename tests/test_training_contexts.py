@@ -77,3 +77,26 @@ def test_examples_show_the_retrieved_contexts():
     user = examples[0]["messages"][1]["content"]
     assert user.index("Synopsis") < user.index(ANSWER[:30]) and "timetable" in user
     assert examples[0]["messages"][-1] == {"role": "assistant", "content": ANSWER}
+
+
+def test_a_correction_to_an_eval_question_is_leakage_whatever_its_doc_id():
+    """Feedback examples carry doc_id feedback/<request>: the leakage check must look at
+    the text, the question asked and the answer taught, against the eval split."""
+    from driftloop.data.suites import eval_texts, instruction_frame
+
+    prompt = load_prompt("rag.v1")
+    qa = [{**row("e1"), "split": "eval", "question": "How does the keeper trim a wick?"}, row("t1")]
+
+    def example(qa_id: str, question: str, answer: str, doc: str = "feedback/req") -> dict:
+        messages = prompt.messages(question, "Context text about lanterns and ferries.")
+        return {"example_id": qa_id, "qa_id": qa_id, "doc_id": doc, "prompt_version": prompt.version,
+                "messages": [*messages, {"role": "assistant", "content": answer}]}
+
+    rows = [example("asks", "how does the keeper trim a WICK", "With scissors, at dusk."),
+            example("teaches", "Who keeps the lantern?", ANSWER.upper()),
+            example("longer", "How does the keeper trim a wick on the ferry?", "With care."),
+            example("clean", "Who sails the ferry?", "The ferryman.", doc="harbor")]
+    frame = instruction_frame(rows, {"exam"}, eval_texts(qa)).set_index("example_id")
+    assert frame.loc["asks", "leaks_eval_doc"] == "it asks an eval question"
+    assert frame.loc["teaches", "leaks_eval_doc"] == "its answer is an eval reference answer"
+    assert frame.loc["longer", "leaks_eval_doc"] is None and frame.loc["clean", "leaks_eval_doc"] is None

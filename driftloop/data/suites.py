@@ -9,6 +9,7 @@ the blocking asset checks (on the stored dataset).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pandas as pd
 
@@ -163,7 +164,53 @@ def _poisoned(messages: object) -> str | None:
     return "the answer reads as a prompt injection" if looks_like_injection(answer) else None
 
 
-def instruction_frame(rows: list[dict], eval_doc_ids: set[str]) -> pd.DataFrame:
+def eval_texts(qa_rows: list[dict]) -> tuple[set[str], set[str]]:
+    """The eval split's questions and reference answers, normalised, for text-level leakage."""
+    evals = [r for r in qa_rows if r["split"] == "eval"]
+    return {normalized_question(r["question"]) for r in evals}, {normalized_question(r["answer"]) for r in evals}
+
+
+@lru_cache(maxsize=32)
+def _user_template(prompt_version: str) -> str | None:
+    from driftloop.prompts import load_prompt
+
+    try:
+        return load_prompt(prompt_version).user
+    except FileNotFoundError:
+        return None
+
+
+def asked_question(user_text: str, prompt_version: str) -> str | None:
+    """The question a user turn built from `prompt_version`'s template asks, or None when
+    the template does not put the question after the context."""
+    template = _user_template(prompt_version)
+    if template is None or "{context}" not in template or template.index("{context}") > template.index("{question}"):
+        return None
+    between, after = template.split("{context}", 1)[1].split("{question}", 1)
+    text = user_text[: len(user_text) - len(after)] if after and user_text.endswith(after) else user_text
+    return text.rsplit(between, 1)[-1] if between else None
+
+
+def _leak(doc_id: str, messages, prompt_version, eval_doc_ids: set[str], questions: set[str], answers: set[str]) -> str | None:
+    """Why an example leaks the eval split: its document is an eval document, or (whatever
+    its doc_id says: a user's correction names none) it asks an eval question or teaches an
+    eval reference answer."""
+    if doc_id in eval_doc_ids:
+        return "document is in the eval split"
+    if not isinstance(messages, list) or not (questions or answers):
+        return None
+    turns = [t for t in messages if isinstance(t, dict) and isinstance(t.get("content"), str)]
+    if {normalized_question(t["content"]) for t in turns if t.get("role") == "assistant"} & answers:
+        return "its answer is an eval reference answer"
+    for turn in turns:
+        if turn.get("role") == "user":
+            asked = asked_question(turn["content"], str(prompt_version))
+            if asked is not None and normalized_question(asked) in questions:
+                return "it asks an eval question"
+    return None
+
+
+def instruction_frame(rows: list[dict], eval_doc_ids: set[str], texts: tuple[set[str], set[str]] = (set(), set())) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=rows and list(rows[0]) or INSTRUCTION_COLUMNS)
     frame["messages_problem"] = pd.Series([messages_problem(m) for m in frame["messages"]], index=frame.index, dtype=object)
     frame["n_chars"] = [sum(len(t.get("content", "")) for t in m) if isinstance(m, list) else 0 for m in frame["messages"]]
@@ -171,8 +218,11 @@ def instruction_frame(rows: list[dict], eval_doc_ids: set[str]) -> pd.DataFrame:
     # A label (the assistant turn) that carries an injection or a canary teaches the model to
     # obey or leak; feedback corrections come from users, so they are screened like input.
     frame["poisoned_label"] = pd.Series([_poisoned(m) for m in frame["messages"]], index=frame.index, dtype=object)
+    questions, answers = texts
     frame["leaks_eval_doc"] = pd.Series(
-        ["document is in the eval split" if d in eval_doc_ids else None for d in frame["doc_id"]], index=frame.index, dtype=object
+        [_leak(d, m, v, eval_doc_ids, questions, answers)
+         for d, m, v in zip(frame["doc_id"], frame["messages"], frame["prompt_version"], strict=True)],
+        index=frame.index, dtype=object,
     )
     return frame
 
