@@ -16,7 +16,6 @@ the service takes its values from that object.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -36,6 +35,7 @@ from driftloop.offline import enforce_offline
 enforce_offline()
 
 from driftloop.prompts import join_contexts, load_prompt  # noqa: E402 - offline switches first
+from driftloop.serving.auth import ApiKeyMiddleware, openai_error  # noqa: E402
 from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
 from driftloop.serving.bundle import load_bundle  # noqa: E402
 from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, parse_chat, parse_embeddings  # noqa: E402
@@ -49,7 +49,6 @@ from driftloop.settings import ServiceSettings  # noqa: E402
 release_request_timers()
 SETTINGS = ServiceSettings.from_env()
 
-OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
 # The longest prompt a chat request may build, whatever the model's own window: history
 # past it is dropped, oldest first; on CPU every prompt token is paid for on each request.
 MAX_CONTEXT_TOKENS = 4096
@@ -169,28 +168,6 @@ class Models:
     @bentoml.api
     def count_tokens(self, text: str) -> int:
         return self.generation.count_tokens(text)
-
-
-def openai_error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status_code=status)
-
-
-class ApiKeyMiddleware:
-    """401 without the configured key (Authorization: Bearer, or X-API-Key); health and
-    metrics stay open so probes and scrapers need no secret."""
-
-    def __init__(self, app, api_key: str = "") -> None:
-        self.app, self.api_key = app, api_key
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.api_key or scope.get("path", "").startswith(OPEN_PATHS):
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        offered = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if offered and hmac.compare_digest(offered.encode(), self.api_key.encode()):
-            return await self.app(scope, receive, send)
-        response = openai_error(401, "a valid API key is required (Authorization: Bearer <key>)", "authentication_error", "invalid_api_key")
-        return await response(scope, receive, send)
 
 
 async def list_models(request: Request) -> JSONResponse:
