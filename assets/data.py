@@ -13,7 +13,7 @@ from pydantic import Field
 from assets.common import OWNERS, json_meta, load_dataset, publish_dataset, suite_check_results
 from assets.keys import INSTRUCTION_DATASET, QA_PAIRS, SOURCE_DOCUMENTS, VECTOR_INDEX
 from driftloop.data.corpus import SourceError, fingerprint, ingest_with_inbox, resolve_source
-from driftloop.data.instructions import build_examples, training_contexts
+from driftloop.data.instructions import TrainingContexts, build_examples, training_contexts
 from driftloop.data.qa import derive
 from driftloop.data.records import Document, Rejected, excerpt
 from driftloop.data.suites import (
@@ -28,7 +28,7 @@ from driftloop.data.suites import (
     qa_rules,
 )
 from driftloop.data.validation import DatasetError, run_suite, screen
-from driftloop.prompts import load_prompt
+from driftloop.prompts import CONTEXT_CHUNKS, load_prompt
 from driftloop.settings import Settings
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
@@ -77,7 +77,7 @@ class InstructionDatasetConfig(dg.Config):
         description="retrieved: each question is shown the top-k chunks the served index returns for it, as evaluation and "
         "serving show them, with the chunk that answers it swapped in where retrieval missed (RAFT); gold: its own section.",
     )
-    k: int = Field(default=3, ge=1, le=20, description="Retrieved contexts per example; the same k as evaluation and serving.")
+    k: int = Field(default=CONTEXT_CHUNKS, ge=1, le=20, description="Retrieved contexts per example; the same k as evaluation and serving.")
     search_depth: int = Field(default=20, ge=1, description="Chunks ranked per question, so that chunks of eval documents can be skipped.")
     max_example_chars: int = Field(default=8000, gt=0)
     include_feedback: bool = Field(default=True, description="Corrected answers from the request log become examples, validated like the rest.")
@@ -122,11 +122,11 @@ def _retrieved_contexts(qa_rows: list[dict], config: "InstructionDatasetConfig",
         raise dg.Failure(description=f"data/instruction_dataset: contexts 'retrieved' needs the served index: {err} "
                                      "(or set contexts: gold)") from err
     train = [r for r in qa_rows if r["split"] == "train"]
+    if not train:
+        return TrainingContexts(), index.version
     eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
     questions = [r["question"] for r in train]
     depth = min(max(config.search_depth, config.k), len(index.chunks))
-    if not train:
-        return training_contexts([], index.chunks, [], config.k, eval_docs), index.version
     _, ranked = index.search(models.embedder().encode(questions, batch_size=models.embedding_batch_size), depth, questions)
     return training_contexts(train, index.chunks, [[int(i) for i in row] for row in ranked], config.k, eval_docs), index.version
 

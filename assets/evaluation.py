@@ -22,6 +22,7 @@ from driftloop.evaluation.judge import JudgeError, JudgeSettings
 from driftloop.evaluation.lineup import DEFAULT_MAX_QUESTIONS, EvalSettings, Lineup
 from driftloop.evaluation.metrics import EvaluationError
 from driftloop.models.hardware import resolve_device
+from driftloop.prompts import CONTEXT_CHUNKS
 from driftloop.registry import PromotionError
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
@@ -37,7 +38,7 @@ class EvalReportConfig(dg.Config):
     max_questions: int = Field(default=DEFAULT_MAX_QUESTIONS, ge=1, description="A seeded sample of the eval split; every model answers the same ones.")
     min_questions: int = Field(default=DEFAULT_MIN_QUESTIONS, ge=2,
                                description="Fewer paired questions than this make every no-regression rule inconclusive (not promoted).")
-    k: int = Field(default=3, ge=1, le=20, description="Retrieved contexts per question.")
+    k: int = Field(default=CONTEXT_CHUNKS, ge=1, le=20, description="Retrieved contexts per question.")
     max_new_tokens: int = Field(default=64, ge=1)
     batch_size: int = Field(default=8, ge=1)
     prompt_version: str = "rag.v1"

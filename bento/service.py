@@ -34,7 +34,7 @@ from driftloop.offline import enforce_offline
 
 enforce_offline()
 
-from driftloop.prompts import join_contexts, load_prompt  # noqa: E402 - offline switches first
+from driftloop.prompts import CONTEXT_CHUNKS, join_contexts, load_prompt  # noqa: E402 - offline switches first
 from driftloop.serving.auth import ApiKeyMiddleware, openai_error  # noqa: E402
 from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
 from driftloop.serving.bundle import load_bundle  # noqa: E402
@@ -127,10 +127,7 @@ class Models:
             if piece:
                 loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-        try:
-            job = asyncio.ensure_future(self.batcher.submit((prompt, max_new_tokens, sampling, sink)))
-        except QueueFull as err:
-            raise bentoml.exceptions.ServiceUnavailable(f"generation queue: {err}") from None
+        job = asyncio.ensure_future(self.batcher.submit((prompt, max_new_tokens, sampling, sink)))
         while True:
             waiter = asyncio.ensure_future(pieces.get())
             await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -148,7 +145,7 @@ class Models:
         tail = deltas.finish()
         if tail:
             yield encode_event({"text": tail})
-        yield encode_event({"done": True, "prompt_tokens": result["prompt_tokens"], "completion_tokens": min(result["completion_tokens"], max_new_tokens),
+        yield encode_event({"done": True, "prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
                             "stopped": bool(result.get("stopped") or deltas.stopped)})
 
     def _generate(self, requests: list[tuple[str, int, dict | None, Callable[[int], None] | None]]) -> list[dict]:
@@ -210,9 +207,9 @@ async def chat_completions(request: Request):
         if chat.stream:
             # Everything that can refuse the request happens before the stream opens, so a
             # refusal is an HTTP error, as OpenAI's is.
-            grounded = await service._ground(chat.question, 3, chat.max_tokens, "chat", request_id_from(request.headers), chat)
+            grounded = await service._ground(chat.question, CONTEXT_CHUNKS, chat.max_tokens, "chat", request_id_from(request.headers), chat)
         else:
-            result = await service.rag(chat.question, k=3, max_new_tokens=chat.max_tokens, endpoint="chat",
+            result = await service.rag(chat.question, k=CONTEXT_CHUNKS, max_new_tokens=chat.max_tokens, endpoint="chat",
                                        request_id=request_id_from(request.headers), chat=chat)
     except ChatError as err:
         errors_total.labels(endpoint="chat", status=str(err.status)).inc()
@@ -335,7 +332,7 @@ class DriftloopRAG:
         to the models service, so nothing reaches the request log."""
         async def one(n: int) -> None:
             question = "How do I use this? " + "Explain it in detail, step by step. " * n
-            chunks = await self._retrieve(question, 3)
+            chunks = await self._retrieve(question, CONTEXT_CHUNKS)
             await self._models("generate", prompt=self._prompt(question, chunks)[0], max_new_tokens=2)
 
         for n in range(rounds):
@@ -470,7 +467,7 @@ class DriftloopRAG:
         yield "", self._finish(grounded, released.text, released.blocked, {**generated, "text": released.text})
 
     @bentoml.api(route="/answer")
-    async def answer(self, question: str = Field(description="The user's question"), k: int = Field(default=3, ge=1, le=20),
+    async def answer(self, question: str = Field(description="The user's question"), k: int = Field(default=CONTEXT_CHUNKS, ge=1, le=20),
                      max_new_tokens: int = Field(default=64, ge=1, le=1024), ctx: bentoml.Context = None) -> dict:
         """A RAG answer with the chunks it was given and the model version that wrote it."""
         started = time.perf_counter()

@@ -52,9 +52,11 @@ def training_contexts(train_rows: Sequence[dict], chunks: Sequence[dict], ranked
             out.texts[row["qa_id"]] = retrieved
             continue
         if exact:
-            answer, out.answer_inserted = chunks[min(exact)]["text"], out.answer_inserted + 1
+            answer = chunks[min(exact)]["text"]
+            out.answer_inserted += 1
         else:
-            answer, out.section_fallback = row["context"], out.section_fallback + 1
+            answer = row["context"]
+            out.section_fallback += 1
         others = [t for t, i in zip(retrieved, kept, strict=True) if i not in exact][: k - 1]
         start = int(hashlib.sha256(row["qa_id"].encode()).hexdigest(), 16)
         for shift in range(len(others) + 1):

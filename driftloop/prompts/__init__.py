@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from importlib import resources
 
-# Training, evaluation and serving show the generator the same amount of context.
+# Training, evaluation and serving show the generator the same context: this many
+# retrieved chunks, cut to this many characters.
+CONTEXT_CHUNKS = 3
 MAX_CONTEXT_CHARS = 2000
 
 

@@ -11,9 +11,8 @@ Output guardrails see every prefix before it is released (`Released`).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from driftloop.serving.chat import apply_stop
 
@@ -102,22 +101,19 @@ class Released:
     text: str = ""
     pending: str = ""
     blocked: str | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, delta: str, final: bool = False) -> str:
-        with self._lock:
-            if self.blocked:
-                return ""
-            self.pending += delta
-            candidate = self.text + self.pending
-            reason = self.check(candidate)
-            if reason:
-                self.blocked, self.pending = reason, ""
-                return ""
-            cut = len(self.pending) if final else max(0, len(self.pending) - self.hold)
-            out, self.pending = self.pending[:cut], self.pending[cut:]
-            self.text += out
-            return out
+        if self.blocked:
+            return ""
+        self.pending += delta
+        reason = self.check(self.text + self.pending)
+        if reason:
+            self.blocked, self.pending = reason, ""
+            return ""
+        cut = len(self.pending) if final else max(0, len(self.pending) - self.hold)
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        self.text += out
+        return out
 
 
 def encode_event(event: dict) -> str:
