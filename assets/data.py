@@ -4,6 +4,7 @@ by Great Expectations, quarantined row by row, and versioned with DVC."""
 
 import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -196,6 +197,7 @@ def source_documents(context: dg.AssetExecutionContext, config: SourceDocumentsC
             "pii": json_meta(_pii_summary(frame)),
             "total_chars": dg.MetadataValue.int(sum(r["n_chars"] for r in screened.kept)),
             "changes": json_meta({k: {"count": len(v), "examples": v[:10]} for k, v in changes.items()}),
+            LIMITS: json_meta(asdict(limits)),
         },
     )
 
@@ -223,10 +225,11 @@ def qa_pairs(context: dg.AssetExecutionContext, config: QAPairsConfig, dvc: DvcS
         max_answer_chars=config.max_answer_chars, max_context_chars=config.max_context_chars,
     )
     rows = [p.to_row() for p in derived.pairs]
+    limits = Limits(max_answer_chars=config.max_answer_chars)
     screened = None
     if rows:
         try:
-            screened = screen(rows, qa_frame(rows), qa_rules(Limits(max_answer_chars=config.max_answer_chars)), "qa_id", "qa_pairs")
+            screened = screen(rows, qa_frame(rows), qa_rules(limits), "qa_id", "qa_pairs")
         except DatasetError as err:
             raise dg.Failure(description=str(err)) from err
     usable = len(screened.kept) if screened else 0
@@ -245,6 +248,7 @@ def qa_pairs(context: dg.AssetExecutionContext, config: QAPairsConfig, dvc: DvcS
             "splits": json_meta(dict(splits)),
             "eval_documents": dg.MetadataValue.int(len({r["doc_id"] for r in screened.kept if r["split"] == "eval"})),
             "train_documents": dg.MetadataValue.int(len({r["doc_id"] for r in screened.kept if r["split"] == "train"})),
+            LIMITS: json_meta(asdict(limits)),
         },
     )
 
@@ -301,9 +305,22 @@ def instruction_dataset(
             **context_meta,
             "prompt_version": dg.MetadataValue.text(prompt.version),
             "feedback_examples": dg.MetadataValue.int(len(from_feedback)),
+            LIMITS: json_meta(asdict(limits)),
             "example_user_turns": dg.MetadataValue.md("\n\n".join(f"- {excerpt(t, 200)}" for t in user_turns)),
         },
     )
+
+
+LIMITS = "limits"
+
+
+def recorded_limits(context: dg.AssetCheckExecutionContext, key: dg.AssetKey) -> Limits:
+    """The limits the materialization that wrote the stored dataset screened it with, so a
+    check holds the data to the run's own config (a raised max_answer_chars keeps rows the
+    defaults would fail); the defaults for data written before limits were recorded."""
+    event = context.instance.get_latest_materialization_event(key)
+    recorded = event.asset_materialization.metadata.get(LIMITS) if event and event.asset_materialization else None
+    return Limits(**recorded.value) if recorded is not None else Limits()
 
 
 def _check_specs(key: dg.AssetKey, names: tuple[str, ...], warn_only: tuple[str, ...] = ()) -> list[dg.AssetCheckSpec]:
@@ -317,11 +334,13 @@ def _check_specs(key: dg.AssetKey, names: tuple[str, ...], warn_only: tuple[str,
     specs=_check_specs(SOURCE_DOCUMENTS, ("schema", "text_quality", "duplicates", "pii"), warn_only=("pii",)),
     name="source_documents_expectations",
 )
-def source_documents_checks(dvc: DvcStore):
-    """The stored corpus passes its suites; PII is reported (WARN), not blocking."""
+def source_documents_checks(context: dg.AssetCheckExecutionContext, dvc: DvcStore):
+    """The stored corpus passes its suites, under the limits the run that wrote it applied;
+    PII is reported (WARN), not blocking."""
     rows = load_dataset(dvc, "source_documents")
-    frame = document_frame(rows, Limits())
-    suites = document_rules(Limits())
+    limits = recorded_limits(context, SOURCE_DOCUMENTS)
+    frame = document_frame(rows, limits)
+    suites = document_rules(limits)
     reports = {name: run_suite(frame, f"check.source_documents.{name}", rules) for name, rules in suites.items()}
     reports["pii"] = run_suite(frame, "check.source_documents.pii", [pii_rule()])
     yield from suite_check_results(reports, SOURCE_DOCUMENTS, BLOCKING)
@@ -331,11 +350,13 @@ def source_documents_checks(dvc: DvcStore):
     specs=_check_specs(QA_PAIRS, ("schema", "text_quality", "duplicates", "leakage")),
     name="qa_pairs_expectations",
 )
-def qa_pairs_checks(dvc: DvcStore):
-    """The stored QA pairs pass their suites, including no train/eval leakage."""
+def qa_pairs_checks(context: dg.AssetCheckExecutionContext, dvc: DvcStore):
+    """The stored QA pairs pass their suites (under the limits they were written with),
+    including no train/eval leakage."""
     rows = load_dataset(dvc, "qa_pairs")
     frame = qa_frame(rows)
-    reports = {name: run_suite(frame, f"check.qa_pairs.{name}", rules) for name, rules in qa_rules(Limits()).items()}
+    rules = qa_rules(recorded_limits(context, QA_PAIRS))
+    reports = {name: run_suite(frame, f"check.qa_pairs.{name}", suite) for name, suite in rules.items()}
     yield from suite_check_results(reports, QA_PAIRS, BLOCKING)
 
 
@@ -343,14 +364,15 @@ def qa_pairs_checks(dvc: DvcStore):
     specs=_check_specs(INSTRUCTION_DATASET, ("schema", "text_quality", "duplicates", "leakage")),
     name="instruction_dataset_expectations",
 )
-def instruction_dataset_checks(dvc: DvcStore):
+def instruction_dataset_checks(context: dg.AssetCheckExecutionContext, dvc: DvcStore):
     """The stored examples are well-formed chats and none comes from an eval document, asks
     an eval question or teaches an eval answer."""
     rows = load_dataset(dvc, "instruction_dataset")
     qa_rows = load_dataset(dvc, "qa_pairs")
     eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
     frame = instruction_frame(rows, eval_docs, eval_texts(qa_rows))
-    reports = {name: run_suite(frame, f"check.instruction_dataset.{name}", rules) for name, rules in instruction_rules(Limits()).items()}
+    rules = instruction_rules(recorded_limits(context, INSTRUCTION_DATASET))
+    reports = {name: run_suite(frame, f"check.instruction_dataset.{name}", suite) for name, suite in rules.items()}
     yield from suite_check_results(reports, INSTRUCTION_DATASET, BLOCKING)
 
 

@@ -100,7 +100,8 @@ class Models:
         from driftloop.serving.engine import Generation
 
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        self.generation = self._lane.submit(lambda: Generation(load_bundle(_bundle_dir()), _device(), SETTINGS.serve_precision)).result()
+        self.generation = self._lane.submit(lambda: Generation(load_bundle(_bundle_dir()), _device(), SETTINGS.serve_precision,
+                                                                           SETTINGS.prefix_cache_mb)).result()
         self.batcher = Batcher(self._generate, self._lane, max_batch=SETTINGS.max_batch, max_queue=SETTINGS.max_queue,
                                max_wait_s=SETTINGS.max_queue_wait_s, window_s=SETTINGS.batch_window_ms / 1000,
                                key=lambda request: Sampling.from_dict(request[2]).key())
@@ -150,10 +151,12 @@ class Models:
 
     def _generate(self, requests: list[tuple[str, int, dict | None, Callable[[int], None] | None]]) -> list[dict]:
         longest = max(n for _, n, _, _ in requests)
+        reused = self.generation.reused_tokens()
         # The batcher's key put only requests sampled the same way into this batch.
         out = self.generation.generate([prompt for prompt, _, _, _ in requests], longest, requests[0][2],
                                        sinks=[sink for *_, sink in requests] if any(sink for *_, sink in requests) else None)
         batch_size.observe(len(requests))
+        tokens_total.labels(kind="prompt_reused").inc(self.generation.reused_tokens() - reused)
         # One batch decodes to its longest request; each answer is cut to what it asked for.
         tokenizer = self.generation.answerer.tokenizer
         for result, (_, limit, _, _) in zip(out, requests, strict=True):

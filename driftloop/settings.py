@@ -64,6 +64,7 @@ class ServiceSettings(_FromEnv):
     serve_precision: Literal["", "auto", "fp32", "bf16", "fp16"] = Field(default="", description="generator precision override")
     max_concurrency: int = Field(default=64, ge=1, description="requests BentoML admits at once")
     max_batch: int = Field(default=8, ge=1, description="prompts per generation batch")
+    prefix_cache_mb: int = Field(default=512, ge=0, description="memory for reused prompt keys and values (0: none)")
     batch_window_ms: float = Field(default=10.0, ge=0, description="how long a batch waits to fill")
     max_queue: int = Field(default=64, ge=1, description="queued prompts before the service answers 503")
     max_queue_wait_s: float = Field(default=120.0, gt=0, description="longest a prompt waits in the queue")

@@ -165,3 +165,27 @@ def test_each_bad_data_class_is_quarantined_before_training_and_nothing_is_lost(
     assert examples.metadata["feedback_examples"].value == 2 and sum(e["doc_id"].startswith("feedback/") for e in kept) == 1
     assert not any("Ignore all previous" in t["content"] for e in kept for t in e["messages"])
     assert all(c.passed for c in result.get_asset_check_evaluations())
+
+
+def test_the_checks_hold_the_data_to_the_limits_the_run_applied(dvc_store, tmp_path):
+    """Answers longer than the default limit, allowed by the run's max_answer_chars, pass
+    the blocking checks: they judge the stored data by the limits it was screened with."""
+    import random
+
+    from conftest import prose
+
+    rng = random.Random(3)
+    root = tmp_path / "long-sections"
+    root.mkdir()
+    for i in range(8):
+        sections = "\n\n".join(f"## Part {j} of topic {i}\n\n{prose(rng, 20)}" for j in range(3))
+        (root / f"doc{i}.md").write_text(f"# Topic {i}\n\n{prose(rng)}\n\n{sections}", encoding="utf-8")
+    allowed = Limits().max_answer_chars + 500
+    result = run_stage(dvc_store, root, eval_fraction=0.4, max_answer_chars=allowed, min_answer_chars=40)
+    qa = list(read_jsonl(dvc_store.dataset_path("qa_pairs")))
+    assert max(len(r["answer"]) for r in qa) > Limits().max_answer_chars
+    recorded = materialization(result, QA_PAIRS).metadata["limits"].value
+    assert recorded["max_answer_chars"] == allowed
+    checks = {(c.asset_key, c.check_name): c for c in result.get_asset_check_evaluations()}
+    assert checks[(QA_PAIRS, "text_quality")].passed, checks[(QA_PAIRS, "text_quality")].description
+    assert all(c.passed for c in checks.values())

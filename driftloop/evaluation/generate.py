@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from driftloop.models.kvcache import DEFAULT_MB, PrefixCache, prefill, supports_reuse
 from driftloop.prompts import MAX_CONTEXT_CHARS, PromptTemplate, join_contexts
 
 BASE = "base"
@@ -52,7 +53,10 @@ def generator_precision(precision: str, device: str) -> str:
 
 
 class Answerer:
-    def __init__(self, base_path: str, device: str = "cpu", max_context_chars: int = MAX_CONTEXT_CHARS, precision: str = "auto") -> None:
+    def __init__(self, base_path: str, device: str = "cpu", max_context_chars: int = MAX_CONTEXT_CHARS, precision: str = "auto",
+                 prefix_cache_mb: int = DEFAULT_MB) -> None:
+        """`prefix_cache_mb`: memory for the keys and values of prompts already seen
+        (driftloop/models/kvcache.py); 0 computes every prompt from its first token."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,6 +70,7 @@ class Answerer:
         dtype = getattr(torch, DTYPES[self.precision])
         self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device).eval()
         self.adapters: dict[str, str] = {}
+        self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb and supports_reuse(self.model) else None
 
     def merge(self, path: Path) -> None:
         """Fold one adapter into the base weights: a service runs a single adapter, and the
@@ -79,6 +84,8 @@ class Answerer:
         target = self.model.dtype
         model = PeftModel.from_pretrained(self.model.to(torch.float32), str(path)).eval()
         self.model = model.merge_and_unload().to(target).eval()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def add_adapter(self, name: str, path: Path) -> None:
         from peft import PeftModel
@@ -125,10 +132,10 @@ class Answerer:
         with self._active(name), torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
                 batch = list(prompts[start : start + batch_size])
-                enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+                t0 = time.perf_counter()
+                enc = self._inputs(name, batch)
                 if seed is not None:
                     torch.manual_seed(seed)
-                t0 = time.perf_counter()
                 rows = list(sinks[start : start + batch_size]) if sinks else []
                 streamer = RowStreamer(rows, {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}) if any(rows) else None
                 generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
@@ -141,6 +148,21 @@ class Answerer:
                         tokens = tokens[: tokens.index(self.tokenizer.eos_token_id)]
                     out.append(Answer(qid, self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), seconds, len(tokens)))
         return out
+
+    def _inputs(self, name: str, batch: list[str]) -> dict:
+        """`generate`'s inputs for one batch, left-padded; with the prefix cache, the keys
+        and values of every prompt but its last token are computed (or reused) first."""
+        import torch
+
+        if self.prefix_cache is None:
+            return self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        rows = self.tokenizer(batch, add_special_tokens=False)["input_ids"]
+        if min(len(row) for row in rows) < 2:
+            return self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        width = max(len(row) for row in rows)
+        ids = torch.tensor([[self.tokenizer.pad_token_id] * (width - len(row)) + row for row in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=self.device)
+        return {"input_ids": ids, "attention_mask": mask, "past_key_values": prefill(self.model, self.prefix_cache, name, rows)}
 
     def answer_nll(self, name: str, prompts: Sequence[str], references: Sequence[str]) -> list[tuple[float, int]]:
         """Per question: the summed negative log-likelihood of the reference answer given its

@@ -32,18 +32,23 @@ class Generation:
     """The generator half: batched greedy answers with the champion adapter merged in, in
     the precision evaluation used, unless `precision` (DRIFTLOOP_SERVE_PRECISION) overrides it."""
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "") -> None:
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "", prefix_cache_mb: int = 512) -> None:
         from driftloop.evaluation.generate import BASE, Answerer
 
         self.bundle = bundle
         precision = precision or bundle.spec.get("settings", {}).get("generator_precision", "auto")
-        self.answerer = Answerer(check_base_model(bundle), device, precision=precision)
+        self.answerer = Answerer(check_base_model(bundle), device, precision=precision, prefix_cache_mb=prefix_cache_mb)
         if bundle.adapter_dir is not None:
             self.answerer.merge(bundle.adapter_dir)
         self.adapter = BASE
 
     def count_tokens(self, text: str) -> int:
         return len(self.answerer.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def reused_tokens(self) -> int:
+        """Prompt tokens taken from the prefix cache so far, not computed."""
+        cache = self.answerer.prefix_cache
+        return cache.reused_tokens if cache else 0
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, sampling: dict | None = None,
                  sinks: Sequence[Callable[[int], None] | None] | None = None) -> list[dict]:
