@@ -82,6 +82,7 @@ class InstructionDatasetConfig(dg.Config):
     search_depth: int = Field(default=20, ge=1, description="Chunks ranked per question, so that chunks of eval documents can be skipped.")
     max_example_chars: int = Field(default=8000, gt=0)
     include_feedback: bool = Field(default=True, description="Corrected answers from the request log become examples, validated like the rest.")
+    feedback_max_rating: int = Field(default=2, ge=1, le=5, description="Only corrections given with a rating of at most this (1 bad .. 5 good) train.")
     max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
 
 
@@ -93,7 +94,7 @@ def source_locations(source: str | None = None, inbox: str | None = None, settin
     return [resolve_source(source, settings.source_dir), inbox or str(Layout.from_env().inbox)]
 
 
-def _feedback_examples(prompt, vector_store: VectorStore) -> list[dict]:
+def _feedback_examples(prompt, vector_store: VectorStore, max_rating: int) -> tuple[list[dict], int]:
     from datetime import UTC, datetime
 
     from driftloop.artifacts import ArtifactError
@@ -103,14 +104,14 @@ def _feedback_examples(prompt, vector_store: VectorStore) -> list[dict]:
 
     requests, feedback = read_window(default_root(), datetime(2026, 1, 1, tzinfo=UTC), max_days=366)
     if not feedback.rows:
-        return []
+        return [], 0
     texts = {}
     try:
         with (vector_store.store().current_index_folder() / "chunks.jsonl").open(encoding="utf-8") as handle:
             texts = {row["chunk_id"]: row["text"] for row in map(json.loads, handle)}
     except (OSError, ValueError, ArtifactError):
         pass  # no index yet: the examples go without context
-    return feedback_examples(requests.rows, feedback.rows, texts, prompt)
+    return feedback_examples(requests.rows, feedback.rows, texts, prompt, max_rating)
 
 
 def _retrieved_contexts(qa_rows: list[dict], config: "InstructionDatasetConfig", models: ModelCatalog, vector_store: VectorStore):
@@ -288,7 +289,9 @@ def instruction_dataset(
         })
     else:
         rows = build_examples(qa_rows, prompt)
-    from_feedback = _feedback_examples(prompt, vector_store) if config.include_feedback else []
+    from_feedback, skipped_by_rating = ([], 0)
+    if config.include_feedback:
+        from_feedback, skipped_by_rating = _feedback_examples(prompt, vector_store, config.feedback_max_rating)
     rows += from_feedback
     eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
     limits = Limits(max_example_chars=config.max_example_chars)
@@ -305,6 +308,7 @@ def instruction_dataset(
             **context_meta,
             "prompt_version": dg.MetadataValue.text(prompt.version),
             "feedback_examples": dg.MetadataValue.int(len(from_feedback)),
+            "feedback_skipped_by_rating": dg.MetadataValue.int(skipped_by_rating),
             LIMITS: json_meta(asdict(limits)),
             "example_user_turns": dg.MetadataValue.md("\n\n".join(f"- {excerpt(t, 200)}" for t in user_turns)),
         },

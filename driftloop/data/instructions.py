@@ -112,16 +112,21 @@ def messages_problem(messages: object) -> str | None:
     return None
 
 
-def feedback_examples(requests: Iterable[dict], feedback: Iterable[dict], chunk_texts: dict[str, str], prompt: PromptTemplate) -> list[dict]:
+def feedback_examples(requests: Iterable[dict], feedback: Iterable[dict], chunk_texts: dict[str, str], prompt: PromptTemplate,
+                      max_rating: int = 5) -> tuple[list[dict], int]:
     """Corrected answers from users as training examples: the question as it was asked
     (PII already redacted by the service), the chunks it was answered from, and the
-    correction as the assistant's turn. The latest correction of a request wins; requests
-    whose chunks are no longer in the index get no context rather than a wrong one."""
+    correction as the assistant's turn. The latest feedback on a request wins, and only a
+    correction given with a rating of at most `max_rating` teaches: a user who rated the
+    served answer good and still typed something else has not said the answer was wrong.
+    Requests whose chunks are no longer in the index get no context rather than a wrong
+    one. Returns the examples and how many corrections their rating left out."""
     asked = {r["request_id"]: r for r in requests if r.get("request_id") and r.get("question")}
-    corrected = {}
+    latest = {}
     for f in feedback:
         if f.get("correction") and f.get("request_id") in asked:
-            corrected[f["request_id"]] = f
+            latest[f["request_id"]] = f
+    corrected = {request_id: f for request_id, f in latest.items() if int(f.get("rating", 1)) <= max_rating}
     examples = []
     for request_id, f in sorted(corrected.items()):
         request = asked[request_id]
@@ -130,4 +135,4 @@ def feedback_examples(requests: Iterable[dict], feedback: Iterable[dict], chunk_
         messages.append({"role": "assistant", "content": f["correction"]})
         examples.append({"example_id": stable_id(request_id, prompt.version), "qa_id": request_id, "doc_id": f"feedback/{request_id}",
                          "prompt_version": prompt.version, "messages": messages})
-    return examples
+    return examples, len(latest) - len(corrected)
