@@ -113,6 +113,8 @@ def deployment(context: dg.AssetExecutionContext, deployer: Deployer) -> dg.Mate
 class ShadowConfig(dg.Config):
     challenger_version: str = Field(default="", description="Adapter to shadow; empty: the challenger of the latest evaluation report.")
     stop: bool = Field(default=False, description="Stop shadowing instead.")
+    in_process: bool = Field(default=True, description="The challenger as an adapter of the served model, switched per request in one "
+                                                       "process (the base loaded once); false starts it as a service of its own.")
 
 
 @dg.asset(key=SHADOW, deps=[EVAL_REPORT, DEPLOYMENT], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="2",
@@ -129,8 +131,13 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
     target = deployer.target()
     try:
         if config.stop:
-            return dg.MaterializeResult(metadata={"action": dg.MetadataValue.text(target.stop_shadow(_audit(context)))})
-        target.require_running()
+            meta = _latest_bento(context, "serving/shadow")
+            # The champion's own bento again, without the shadow adapter; a shadow process too, if one runs.
+            plain = target.deploy(meta["tag"], meta["model_version"], _audit(context)).action
+            stopped = target.stop_shadow(_audit(context)) if not config.in_process else "in process"
+            return dg.MaterializeResult(metadata={"action": dg.MetadataValue.text(f"stopped ({stopped}); champion bento {plain}")})
+        if not config.in_process:
+            target.require_running()
         meta = _latest_bento(context, "serving/shadow")
         report = context.instance.get_latest_materialization_event(EVAL_REPORT)
         version = config.challenger_version or (report.asset_materialization.metadata["challenger"].value if report else "")
@@ -141,11 +148,23 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
         serving = load_bundle(Path(meta["bundle"]))
         if serving.spec.get("adapter_version") == adapter.version:
             raise dg.Failure(description=f"serving/shadow: {adapter.version} already serves; a shadow must be another version")
-        bundle = build_bundle(_layout().bundles, base_model=serving.spec["base_model"], adapter=adapter.path,
-                              adapter_version=adapter.version, index_folder=serving.index_dir, embedding_model=serving.spec["embedding_model"],
-                              prompt_version=serving.spec["prompt_version"], settings=serving.spec["settings"])
-        tag = build_bento(bundle, _layout().home)
-        action = target.shadow(tag, adapter.version, _audit(context))
+        common = {"base_model": serving.spec["base_model"], "index_folder": serving.index_dir, "embedding_model": serving.spec["embedding_model"],
+                  "prompt_version": serving.spec["prompt_version"], "settings": serving.spec["settings"]}
+        if config.in_process:
+            trained_on = adapter.lineage.get("base_model_version")
+            if trained_on and trained_on != serving.spec["base_model"]["version"]:
+                raise dg.Failure(description=f"serving/shadow: {adapter.version} was trained on base {trained_on}, the service runs "
+                                             f"{serving.spec['base_model']['version']}; shadow it with in_process: false")
+            # The serving bundle again, with the challenger beside the champion: deployed as the
+            # active version, it answers clients as before and the challenger from the same model.
+            bundle = build_bundle(_layout().bundles, adapter=serving.adapter_dir, adapter_version=serving.spec.get("adapter_version"),
+                                  shadow_adapter=adapter.path, shadow_version=adapter.version, **common)
+            tag = build_bento(bundle, _layout().home)
+            action = f"shadowing in process ({target.deploy(tag, serving.model_version, _audit(context)).action})"
+        else:
+            bundle = build_bundle(_layout().bundles, adapter=adapter.path, adapter_version=adapter.version, **common)
+            tag = build_bento(bundle, _layout().home)
+            action = target.shadow(tag, adapter.version, _audit(context))
     except (BuildError, DeployError) as err:
         raise dg.Failure(description=f"serving/shadow: {err}") from err
     context.log.info(f"{tag} ({adapter.version}) shadows {serving.model_version}")

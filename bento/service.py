@@ -36,12 +36,13 @@ enforce_offline()
 
 from driftloop.prompts import CONTEXT_CHUNKS, join_contexts, load_prompt  # noqa: E402 - offline switches first
 from driftloop.serving.auth import ApiKeyMiddleware, openai_error  # noqa: E402
+from driftloop.serving.endpoints import embeddings, list_models  # noqa: E402
 from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
 from driftloop.serving.bundle import load_bundle  # noqa: E402
-from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, parse_chat, parse_embeddings  # noqa: E402
+from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, parse_chat  # noqa: E402
 from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
 from driftloop.serving.requestlog import RequestLog, default_root, new_request_id  # noqa: E402
-from driftloop.serving.shadow import request_id_from  # noqa: E402
+from driftloop.serving.shadow import AdapterShadow, request_id_from  # noqa: E402
 from driftloop.serving.stream import LineReader, Released, TextDeltas, encode_event  # noqa: E402
 from driftloop.serving.traffic import release_request_timers  # noqa: E402
 from driftloop.settings import ServiceSettings  # noqa: E402
@@ -104,18 +105,20 @@ class Models:
                                                                            SETTINGS.prefix_cache_mb)).result()
         self.batcher = Batcher(self._generate, self._lane, max_batch=SETTINGS.max_batch, max_queue=SETTINGS.max_queue,
                                max_wait_s=SETTINGS.max_queue_wait_s, window_s=SETTINGS.batch_window_ms / 1000,
-                               key=lambda request: Sampling.from_dict(request[2]).key())
+                               key=lambda request: (Sampling.from_dict(request[2]).key(), request[4]), priority=lambda request: request[4] != "primary")
 
     @bentoml.api
-    async def generate(self, prompt: str, max_new_tokens: int = 64, sampling: dict | None = None) -> dict:
-        """`sampling`: temperature, top_p, seed and stop as the chat API takes them; greedy when absent."""
+    async def generate(self, prompt: str, max_new_tokens: int = 64, sampling: dict | None = None, adapter: str = "primary") -> dict:
+        """`sampling`: temperature, top_p, seed and stop as the chat API takes them; greedy when absent.
+        `adapter`: primary (the champion) or shadow (the bundle's shadow adapter, after every client request)."""
         try:
-            return await self.batcher.submit((prompt, max_new_tokens, sampling, None))
+            return await self.batcher.submit((prompt, max_new_tokens, sampling, None, adapter))
         except QueueFull as err:
             raise bentoml.exceptions.ServiceUnavailable(f"generation queue: {err}") from None
 
     @bentoml.api
-    async def generate_stream(self, prompt: str, max_new_tokens: int = 64, sampling: dict | None = None) -> AsyncGenerator[str, None]:
+    async def generate_stream(self, prompt: str, max_new_tokens: int = 64, sampling: dict | None = None,
+                              adapter: str = "primary") -> AsyncGenerator[str, None]:
         """`generate`, streamed: one JSON line per piece of final text ({"text": ...}) as the
         tokens are decoded, in the same batches as every other request, then one line with
         the counts ({"done": true, ...}). The pieces add up to what `generate` returns."""
@@ -128,7 +131,7 @@ class Models:
             if piece:
                 loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-        job = asyncio.ensure_future(self.batcher.submit((prompt, max_new_tokens, sampling, sink)))
+        job = asyncio.ensure_future(self.batcher.submit((prompt, max_new_tokens, sampling, sink, adapter)))
         while True:
             waiter = asyncio.ensure_future(pieces.get())
             await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -149,17 +152,18 @@ class Models:
         yield encode_event({"done": True, "prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
                             "stopped": bool(result.get("stopped") or deltas.stopped)})
 
-    def _generate(self, requests: list[tuple[str, int, dict | None, Callable[[int], None] | None]]) -> list[dict]:
-        longest = max(n for _, n, _, _ in requests)
+    def _generate(self, requests: list[tuple[str, int, dict | None, Callable[[int], None] | None, str]]) -> list[dict]:
+        longest = max(request[1] for request in requests)
         reused = self.generation.reused_tokens()
-        # The batcher's key put only requests sampled the same way into this batch.
-        out = self.generation.generate([prompt for prompt, _, _, _ in requests], longest, requests[0][2],
-                                       sinks=[sink for *_, sink in requests] if any(sink for *_, sink in requests) else None)
+        # The batcher's key put only requests sampled the same way, for one adapter, into this batch.
+        sinks = [request[3] for request in requests]
+        out = self.generation.generate([request[0] for request in requests], longest, requests[0][2], sinks=sinks if any(sinks) else None,
+                                       adapter=requests[0][4])
         batch_size.observe(len(requests))
         tokens_total.labels(kind="prompt_reused").inc(self.generation.reused_tokens() - reused)
         # One batch decodes to its longest request; each answer is cut to what it asked for.
         tokenizer = self.generation.answerer.tokenizer
-        for result, (_, limit, _, _) in zip(out, requests, strict=True):
+        for result, (_, limit, *_) in zip(out, requests, strict=True):
             if result["completion_tokens"] > limit:
                 result["text"] = tokenizer.decode(tokenizer(result["text"], add_special_tokens=False)["input_ids"][:limit], skip_special_tokens=True).strip()
                 result["completion_tokens"] = limit
@@ -168,33 +172,6 @@ class Models:
     @bentoml.api
     def count_tokens(self, text: str) -> int:
         return self.generation.count_tokens(text)
-
-
-async def list_models(request: Request) -> JSONResponse:
-    service = bentoml.get_current_service()
-    data = [{"id": name, "object": "model", "created": service.started, "owned_by": "driftloop"}
-            for name in [*service.model_names, *service.embedding_names]]
-    return JSONResponse({"object": "list", "data": data})
-
-
-async def embeddings(request: Request) -> JSONResponse:
-    """`/v1/embeddings` with the model retrieval uses: the vectors the index was built on."""
-    import base64
-
-    service = bentoml.get_current_service()
-    try:
-        asked = parse_embeddings(json.loads(await request.body()), service.embedding_names)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return openai_error(400, "the request body is not valid JSON")
-    except ChatError as err:
-        return JSONResponse(err.body(), status_code=err.status)
-    embedder = service.retrieval.embedder
-    vectors = await asyncio.get_running_loop().run_in_executor(service._lane, lambda: embedder.encode(list(asked.inputs)))
-    tokens = sum(len(ids) for ids in embedder.tokenizer(list(asked.inputs), add_special_tokens=True)["input_ids"])
-    data = [{"object": "embedding", "index": i,
-             "embedding": base64.b64encode(vector.astype("<f4").tobytes()).decode() if asked.base64 else vector.tolist()}
-            for i, vector in enumerate(vectors)]
-    return JSONResponse({"object": "list", "data": data, "model": asked.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
 async def chat_completions(request: Request):
@@ -299,8 +276,13 @@ class DriftloopRAG:
         torch.set_num_threads(SETTINGS.retrieval_threads)
         self.retrieval = Retrieval(self.bundle, _device())
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
-        # A shadow answers copies of live requests: logged for comparison, seen by nobody.
+        # A shadow answers copies of live requests: logged for comparison, seen by nobody;
+        # a bundle's shadow adapter does so from this service's own model.
         self.role = SETTINGS.role
+        version = self.bundle.spec.get("shadow_version")
+        self.shadow = AdapterShadow(version, lambda **asked: self._models("generate", **asked), self.guardrails.check_output,
+                                    self.log.request) if version else None
+        self.model_names += [version] if version else []
         self.started = int(time.time())
 
     async def __is_ready__(self) -> bool:
@@ -404,8 +386,10 @@ class DriftloopRAG:
             raise
         if logged is not None:
             logged["dropped_turns"] = dropped
+        # A chat request naming the shadow's version is answered by the shadow adapter itself.
+        adapter = "shadow" if chat is not None and self.shadow is not None and chat.model == self.shadow.version else "primary"
         return {"request_id": request_id, "started": started, "question": question, "endpoint": endpoint, "chunks": chunks, "prompt": prompt,
-                "max_new_tokens": max_new_tokens, "sampling": None if chat is None else sampling.to_dict(), "logged": logged}
+                "max_new_tokens": max_new_tokens, "sampling": None if chat is None else sampling.to_dict(), "logged": logged, "adapter": adapter}
 
     def _log_blocked(self, err: GuardrailViolation, request_id: str, endpoint: str, question: str, started: float, logged: dict | None) -> None:
         if not isinstance(err, Overloaded):
@@ -424,12 +408,15 @@ class DriftloopRAG:
         tokens_total.labels(kind="prompt").inc(generated["prompt_tokens"])
         tokens_total.labels(kind="completion").inc(generated["completion_tokens"])
         latency = time.perf_counter() - grounded["started"]
-        chunks = grounded["chunks"]
+        chunks, primary = grounded["chunks"], grounded["adapter"] == "primary"
+        version = self.bundle.model_version if primary else self.shadow.version
         self.log.request(request_id=grounded["request_id"], endpoint=grounded["endpoint"], question=grounded["question"], answer=answer,
-                         model_version=self.bundle.model_version, latency_s=latency, prompt_tokens=generated["prompt_tokens"],
+                         model_version=version, latency_s=latency, prompt_tokens=generated["prompt_tokens"],
                          completion_tokens=generated["completion_tokens"], chunk_ids=[c["chunk_id"] for c in chunks],
                          scores=[c["score"] for c in chunks], guardrail=reason, role=self.role, chat=grounded["logged"])
-        return {"request_id": grounded["request_id"], "answer": answer, "chunks": chunks, "model_version": self.bundle.model_version,
+        if self.shadow is not None and primary:
+            self.shadow.submit(grounded)
+        return {"request_id": grounded["request_id"], "answer": answer, "chunks": chunks, "model_version": version,
                 "prompt_tokens": generated["prompt_tokens"], "completion_tokens": generated["completion_tokens"],
                 "latency_s": latency, "finish_reason": "content_filter" if reason else finish, "guardrail": reason}
 
@@ -439,7 +426,8 @@ class DriftloopRAG:
         history and its sampling; the question (its last user turn) is what retrieval searches."""
         grounded = await self._ground(question, k, max_new_tokens, endpoint, request_id, chat)
         try:
-            generated = await self._models("generate", prompt=grounded["prompt"], max_new_tokens=max_new_tokens, sampling=grounded["sampling"])
+            generated = await self._models("generate", prompt=grounded["prompt"], max_new_tokens=max_new_tokens, sampling=grounded["sampling"],
+                                           adapter=grounded["adapter"])
         except GuardrailViolation as err:
             self._log_blocked(err, grounded["request_id"], endpoint, question, grounded["started"], grounded["logged"])
             raise
@@ -453,7 +441,8 @@ class DriftloopRAG:
         whole; a failed check ends the stream with finish_reason content_filter."""
         released = Released(self.guardrails.check_output, hold=self.guardrails.output_hold())
         reader, generated = LineReader(), None
-        stream = self.models.to_async.generate_stream(prompt=grounded["prompt"], max_new_tokens=grounded["max_new_tokens"], sampling=grounded["sampling"])
+        stream = self.models.to_async.generate_stream(prompt=grounded["prompt"], max_new_tokens=grounded["max_new_tokens"], sampling=grounded["sampling"],
+                                                      adapter=grounded["adapter"])
         async for piece in stream:
             for event in reader.feed(piece):
                 if event.get("done"):

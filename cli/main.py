@@ -54,7 +54,30 @@ def _model(action: str, to: str | None, reason: str) -> int:
         print(f"rollback refused: {error}", file=sys.stderr)
         return 2
     print(f"champion is now {event['version']} (was {event['previous']})")
+    _record_in_dagster(event)
     return 0
+
+
+def _record_in_dagster(event: dict) -> None:
+    """The rollback as a materialization of evaluation/champion, so the asset, its data
+    version and its history in the UI name the champion that serves, not the last one the
+    gate promoted. Nothing downstream is automated on it: the deploy is the caller's."""
+    from dagster._core.errors import DagsterHomeNotSetError
+
+    from assets.keys import CHAMPION
+
+    try:
+        instance = dg.DagsterInstance.get()
+    except DagsterHomeNotSetError:
+        print("rollback: DAGSTER_HOME is not set, so evaluation/champion in Dagster still shows "
+              f"{event['previous']}; the registry's history has the rollback", file=sys.stderr)
+        return
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key=CHAMPION, description=f"rollback to {event['version']}: {event.get('reason') or 'no reason given'}",
+        tags={"dagster/data_version": event["version"]},
+        metadata={"champion": dg.MetadataValue.text(event["version"]), "previous": dg.MetadataValue.text(str(event["previous"])),
+                  "action": dg.MetadataValue.text("rollback"), "reason": dg.MetadataValue.text(event.get("reason") or ""),
+                  "by": dg.MetadataValue.text(str(event.get("by"))), "at": dg.MetadataValue.text(str(event.get("at")))}))
 
 
 def rollback(to: str | None, reason: str, port: int, deploy=None) -> int:

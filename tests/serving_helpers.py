@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-7f3a"
 
 
-def make_bundle(root: Path, tiny_llama: str, tiny_embedding_model: str, extra_texts: list[str] | None = None):
-    """24 prose sections (chunk ids c000-c023), then `extra_texts` as further chunks."""
+def make_bundle(root: Path, tiny_llama: str, tiny_embedding_model: str, extra_texts: list[str] | None = None, shadow: bool = False):
+    """24 prose sections (chunk ids c000-c023), then `extra_texts` as further chunks. With
+    `shadow`, the champion and a shadow adapter are both random (B not zero), so each
+    changes the answers, and the shadow is served beside the champion."""
     import hashlib
 
     import torch
@@ -47,13 +49,21 @@ def make_bundle(root: Path, tiny_llama: str, tiny_embedding_model: str, extra_te
     embeddings, _ = store.embed([c["chunk_id"] for c in chunks], [hashlib.sha256(t.encode()).hexdigest() for t in texts], texts, embedder, 8)
     index_folder, _ = store.build_index(embeddings, chunks)
 
-    torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    peft_model.save_pretrained(root / "adapter")
-    adapter = AdapterRegistry(root / "registry").publish(root / "adapter", {"note": "serving test"})
+    registry = AdapterRegistry(root / "registry")
+
+    def adapter(name: str, seed: int, targets: list[str]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=targets, init_lora_weights=not shadow))
+        peft_model.save_pretrained(root / name)
+        return registry.publish(root / name, {"note": f"serving test {name}"})
+
+    champion = adapter("adapter", 0, ["q_proj", "v_proj"])
+    second = adapter("shadow_adapter", 1, ["q_proj", "k_proj", "o_proj"]) if shadow else None
     base = {"name": "tiny-llama", "path": tiny_llama, "version": weights_hash(Path(tiny_llama))}
-    return build_bundle(root / "bundles", base_model=base, adapter=adapter.path, adapter_version=adapter.version, index_folder=index_folder,
-                        embedding_model=tiny_embedding_model, prompt_version="rag.v1", settings={"embedding_precision": "fp32", "max_input_chars": 2000})
+    settings = {"embedding_precision": "fp32", "max_input_chars": 2000, **({"generator_precision": "fp32"} if shadow else {})}
+    return build_bundle(root / "bundles", base_model=base, adapter=champion.path, adapter_version=champion.version, index_folder=index_folder,
+                        embedding_model=tiny_embedding_model, prompt_version="rag.v1", settings=settings,
+                        shadow_adapter=second.path if second else None, shadow_version=second.version if second else None)
 
 
 def free_port_pair() -> int:

@@ -46,8 +46,18 @@ def test_history_records_every_change_and_rollback_restores_earlier_champions(re
     assert events[1]["by"] == "bob" and events[1]["data_versions"] == {"qa_pairs": "md5b"} and events[1]["metrics"] == {"rouge": 0.6}
 
     monkeypatch.setenv("DRIFTLOOP_HOME", str(reg.root.parents[1]))  # the CLI's default registry
-    assert cli(["model", "rollback", "--to", b]) == 0
+    monkeypatch.setenv("DAGSTER_HOME", str(reg.root.parents[1] / "dagster"))
+    (reg.root.parents[1] / "dagster").mkdir()
+    assert cli(["model", "rollback", "--to", b, "--reason", "answers regressed"]) == 0
     assert reg.champion().version == b
+    # Dagster's evaluation/champion names the version that serves after the rollback.
+    import dagster as dg
+
+    from assets.keys import CHAMPION
+
+    latest = dg.DagsterInstance.get().get_latest_materialization_event(CHAMPION).asset_materialization
+    assert latest.metadata["champion"].value == b and latest.metadata["action"].value == "rollback"
+    assert latest.tags["dagster/data_version"] == b and "answers regressed" in latest.description
     assert cli(["model", "rollback", "--to", c]) == 2
     assert cli(["model", "champion"]) == 0
 

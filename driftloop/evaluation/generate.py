@@ -9,6 +9,7 @@ their adapter weights.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Answerer:
         dtype = getattr(torch, DTYPES[self.precision])
         self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device).eval()
         self.adapters: dict[str, str] = {}
+        self._stacks: dict[str, list[str]] = {}  # adapters active together under one name
         self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb and supports_reuse(self.model) else None
 
     def merge(self, path: Path) -> None:
@@ -98,12 +100,35 @@ class Answerer:
             self.model.load_adapter(str(path), adapter_name=name)
         self.adapters[name] = str(path)
 
+    def add_adapter_over_merged(self, name: str, path: Path, merged: Path | None) -> None:
+        """Serve adapter `path` as `name` beside the adapter `merged` into the base weights
+        by `merge()`: `name` runs with the merged adapter's negation active too, so it
+        computes base + its own delta exactly (up to rounding), and requests without an
+        adapter keep the merged model's speed. One loaded model, switched per batch."""
+        import tempfile
+
+        from safetensors.torch import load_file, save_file
+
+        self.add_adapter(name, path)
+        if merged is None:
+            return
+        undo = Path(tempfile.mkdtemp(prefix="driftloop-undo-"))
+        shutil.copy2(merged / "adapter_config.json", undo / "adapter_config.json")
+        weights = load_file(str(merged / "adapter_model.safetensors"))
+        save_file({key: -value if ".lora_B." in key else value for key, value in weights.items()}, str(undo / "adapter_model.safetensors"))
+        self.model.load_adapter(str(undo), adapter_name=f"{name}-undo")
+        shutil.rmtree(undo, ignore_errors=True)
+        self._stacks[name] = [name, f"{name}-undo"]
+
     def _active(self, name: str):
         if name == BASE:
             return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
         if name not in self.adapters:
             raise KeyError(f"no adapter named {name!r}; loaded: {sorted(self.adapters)}")
-        self.model.set_adapter(name)
+        if name in self._stacks:
+            self.model.base_model.set_adapter(self._stacks[name])
+        else:
+            self.model.set_adapter(name)
         return contextlib.nullcontext()
 
     def base_scope(self):

@@ -42,12 +42,16 @@ class Batcher(Generic[T, R]):
     model is idle; while a batch runs, requests gather by themselves."""
 
     def __init__(self, run: Callable[[Sequence[T]], Sequence[R]], executor: Executor, max_batch: int = 8, max_queue: int = 64,
-                 max_wait_s: float = 120.0, window_s: float = 0.01, key: Callable[[T], object] | None = None) -> None:
+                 max_wait_s: float = 120.0, window_s: float = 0.01, key: Callable[[T], object] | None = None,
+                 priority: Callable[[T], int] | None = None) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be at least 1")
         # Only items with equal keys share a batch (one generate call samples one way); the
         # others keep their place in the queue for the next one.
         self.run, self.executor, self.key = run, executor, key
+        # A batch is led by the oldest job of the lowest priority value queued: a shadow's
+        # copies run only when no client request waits.
+        self.priority = priority
         self.max_batch, self.max_queue, self.max_wait_s, self.window_s = max_batch, max_queue, max_wait_s, window_s
         self._queue: collections.deque[_Job[T, R]] = collections.deque()
         self._wake: asyncio.Event | None = None
@@ -81,6 +85,7 @@ class Batcher(Generic[T, R]):
 
     def _take(self) -> list[_Job[T, R]]:
         now, batch, later, first = time.monotonic(), [], collections.deque(), None
+        lead = min((self.priority(job.item) for job in self._queue), default=0) if self.priority else 0
         while self._queue:
             job = self._queue.popleft()
             if job.future.done():
@@ -90,6 +95,9 @@ class Batcher(Generic[T, R]):
                 job.future.set_exception(QueueFull(f"waited {now - job.enqueued:.0f} s in the queue (limit {self.max_wait_s:.0f} s)"))
                 continue
             key = self.key(job.item) if self.key else None
+            if not batch and self.priority and self.priority(job.item) != lead:
+                later.append(job)
+                continue
             if not batch:
                 first = key
             elif len(batch) >= self.max_batch or key != first:

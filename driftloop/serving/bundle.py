@@ -38,6 +38,11 @@ class Bundle:
         return self.folder / "adapter" if self.spec.get("adapter_version") else None
 
     @property
+    def shadow_dir(self) -> Path | None:
+        """A second adapter of the same base model, answering copies of live requests."""
+        return self.folder / "shadow_adapter" if self.spec.get("shadow_version") else None
+
+    @property
     def index_dir(self) -> Path:
         return self.folder / "index"
 
@@ -51,15 +56,22 @@ def _tree_hash(folder: Path) -> str:
 
 
 def build_bundle(root: Path, *, base_model: dict, adapter: Path | None, adapter_version: str | None, index_folder: Path,
-                 embedding_model: str, prompt_version: str, settings: dict | None = None) -> Bundle:
-    """Seal a bundle under `root/<bundle_version>` (reused when it already exists)."""
+                 embedding_model: str, prompt_version: str, settings: dict | None = None, shadow_adapter: Path | None = None,
+                 shadow_version: str | None = None) -> Bundle:
+    """Seal a bundle under `root/<bundle_version>` (reused when it already exists);
+    `shadow_adapter`, when given, is served beside the champion as a per-request adapter."""
     verify(index_folder)
-    if adapter is not None:
-        verify(adapter)
+    for folder in (adapter, shadow_adapter):
+        if folder is not None:
+            verify(folder)
+    if (shadow_adapter is None) != (shadow_version is None) or (shadow_version and shadow_version == adapter_version):
+        raise ValueError(f"a shadow adapter needs its own version, other than the champion's (got {shadow_version!r})")
     staging = staging_dir(root)
     try:
         if adapter is not None:
             shutil.copytree(adapter, staging / "adapter")
+        if shadow_adapter is not None:
+            shutil.copytree(shadow_adapter, staging / "shadow_adapter")
         shutil.copytree(index_folder, staging / "index")
         spec = {
             "model_version": adapter_version or f"base:{base_model['version']}",
@@ -70,6 +82,8 @@ def build_bundle(root: Path, *, base_model: dict, adapter: Path | None, adapter_
             "prompt_version": prompt_version,
             "settings": settings or {},
         }
+        if shadow_version:
+            spec["shadow_version"] = shadow_version
         content = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + _tree_hash(staging).encode()).hexdigest()[:16]
         spec["bundle_version"] = content
         (staging / SERVING_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")

@@ -11,6 +11,9 @@ import numpy as np
 from driftloop.serving.bundle import Bundle
 
 
+PRIMARY, SHADOW = "primary", "shadow"
+
+
 class BundleMismatch(RuntimeError):
     """The models on this machine are not the ones the bundle was built with."""
 
@@ -40,6 +43,8 @@ class Generation:
         self.answerer = Answerer(check_base_model(bundle), device, precision=precision, prefix_cache_mb=prefix_cache_mb)
         if bundle.adapter_dir is not None:
             self.answerer.merge(bundle.adapter_dir)
+        if bundle.shadow_dir is not None:
+            self.answerer.add_adapter_over_merged(SHADOW, bundle.shadow_dir, bundle.adapter_dir)
         self.adapter = BASE
 
     def count_tokens(self, text: str) -> int:
@@ -51,13 +56,16 @@ class Generation:
         return cache.reused_tokens if cache else 0
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, sampling: dict | None = None,
-                 sinks: Sequence[Callable[[int], None] | None] | None = None) -> list[dict]:
+                 sinks: Sequence[Callable[[int], None] | None] | None = None, adapter: str = PRIMARY) -> list[dict]:
         """One batch, sampled as `sampling` (temperature, top_p, seed, stop) says; greedy by
-        default. A prompt's sink, where given, receives its tokens as they are generated."""
+        default, by the champion or (`adapter` "shadow") the bundle's shadow adapter. A
+        prompt's sink, where given, receives its tokens as they are generated."""
         from driftloop.serving.chat import Sampling, apply_stop
 
+        if adapter not in (PRIMARY, SHADOW) or (adapter == SHADOW and self.bundle.shadow_dir is None):
+            raise KeyError(f"no adapter {adapter!r} in this service (it serves {PRIMARY}{' and ' + SHADOW if self.bundle.shadow_dir else ''})")
         how = Sampling.from_dict(sampling)
-        answers = self.answerer.answer(self.adapter, list(prompts), [str(n) for n in range(len(prompts))], max_new_tokens, batch_size=len(prompts),
+        answers = self.answerer.answer(self.adapter if adapter == PRIMARY else SHADOW, list(prompts), [str(n) for n in range(len(prompts))], max_new_tokens, batch_size=len(prompts),
                                        temperature=how.temperature, top_p=how.top_p, seed=how.seed, stop=how.stop, sinks=sinks)
         out = []
         for answer, prompt in zip(answers, prompts, strict=True):

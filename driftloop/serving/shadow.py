@@ -108,3 +108,52 @@ def compare_shadow(rows: list[dict]) -> dict:
         "shadow_guardrail_blocks": sum(bool(s.get("guardrail")) for _, s in pairs),
         "shadow_errors": sum(s.get("status", 200) != 200 for _, s in pairs),
     }
+
+
+class AdapterShadow:
+    """The bundle's shadow adapter answering copies of live requests in the serving
+    process itself: one base model loaded once, the champion and the shadow switched per
+    batch (driftloop/serving/engine.py). A copy is generated after its client's answer,
+    at the batcher's lowest priority, so it runs only when no client request waits; it is
+    dropped (and counted) when `max_in_flight` copies already wait. Both answers go to the
+    request log under one request id, as with a shadow process."""
+
+    def __init__(self, version: str, generate, check_output, log_request, max_in_flight: int = 8) -> None:
+        self.version, self.generate, self.check_output, self.log_request = version, generate, check_output, log_request
+        self.max_in_flight, self.in_flight = max_in_flight, 0
+        self.sent = self.dropped = self.failed = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    def submit(self, grounded: dict) -> None:
+        if self.in_flight >= self.max_in_flight:
+            self.dropped += 1
+            return
+        self.in_flight += 1
+        task = asyncio.ensure_future(self._answer(grounded))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, grounded: dict) -> None:
+        import time
+
+        started = time.perf_counter()
+        try:
+            generated = await self.generate(prompt=grounded["prompt"], max_new_tokens=grounded["max_new_tokens"], sampling=grounded["sampling"],
+                                            adapter="shadow")
+            reason = self.check_output(generated["text"])
+            chunks = grounded["chunks"]
+            # Its own latency, from when its generation was asked for: the client never waited on it.
+            self.log_request(request_id=grounded["request_id"], endpoint=grounded["endpoint"], question=grounded["question"],
+                             answer="I can't share that answer." if reason else generated["text"], model_version=self.version,
+                             latency_s=time.perf_counter() - started, prompt_tokens=generated["prompt_tokens"],
+                             completion_tokens=generated["completion_tokens"], chunk_ids=[c["chunk_id"] for c in chunks],
+                             scores=[c["score"] for c in chunks], guardrail=reason, role="shadow", chat=grounded["logged"])
+            self.sent += 1
+        except Exception as exc:  # noqa: BLE001 - a failing shadow is counted, never the client's problem
+            self.failed += 1
+            log.warning("shadow adapter %s did not answer %s: %r", self.version, grounded["request_id"], exc)
+        finally:
+            self.in_flight -= 1
+
+    def describe(self) -> dict:
+        return {"name": self.version, "in_process": True, "mirrored": self.sent, "dropped": self.dropped, "failed": self.failed}
