@@ -102,7 +102,10 @@ class ObedientGeneration:
     def count_tokens(self, text: str) -> int:
         return self.real.count_tokens(text)
 
-    def generate(self, prompts, max_new_tokens: int, sampling: dict | None = None, sinks=None) -> list[dict]:
+    def reused_tokens(self) -> int:
+        return self.real.reused_tokens()
+
+    def generate(self, prompts, max_new_tokens: int, sampling: dict | None = None, sinks=None, adapter: str = "primary") -> list[dict]:
         out = []
         for n, prompt in enumerate(prompts):
             system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", prompt, re.DOTALL)[1]
