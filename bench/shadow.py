@@ -124,12 +124,18 @@ def main() -> int:
         print(f"with {challenger} shadowing (ready after {shadow_ready_s} s): {shadowed}", flush=True)
         # The copies still in flight are allowed to finish, so every pair is in the log.
         deadline = time.monotonic() + 600
-        mirror = {}
+        mirror, copies, still = {}, -1, 0
         while time.monotonic() < deadline:
             mirror = client.status().get("shadow") or {}
-            if mirror.get("in_flight", 0) == 0:
+            # A shadow adapter in the serving process: its copies are done when the log stops growing.
+            logged = [json.loads(line) for path in (home / "data" / "serving" / "requests").glob("date=*/*.jsonl")
+                      for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            now = sum(r.get("role") == "shadow" and r.get("model_version") == challenger and r["at"] >= started.isoformat() for r in logged)
+            still, copies = (still + 1, now) if now == copies else (0, now)
+            if mirror.get("in_flight", 0) == 0 and (mirror or now >= len(questions) or still >= 15):
                 break
             time.sleep(1)
+        print(f"shadow answers logged: {copies} of {len(questions)} requests", flush=True)
         materialize("serving/shadow", {"ops": {"serving__shadow": {"config": {"stop": True}}}})
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         materialize("monitoring/inference_log", partition=day)
