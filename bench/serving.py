@@ -95,6 +95,17 @@ def build_bundle_for_bench(work: Path, docs_limit: int, adapter: bool):
     return bundle, questions, len(chunks)
 
 
+def _rag_prompt(embedder, index, chunks, prompt, suffix: str, tokenizer, question: str, k: int) -> tuple[str, list[dict]]:
+    """The same prompt text on every side: sentence-transformers retrieval at k, the
+    template with the guardrail suffix ours adds, the chat template applied."""
+    vector = embedder.encode([question], normalize_embeddings=True, convert_to_numpy=True)
+    _, ids = index.search(vector.astype("float32"), k)
+    found = [chunks[int(i)] for i in ids[0] if int(i) >= 0]
+    messages = prompt.messages(question, "\n\n".join(c["text"] for c in found)[:2000])
+    messages[0] = {**messages[0], "content": messages[0]["content"] + suffix}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), found
+
+
 def serve_baseline(bundle_dir: str, port: int) -> None:
     """The naive server: everything in one process, one request at a time."""
     from http.server import HTTPServer
@@ -128,12 +139,7 @@ def serve_baseline(bundle_dir: str, port: int) -> None:
     suffix = Guardrails().system_suffix()  # ours adds it to every prompt; same length here
 
     def answer(question: str, k: int, max_new_tokens: int) -> dict:
-        vector = embedder.encode([question], normalize_embeddings=True, convert_to_numpy=True)
-        _, ids = index.search(vector.astype("float32"), k)
-        found = [chunks[int(i)] for i in ids[0] if int(i) >= 0]
-        messages = prompt.messages(question, "\n\n".join(c["text"] for c in found)[:2000])
-        messages[0] = {**messages[0], "content": messages[0]["content"] + suffix}
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text, found = _rag_prompt(embedder, index, chunks, prompt, suffix, tokenizer, question, k)
         out = generator(text, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)
         return {"answer": out[0]["generated_text"].strip(), "chunks": [{"chunk_id": c["chunk_id"]} for c in found]}
 
@@ -177,12 +183,7 @@ def serve_llamacpp(bundle_dir: str, port: int, slots: int, threads: int) -> None
 
     def answer(question: str, k: int, max_new_tokens: int) -> dict:
         with retrieval:
-            vector = embedder.encode([question], normalize_embeddings=True, convert_to_numpy=True)
-            _, ids = index.search(vector.astype("float32"), k)
-        found = [chunks[int(i)] for i in ids[0] if int(i) >= 0]
-        messages = prompt.messages(question, "\n\n".join(c["text"] for c in found)[:2000])
-        messages[0] = {**messages[0], "content": messages[0]["content"] + suffix}
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text, found = _rag_prompt(embedder, index, chunks, prompt, suffix, tokenizer, question, k)
         out = server.handle_completions({"prompt": text, "n_predict": max_new_tokens, "temperature": 0, "cache_prompt": True})
         if "choices" not in out:
             raise RuntimeError(f"llama.cpp: {str(out)[:300]}")
