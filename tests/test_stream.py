@@ -51,6 +51,22 @@ def test_a_secret_split_across_pieces_is_never_released():
     assert said == "The castle stands by the river " and clean.blocked is None
 
 
+def test_a_toxic_looking_prefix_waits_and_the_whole_answer_decides():
+    """A score of the whole text can flag a prefix and pass the answer it grows into (the
+    tiny model's sampled replies did, 6 in 40): the stream then releases the whole answer,
+    as the unstreamed reply would, and an answer that stays toxic is blocked at its end."""
+    def check(text: str):
+        return "toxic_output" if text.count("damn") * 4 > len(text.split()) else None
+
+    released = Released(check)
+    pieces = [released.add(w + " ") for w in "damn the castle stands by the river in the old town".split()]
+    assert pieces[0] == "" and check("damn ") and not check("damn the castle stands by the river in the old town ")
+    assert "".join(pieces) + released.add("", final=True) == "damn the castle stands by the river in the old town " and released.blocked is None
+    toxic = Released(check)
+    out = "".join(toxic.add(w + " ") for w in "damn damn castle damn".split()) + toxic.add("", final=True)
+    assert toxic.blocked == "toxic_output" and "damn" not in out
+
+
 def test_events_survive_any_split_of_the_stream():
     wire = "".join(encode_event({"text": t}) for t in ["Größe", "é\n", "ok"]) + encode_event({"done": True})
     reader, events = LineReader(), []

@@ -94,10 +94,14 @@ class RowStreamer:
 @dataclass
 class Released:
     """The client's side of one stream: every prefix passes the output check before it
-    is released; a failed check ends the stream with the reason."""
+    is released. A secret found ends the stream at once with the reason. A reason in
+    `wait_on` (a toxicity score) only holds the text back: a scorer of the whole text
+    can flag a prefix and pass the answer it grows into, so the whole answer decides, as
+    it does unstreamed, and a stream releases what the same answer unstreamed would."""
 
     check: Callable[[str], str | None]
     hold: int = 0  # characters kept back, so a secret split across deltas is seen whole
+    wait_on: frozenset = frozenset({"toxic_output"})
     text: str = ""
     pending: str = ""
     blocked: str | None = None
@@ -107,6 +111,8 @@ class Released:
             return ""
         self.pending += delta
         reason = self.check(self.text + self.pending)
+        if reason in self.wait_on and not final:
+            return ""
         if reason:
             self.blocked, self.pending = reason, ""
             return ""
