@@ -4,10 +4,12 @@ prompt always; the whole prompt when a question repeats) computes only what is n
 
 Causal attention makes the keys and values at position j depend on tokens 0..j alone,
 so the first n positions of any cached prompt are exact for every prompt that starts
-with the same n tokens. Each prompt is prefilled on its own, on its new tokens only (on
-2 CPU cores eight 500-token prompts one at a time took no longer than one batch of
-eight: the matmuls are already large), and the batch then decodes together from the
-stacked caches, so reuse changes which work is done, never the answer.
+with the same n tokens. Only a prompt's new tokens are prefilled: alike rows as one
+batch, a row that reuses much more than the others on its own (on 2 CPU cores eight
+500-token prompts one at a time took about as long as one batch of eight: the matmuls
+are already large). The batch then decodes together from the stacked caches, so reuse
+changes which work is done, not the answer (in fp32 exactly; in bf16 as much as any
+change of batch shape does).
 
 Memory is bounded by bytes; the least recently used prompt goes first. A prompt that
 extends a cached one replaces it. Entries are per adapter: the same tokens have other
