@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -134,8 +135,6 @@ class AdapterShadow:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, grounded: dict) -> None:
-        import time
-
         started = time.perf_counter()
         try:
             generated = await self.generate(prompt=grounded["prompt"], max_new_tokens=grounded["max_new_tokens"], sampling=grounded["sampling"],
@@ -154,6 +153,3 @@ class AdapterShadow:
             log.warning("shadow adapter %s did not answer %s: %r", self.version, grounded["request_id"], exc)
         finally:
             self.in_flight -= 1
-
-    def describe(self) -> dict:
-        return {"name": self.version, "in_process": True, "mirrored": self.sent, "dropped": self.dropped, "failed": self.failed}
