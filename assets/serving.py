@@ -55,6 +55,7 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
                               adapter_version=champion.version, index_folder=vector_store.store().current_index_folder(),
                               embedding_model=models.embedding_model, prompt_version=config.prompt_version,
                               settings={"embedding_precision": models.embedding_precision, "generator_precision": models.generator_precision,
+                                        "generator_engine": models.generator_engine,
                                         "max_input_chars": config.max_input_chars,
                                         "max_input_tokens": config.max_input_tokens, "price_per_1k_prompt": config.price_per_1k_prompt,
                                         "price_per_1k_completion": config.price_per_1k_completion})
@@ -165,7 +166,7 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
             bundle = build_bundle(_layout().bundles, adapter=adapter.path, adapter_version=adapter.version, **common)
             tag = build_bento(bundle, _layout().home)
             action = target.shadow(tag, adapter.version, _audit(context))
-    except (BuildError, DeployError) as err:
+    except (ArtifactError, BuildError, DeployError) as err:
         raise dg.Failure(description=f"serving/shadow: {err}") from err
     context.log.info(f"{tag} ({adapter.version}) shadows {serving.model_version}")
     return dg.MaterializeResult(metadata={"tag": dg.MetadataValue.text(tag), "model_version": dg.MetadataValue.text(adapter.version),

@@ -102,7 +102,7 @@ class Models:
 
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self.generation = self._lane.submit(lambda: Generation(load_bundle(_bundle_dir()), _device(), SETTINGS.serve_precision,
-                                                                           SETTINGS.prefix_cache_mb)).result()
+                                                                           SETTINGS.prefix_cache_mb, SETTINGS.max_batch)).result()
         self.batcher = Batcher(self._generate, self._lane, max_batch=SETTINGS.max_batch, max_queue=SETTINGS.max_queue,
                                max_wait_s=SETTINGS.max_queue_wait_s, window_s=SETTINGS.batch_window_ms / 1000,
                                key=lambda request: (Sampling.from_dict(request[2]).key(), request[4]), priority=lambda request: request[4] != "primary")

@@ -1,6 +1,7 @@
 """The model catalog: which models the pipeline uses, loaded once per process."""
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -19,6 +20,9 @@ class ModelCatalog(dg.ConfigurableResource):
     embedding_batch_size: int = Field(default=16, gt=0)
     generator_precision: str = Field(default="auto", description="auto (bf16 on a GPU or on AMX/AVX512-BF16 CPUs, else fp32), fp32, bf16, fp16; "
                                      "evaluation and serving use the same, so the gate judges what serves")
+    generator_engine: Literal["transformers", "llamacpp", "vllm"] = Field(
+        default="transformers", description="transformers (any Hugging Face folder, CPU or GPU), llamacpp (the base model's GGUF on CPU, "
+        "adapters exported to llama.cpp's LoRA GGUF), vllm (GPU; the image's vllm extra); evaluation and serving use the same")
     generator_model: str = Field(default="SmolLM2-135M-Instruct", description="Packaged name, a local model directory, a .gguf file, or a cached hub id.")
     cache_dir: str = Field(default="", description="Converted base models; default <DRIFTLOOP_HOME>/artifacts/base_models")
 

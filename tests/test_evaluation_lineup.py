@@ -102,3 +102,39 @@ def test_gate_rules_from_flat_bounds_leave_unset_judged_floors_out():
     rules = GateRules.from_bounds(**bounds)
     assert rules.floors == {"semantic_similarity": 0.3, "toxic_rate": 0.02, "pii_rate": 0.05, "empty_rate": 0.2, "answer_relevancy": 0.6}
     assert (rules.no_regression, rules.tolerance, rules.min_questions, rules.seed) == (("rouge_l",), 0.05, 8, 3)
+
+
+def test_another_engine_generates_every_answer_while_transformers_still_scores_likelihoods(stage, monkeypatch):
+    """Evaluation answers with the engine that serves (`generator_engine`); the recording
+    stand-in replaces only the engine, the lineup and its transformers scoring are real."""
+    from driftloop.evaluation import lineup as lineup_module
+    from driftloop.evaluation.generate import Answer
+
+    class RecordingEngine:
+        precision = "gguf:Q4_1"
+
+        def __init__(self):
+            self.adapters, self.asked = [], []
+
+        def add_adapter(self, name, path):
+            self.adapters.append(name)
+
+        def answer(self, name, prompts, ids, *args):
+            self.asked.append((name, len(prompts)))
+            return [Answer(qid, f"engine answer {name}", 0.01, 3) for qid in ids]
+
+        def reused_tokens(self):
+            return 0
+
+    engine = RecordingEngine()
+    monkeypatch.setattr(lineup_module, "load_generator", lambda kind, *args, **kwargs: engine if kind == "llamacpp" else None)
+    lineup = Lineup.prepare(stage["registry"], stage["first"].version, ROWS, stage["store"], SETTINGS)
+    outcome = lineup.evaluate(stage["base"], stage["embedder"], device="cpu", precision="fp32", engine="llamacpp", run_id="run00003")
+    assert engine.adapters == ["challenger"]
+    assert sorted(name for name, _ in engine.asked) == ["base", "challenger"] and sum(n for _, n in engine.asked) == 2 * N
+    assert outcome.result["versions"]["generator_engine"] == "llamacpp"
+    assert outcome.result["versions"]["generator_precision"] == "gguf:Q4_1"
+    assert outcome.result["models"]["challenger"]["perplexity"] > 1
+    # Answers of another engine are never taken from the transformers engine's cache, nor it from theirs.
+    plain = evaluate(stage, stage["first"].version, run_id="run00004")
+    assert not any(plain.answers_reused.values()), plain.answers_reused

@@ -1,2 +1,42 @@
-"""Generation engines other than the transformers one driftloop serves with: what another
-engine needs from the lineage's artifacts (today, llama.cpp's LoRA GGUF of an adapter)."""
+"""Generation engines, a setting (`ModelCatalog.generator_engine`): the same bundle and the
+same evaluation generate through `transformers` (any Hugging Face folder, CPU or GPU, the
+default), llama.cpp (the GGUF the base model came from, on CPU, `xllamacpp`) or vLLM
+(GPU clusters). Evaluation and serving read the one setting, so the gate judges answers
+of the engine and quantisation that serves.
+
+Every engine offers what `driftloop.evaluation.generate.Answerer` offers the service:
+`tokenizer`, `precision`, `merge(adapter)`, `add_adapter(name, adapter)`,
+`add_adapter_over_merged(name, adapter, merged)`, `answer(name, prompts, ids, ...)` and
+`reused_tokens()`."""
+
+from __future__ import annotations
+
+ENGINES = ("transformers", "llamacpp", "vllm")
+
+
+class EngineError(RuntimeError):
+    """The engine cannot run this model here; the message says what is missing."""
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise EngineError(f"generator engine {engine!r} is not one of {', '.join(ENGINES)}")
+    return engine
+
+
+def load_generator(engine: str, base_path: str, device: str = "cpu", *, precision: str = "auto", prefix_cache_mb: int = 512,
+                   slots: int = 8):
+    """The generator of `engine` on the base model at `base_path`; `slots`: requests one
+    llama.cpp or vLLM engine decodes together."""
+    check_engine(engine)
+    if engine == "llamacpp":
+        from driftloop.engines.llamacpp import LlamaCppGenerator
+
+        return LlamaCppGenerator(base_path, slots=slots)
+    if engine == "vllm":
+        from driftloop.engines.vllm import VllmGenerator
+
+        return VllmGenerator(base_path, device, precision=precision, slots=slots)
+    from driftloop.evaluation.generate import Answerer
+
+    return Answerer(base_path, device, precision=precision, prefix_cache_mb=prefix_cache_mb)

@@ -73,6 +73,21 @@ class Answerer:
         self.adapters: dict[str, str] = {}
         self._stacks: dict[str, list[str]] = {}  # adapters active together under one name
         self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb and supports_reuse(self.model) else None
+        self.engine = None  # another engine that generates, when evaluation must match what serves
+
+    def generate_with(self, engine) -> None:
+        """Generate through `engine` (driftloop/engines) with the same adapters, keeping this
+        model for what only it computes: likelihoods and the local judge's logits."""
+        if self.adapters:
+            raise ValueError("generate_with() comes before any adapter is added")
+        self.engine = engine
+        self.precision = engine.precision
+
+    def reused_tokens(self) -> int:
+        """Prompt tokens taken from the prefix cache so far, not computed."""
+        if self.engine is not None:
+            return self.engine.reused_tokens()
+        return self.prefix_cache.reused_tokens if self.prefix_cache else 0
 
     def merge(self, path: Path) -> None:
         """Fold one adapter into the base weights: a service runs a single adapter, and the
@@ -94,6 +109,8 @@ class Answerer:
 
         if name == BASE or name in self.adapters:
             raise ValueError(f"adapter name {name!r} is taken")
+        if self.engine is not None:
+            self.engine.add_adapter(name, path)
         if not self.adapters:
             self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
         else:
@@ -146,6 +163,8 @@ class Answerer:
         questions. `seed` seeds the sampling of each batch; generation of a row ends at the
         first `stop` string (which the answer still contains: the caller cuts it). A row's
         sink, where given, receives each of its tokens as it is generated."""
+        if self.engine is not None:
+            return self.engine.answer(name, prompts, ids, max_new_tokens, batch_size, temperature, top_p, seed, stop, sinks)
         import torch
 
         from driftloop.serving.stream import RowStreamer

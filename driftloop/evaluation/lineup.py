@@ -16,6 +16,7 @@ from pathlib import Path
 
 from driftloop.evaluation.cache import AnswerCache
 from driftloop.evaluation.gate import GateRules, decide, gate_view
+from driftloop.engines import load_generator
 from driftloop.evaluation.generate import Answerer
 from driftloop.evaluation.judge import JudgeError, JudgeSettings, build_judge
 from driftloop.evaluation.metrics import REFUSAL, EvalItem, eval_items
@@ -112,12 +113,15 @@ class Lineup:
         """The model the challenger must not regress against."""
         return "champion" if "champion" in self.models else "base"
 
-    def evaluate(self, base: BaseModel, embedder, *, device: str, precision: str = "auto", run_id: str,
+    def evaluate(self, base: BaseModel, embedder, *, device: str, precision: str = "auto", engine: str = "transformers", run_id: str,
                  log: logging.Logger = LOG) -> EvalOutcome:
-        """Answer, score, gate and write the report under `<registry>/reports`. Raises
-        JudgeError when the judge cannot start, before any answer is generated."""
+        """Answer, score, gate and write the report under `<registry>/reports`, generating
+        with `engine` (the one that serves). Raises JudgeError when the judge cannot start,
+        before any answer is generated."""
         settings = self.settings
         answerer = Answerer(base.path, device, precision=precision)
+        if engine != "transformers":
+            answerer.generate_with(load_generator(engine, base.path, device, precision=precision, slots=settings.batch_size))
         try:
             judge = build_judge(settings.judge, embedder, answerer, device, REFUSAL)
         except OSError as err:  # a judge model that cannot be read is the judge failing to start
@@ -126,9 +130,11 @@ class Lineup:
         log.info(f"evaluating {list(models)} on {len(self.items)} questions (challenger {self.challenger.version}, "
                  f"champion {champion.version if champion else 'none'}, judge {judge.name if judge else 'none'})")
         # Names by weights, so the cache reuses answers of a model that reappears in another role.
-        identities = {"base": f"base:{base.version}", "challenger": f"base:{base.version}+{self.challenger.version}"}
+        # An engine other than transformers answers differently, so its answers are its own.
+        suffix = "" if engine == "transformers" else f"@{engine}"
+        identities = {"base": f"base:{base.version}{suffix}", "challenger": f"base:{base.version}+{self.challenger.version}{suffix}"}
         if champion is not None:
-            identities["champion"] = f"base:{base.version}+{champion.version}"
+            identities["champion"] = f"base:{base.version}+{champion.version}{suffix}"
         result = evaluate_models(answerer, self.index, embedder, self.items, models, self.prompt, k=settings.k,
                                  max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, prompt_b=self.prompt_b,
                                  log=log.info, judge=judge, min_agreement=settings.judge.min_agreement,
@@ -140,7 +146,8 @@ class Lineup:
         gate.update({"challenger": self.challenger.version, "reference": reference,
                      "reference_version": champion.version if reference == "champion" else f"base:{base.version}"})
         result["versions"] = {"challenger": self.challenger.version, "champion": champion.version if champion else None,
-                              "base": base.version, "index": self.index.version, "generator_precision": answerer.precision}
+                              "base": base.version, "index": self.index.version, "generator_precision": answerer.precision,
+                              "generator_engine": engine}
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
         folder = self.root / "reports" / f"{stamp}-{self.challenger.version}-{run_id[:8]}"
         markdown = write_report(folder, result, gate, f"Evaluation of {self.challenger.version}")

@@ -73,6 +73,8 @@ def build_bundle(root: Path, *, base_model: dict, adapter: Path | None, adapter_
         if shadow_adapter is not None:
             shutil.copytree(shadow_adapter, staging / "shadow_adapter")
         shutil.copytree(index_folder, staging / "index")
+        if (settings or {}).get("generator_engine") == "llamacpp":
+            _export_for_llamacpp(staging, Path(base_model["path"]))
         spec = {
             "model_version": adapter_version or f"base:{base_model['version']}",
             "adapter_version": adapter_version,
@@ -92,6 +94,18 @@ def build_bundle(root: Path, *, base_model: dict, adapter: Path | None, adapter_
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(target)
+
+
+def _export_for_llamacpp(staging: Path, base_path: Path) -> None:
+    """Each adapter sealed in beside its peft folder as llama.cpp's LoRA GGUF (covered by
+    the bundle's hash); an adapter llama.cpp cannot express fails the build here, before
+    anything deploys."""
+    from driftloop.engines.gguf import export_lora_gguf
+    from driftloop.engines.llamacpp import exported_beside
+
+    for name in ("adapter", "shadow_adapter"):
+        if (staging / name).is_dir():
+            export_lora_gguf(staging / name, base_path, exported_beside(staging / name))
 
 
 def load_bundle(folder: Path) -> Bundle:

@@ -32,15 +32,20 @@ def check_base_model(bundle: Bundle) -> str:
 
 
 class Generation:
-    """The generator half: batched greedy answers with the champion adapter merged in, in
-    the precision evaluation used, unless `precision` (DRIFTLOOP_SERVE_PRECISION) overrides it."""
+    """The generator half: batched greedy answers with the champion adapter merged in, by
+    the engine and in the precision evaluation used (the bundle's settings), unless
+    `precision` (DRIFTLOOP_SERVE_PRECISION) overrides it."""
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "", prefix_cache_mb: int = 512) -> None:
-        from driftloop.evaluation.generate import BASE, Answerer
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "", prefix_cache_mb: int = 512, slots: int = 8) -> None:
+        from driftloop.engines import load_generator
+        from driftloop.evaluation.generate import BASE
 
         self.bundle = bundle
-        precision = precision or bundle.spec.get("settings", {}).get("generator_precision", "auto")
-        self.answerer = Answerer(check_base_model(bundle), device, precision=precision, prefix_cache_mb=prefix_cache_mb)
+        settings = bundle.spec.get("settings", {})
+        precision = precision or settings.get("generator_precision", "auto")
+        self.engine = settings.get("generator_engine", "transformers")
+        self.answerer = load_generator(self.engine, check_base_model(bundle), device, precision=precision, prefix_cache_mb=prefix_cache_mb,
+                                       slots=slots)
         if bundle.adapter_dir is not None:
             self.answerer.merge(bundle.adapter_dir)
         if bundle.shadow_dir is not None:
@@ -52,8 +57,7 @@ class Generation:
 
     def reused_tokens(self) -> int:
         """Prompt tokens taken from the prefix cache so far, not computed."""
-        cache = self.answerer.prefix_cache
-        return cache.reused_tokens if cache else 0
+        return self.answerer.reused_tokens()
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, sampling: dict | None = None,
                  sinks: Sequence[Callable[[int], None] | None] | None = None, adapter: str = PRIMARY) -> list[dict]:
