@@ -58,8 +58,14 @@ class EvalReportConfig(dg.Config):
     judge_base_url: str = Field(default="", description="endpoint judge: e.g. http://127.0.0.1:3001/v1")
     judge_api_key_env: str = Field(default="DRIFTLOOP_JUDGE_API_KEY", description="Environment variable holding the endpoint's key, if it needs one.")
     judge_timeout_s: float = Field(default=60.0, gt=0)
-    judge_min_agreement: float = Field(default=0.75, ge=0.0, le=1.0, description="Control-pair agreement a judge needs before the gate may use its scores.")
+    judge_min_agreement: float = Field(default=0.75, ge=0.0, le=1.0, description="Agreement a judge needs before the gate may use its scores: the lower bound of its 95% interval on the labelled set (on the control pairs without one).")
     judge_control_pairs: int = Field(default=8, ge=2, le=64)
+    judge_labelled_set: str = Field(default="packaged", description="Hand-labelled rows the judge's agreement is measured on, every report: "
+                                    "`packaged` (the default corpus's), a JSONL path of your own, or empty (this run's control pairs only).")
+    judge_faithfulness: str = Field(default="kprecision", pattern="^(kprecision|yesno)$",
+                                    description="The local judge's faithfulness: kprecision (the share of the answer's tokens found in its "
+                                                "contexts) or yesno (the judge model's Yes/No per statement).")
+    judge_labelled_rows: int = Field(default=0, ge=0, description="Rows per metric drawn from the labelled set; 0: all of them.")
     min_faithfulness: float = Field(default=0.0, ge=0.0, le=1.0, description="Floor on faithfulness; 0 leaves it out of the gate.")
     min_answer_relevancy: float = Field(default=0.0, ge=0.0, le=1.0, description="Floor on answer relevancy; 0 leaves it out of the gate.")
 
@@ -75,7 +81,9 @@ class EvalReportConfig(dg.Config):
 
     def judge_settings(self) -> JudgeSettings:
         return JudgeSettings(kind=self.judge, model=self.judge_model, base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
-                             timeout_s=self.judge_timeout_s, min_agreement=self.judge_min_agreement, control_pairs=self.judge_control_pairs)
+                             timeout_s=self.judge_timeout_s, min_agreement=self.judge_min_agreement, control_pairs=self.judge_control_pairs,
+                             labelled_set=self.judge_labelled_set, labelled_rows=self.judge_labelled_rows,
+                             faithfulness=self.judge_faithfulness)
 
     def rules(self) -> GateRules:
         return GateRules.from_bounds(

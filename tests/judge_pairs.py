@@ -32,7 +32,7 @@ class ScriptedJudge:
         self.by_context = {i.reference_context: i.question_id for i in items}
         self.faith_wrong, self.relevancy_wrong, self.relevancy_tie = set(faith_wrong), set(relevancy_wrong), set(relevancy_tie)
 
-    def score(self, samples: list[JudgeSample]) -> JudgeScores:
+    def score(self, samples: list[JudgeSample], metrics=("faithfulness", "answer_relevancy")) -> JudgeScores:
         faithfulness, relevancy = [], []
         for s in samples:
             asker, writer, source = self.by_question[s.question], self.by_answer[s.answer], self.by_context[s.contexts[0]]

@@ -138,3 +138,26 @@ def test_another_engine_generates_every_answer_while_transformers_still_scores_l
     # Answers of another engine are never taken from the transformers engine's cache, nor it from theirs.
     plain = evaluate(stage, stage["first"].version, run_id="run00004")
     assert not any(plain.answers_reused.values()), plain.answers_reused
+
+
+def test_the_judge_is_measured_on_the_labelled_set_once_per_judge_version(stage, monkeypatch):
+    """The local judge (the tiny base generator) is scored on rows of the packaged labelled
+    set; its agreement decides trust and goes into the report, and the next report of the
+    same judge reuses the measurement instead of scoring the rows again."""
+    from driftloop.evaluation import agreement
+
+    measured = []
+    real = agreement.labelled_agreement
+    monkeypatch.setattr(agreement, "labelled_agreement", lambda judge, rows, name: measured.append(len(rows)) or real(judge, rows, name))
+    judged = dataclasses.replace(SETTINGS, judge=JudgeSettings(kind="local", labelled_rows=6, control_pairs=2))
+    first = evaluate(stage, stage["first"].version, judged)
+    judgement = first.result["judge"]
+    assert measured == [12]
+    labelled = judgement["labelled"]
+    assert labelled["set"].startswith("packaged@") and {labelled[m]["n"] + labelled[m]["unscored"] for m in ("faithfulness", "answer_relevancy")} == {6}
+    # Six rows cannot show 75% agreement with 95% confidence, whatever the judge does.
+    assert judgement["trusted"] == {"faithfulness": False, "answer_relevancy": False}
+    assert "hand-labelled set `packaged@" in first.judge_note and "6 rows)" in first.judge_note
+    again = evaluate(stage, stage["first"].version, judged, run_id="run00002")
+    assert measured == [12] and again.result["judge"]["labelled"]["cached"]
+    assert again.result["judge"]["labelled"]["faithfulness"] == labelled["faithfulness"]

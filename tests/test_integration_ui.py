@@ -65,7 +65,7 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
             "ops:\n  training__lora_adapter:\n    config:\n"
             "      max_steps: 2\n      warmup_steps: 0\n      max_seq_length: 768\n      checkpoint_every: 1\n"
             "  evaluation__eval_report:\n    config:\n"
-            "      max_questions: 6\n      min_questions: 6\n      max_new_tokens: 24\n      no_regression: [perplexity]\n      judge_control_pairs: 4\n"
+            "      max_questions: 6\n      min_questions: 6\n      max_new_tokens: 24\n      no_regression: [perplexity]\n      judge_control_pairs: 4\n      judge_labelled_rows: 12\n"
             f"resources:\n  deployer:\n    config:\n      port: {serve_port}\n"
         )
         run = subprocess.run(
@@ -95,7 +95,8 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
         report = {e["label"]: e.get("text") or e.get("mdStr") for e in nodes["evaluation/eval_report"]["assetMaterializations"][0]["metadataEntries"]}
         assert report["challenger"] == adapter["adapter_version"] and "## Promotion gate: PASSED" in report["report"]
         # The default local judge ran on the real model and stated how far it can be trusted.
-        assert report["judge"].startswith("Judge `local:base generator` agreed with the known verdict on 4 control pairs"), report["judge"]
+        assert report["judge"].startswith("Judge `local:base generator` agreed with the hand-labelled set `packaged@"), report["judge"]
+        assert "(95% CI " in report["judge"] and "12 rows)" in report["judge"] and "On 4 control pairs" in report["judge"]
         assert "| faithfulness (higher is better) |" in report["report"]
         gate = {c["name"]: c["executionForLatestMaterialization"]["status"] for c in nodes["evaluation/eval_report"]["assetChecksOrError"]["checks"]}
         assert gate == {"promotion_gate": "SUCCEEDED"}

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from driftloop.evaluation.gate import GateRules, decide, gate_view
-from driftloop.evaluation.judge import EndpointJudge, JudgeSample, LocalJudge, calibrate, statements, trust_statement
+from driftloop.evaluation.judge import EndpointJudge, JudgeError, JudgeSample, JudgeSettings, LocalJudge, calibrate, statements, trust_statement
 from driftloop.evaluation.metrics import REFUSAL, EvalItem
 from driftloop.evaluation.report import is_partial, render_markdown
 from judge_pairs import ScriptedCausalLM, ScriptedJudge, control_items
@@ -135,7 +135,7 @@ def scripted_local_judge(tiny_llama, embedder):
     questions = {"The code word is tango. The castle is blue. The gate is red.": QUESTION,
                  "The tower is 40 m tall. It stands by the harbor.": "Which colour is the castle gate?",
                  "I don't know the answer here.": "What is unknown here?", "Ok.": "Is it ok?"}
-    return LocalJudge(ScriptedCausalLM(tokenizer, questions), tokenizer, embedder, refusal=REFUSAL, batch_size=2)
+    return LocalJudge(ScriptedCausalLM(tokenizer, questions), tokenizer, embedder, refusal=REFUSAL, batch_size=2, faithfulness="yesno")
 
 
 def test_local_judge_counts_supported_statements_and_compares_written_questions(scripted_local_judge):
@@ -217,3 +217,15 @@ def test_untrusted_or_failed_judge_counts_as_missing_for_the_gate():
     assert is_partial(result)
     text = render_markdown(result, {"passed": False, "failures": ["x"], "checks": []}, "t", "c.png")
     assert "**PARTIAL REPORT" in text and "PARTIAL REPORT: judge down" in text
+
+
+def test_k_precision_is_the_share_of_answer_tokens_its_contexts_hold():
+    from driftloop.evaluation.judge import k_precision
+
+    # "castle" and "blue" are not in the context: 8 of 10 tokens once articles and punctuation go.
+    assert k_precision("The code word is tango. The castle is blue. The gate is red.", ("The code word is tango. The gate is red.",)) == 0.8
+    assert k_precision("It stands by the HARBOR!", ("The tower is 40 m tall.", "It stands by the harbor.")) == 1.0
+    assert k_precision("The default is 10.", ("The default is 5.",)) == 2 / 3
+    assert k_precision("", ("c",)) is None and k_precision("The.", ("c",)) is None
+    with pytest.raises(JudgeError, match="faithfulness method must be one of kprecision, yesno, not 'nli'"):
+        JudgeSettings(faithfulness="nli")

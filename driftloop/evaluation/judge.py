@@ -3,12 +3,14 @@ judge that is either a local transformers model (the default: no key, no network
 OpenAI-compatible endpoint.
 
 An endpoint judge runs ragas' own metric classes, whose prompts ask for JSON. A small
-local model cannot follow those, so the local judge keeps ragas' definitions and changes
-only how the model is asked: faithfulness is the share of the answer's statements the
-judge supports, each verdict read from the judge's next-token probabilities of "Yes"
-against "No" for one statement and its context; answer relevancy is the cosine between
-the question and the question the judge writes back from the answer, zero for a
-noncommittal answer. Nothing is parsed from free text.
+local model cannot follow those. The local judge's faithfulness is, by default,
+K-Precision: the share of the answer's tokens that its contexts contain. On the
+hand-labelled set it agrees with people on 81% of the rows, where SmolLM2-135M's Yes/No
+verdict per statement (`faithfulness: yesno`, ragas' definition asked one statement at a
+time, read from the next-token probabilities of "Yes" against "No") agrees on 50%.
+Answer relevancy is the cosine between the question and the question the judge model
+writes back from the answer, zero for a noncommittal answer. Nothing is parsed from
+free text.
 
 Every judge is calibrated in the same run on control pairs whose right verdict is known
 (an answer against its own source versus another question's source; an answer to its own
@@ -24,6 +26,7 @@ import math
 import os
 import random
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +38,34 @@ FAITHFULNESS_SYSTEM = "You check facts. Reply with Yes or No only."
 FAITHFULNESS_USER = ("Context:\n{context}\n\nStatement: {statement}\n\n"
                      "Does the context support the statement? Reply Yes or No.")
 QUESTION_USER = "Here is an answer:\n{answer}\n\nWrite the one question this answer responds to. Reply with the question only."
+
+
+FAITHFULNESS_METHODS = ("kprecision", "yesno")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def judge_method(faithfulness: str = "kprecision") -> str:
+    """A digest of how the local judge asks, so a measured agreement is not reused for another method."""
+    import hashlib
+
+    return hashlib.sha256("\n".join((faithfulness, FAITHFULNESS_SYSTEM, FAITHFULNESS_USER, QUESTION_USER)).encode()).hexdigest()[:12]
+
+
+def _squad_tokens(text: str) -> list[str]:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles."""
+    return _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split()
+
+
+def k_precision(answer: str, contexts: Sequence[str]) -> float | None:
+    """The share of the answer's tokens found in its contexts (K-Precision, Adlakha et al.
+    2023, who found it the automatic faithfulness metric closest to people's verdicts).
+    None for an answer with no token to check."""
+    tokens = _squad_tokens(answer)
+    if not tokens:
+        return None
+    known = set(_squad_tokens(" ".join(contexts)))
+    return sum(t in known for t in tokens) / len(tokens)
 
 
 class JudgeError(RuntimeError):
@@ -82,8 +113,13 @@ class LocalJudge:
     itself, shared with the answerer (its adapters disabled while judging)."""
 
     def __init__(self, model, tokenizer, embedder, device: str = "cpu", name: str = "local", disable=None,
-                 refusal: re.Pattern | None = None, batch_size: int = 8, max_context_chars: int = 1500) -> None:
+                 refusal: re.Pattern | None = None, batch_size: int = 8, max_context_chars: int = 1500,
+                 faithfulness: str = "kprecision") -> None:
+        if faithfulness not in FAITHFULNESS_METHODS:
+            raise JudgeError(f"judge faithfulness method must be one of {', '.join(FAITHFULNESS_METHODS)}, not {faithfulness!r}")
         self.model, self.tokenizer, self.embedder, self.device = model, tokenizer, embedder, device
+        self.faithfulness_method = faithfulness
+        name = name if faithfulness == "yesno" else f"{name} (faithfulness: K-Precision)"
         self.name, self.batch_size, self.max_context_chars = name, batch_size, max_context_chars
         self._disable = disable
         self._refusal = refusal
@@ -94,7 +130,7 @@ class LocalJudge:
         self.yes, self.no = yes[0], no[0]
 
     @classmethod
-    def load(cls, path: str, embedder, device: str = "cpu", refusal: re.Pattern | None = None) -> LocalJudge:
+    def load(cls, path: str, embedder, device: str = "cpu", refusal: re.Pattern | None = None, faithfulness: str = "kprecision") -> LocalJudge:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,7 +140,7 @@ class LocalJudge:
             tokenizer.pad_token = tokenizer.eos_token
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        return cls(model, tokenizer, embedder, device, name=f"local:{path}", refusal=refusal)
+        return cls(model, tokenizer, embedder, device, name=f"local:{path}", refusal=refusal, faithfulness=faithfulness)
 
     def _chat(self, system: str | None, user: str) -> str:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
@@ -144,7 +180,14 @@ class LocalJudge:
                     out.append(text.splitlines()[0].strip() if text else "")
         return out
 
-    def score(self, samples: Sequence[JudgeSample]) -> JudgeScores:
+    def score(self, samples: Sequence[JudgeSample], metrics: Sequence[str] = JUDGED) -> JudgeScores:
+        faithfulness = self._faithfulness(samples) if "faithfulness" in metrics else [None] * len(samples)
+        relevancy = self._relevancy(samples) if "answer_relevancy" in metrics else [None] * len(samples)
+        return JudgeScores(faithfulness, relevancy)
+
+    def _faithfulness(self, samples: Sequence[JudgeSample]) -> list[float | None]:
+        if self.faithfulness_method == "kprecision":
+            return [k_precision(s.answer, s.contexts) for s in samples]
         pairs, owners = [], []
         for n, sample in enumerate(samples):
             context = "\n\n".join(sample.contexts)
@@ -156,8 +199,9 @@ class LocalJudge:
             verdicts[owner].append(p)
         # ragas' definition: supported statements over all statements; an answer with no
         # statement to check has no faithfulness, it is not perfectly faithful.
-        faithfulness = [sum(p >= 0.5 for p in v) / len(v) if v else None for v in verdicts]
+        return [sum(p >= 0.5 for p in v) / len(v) if v else None for v in verdicts]
 
+    def _relevancy(self, samples: Sequence[JudgeSample]) -> list[float | None]:
         relevancy: list[float | None] = [None] * len(samples)
         answered = [n for n, s in enumerate(samples) if s.answer.strip()]
         if answered:
@@ -167,7 +211,7 @@ class LocalJudge:
             for row, n in enumerate(answered):
                 noncommittal = bool(self._refusal and self._refusal.search(samples[n].answer))
                 relevancy[n] = 0.0 if noncommittal else _cosine(written[row], originals[row]) if questions[row] else None
-        return JudgeScores(faithfulness, relevancy)
+        return relevancy
 
 
 class EndpointJudge:
@@ -223,7 +267,7 @@ class EndpointJudge:
         llm = NoEmptyFields(llm_factory(self.model_name, client=client, max_tokens=512))
         return Faithfulness(llm=llm), AnswerRelevancy(llm=llm, embeddings=LocalEmbeddings(), strictness=self.strictness), client
 
-    def score(self, samples: Sequence[JudgeSample]) -> JudgeScores:
+    def score(self, samples: Sequence[JudgeSample], metrics: Sequence[str] = JUDGED) -> JudgeScores:
         faithfulness_metric, relevancy_metric, client = self._metrics()
         errors: list[str] = []
 
@@ -242,9 +286,9 @@ class EndpointJudge:
                     return await one(metric, **kwargs)
 
             faith = [limited(faithfulness_metric, user_input=s.question, response=s.answer, retrieved_contexts=list(s.contexts))
-                     if s.answer.strip() and s.contexts else asyncio.sleep(0, None) for s in samples]
-            rel = [limited(relevancy_metric, user_input=s.question, response=s.answer) if s.answer.strip() else asyncio.sleep(0, None)
-                   for s in samples]
+                     if s.answer.strip() and s.contexts and "faithfulness" in metrics else asyncio.sleep(0, None) for s in samples]
+            rel = [limited(relevancy_metric, user_input=s.question, response=s.answer)
+                   if s.answer.strip() and "answer_relevancy" in metrics else asyncio.sleep(0, None) for s in samples]
             try:
                 return list(await asyncio.gather(*faith)), list(await asyncio.gather(*rel))
             finally:
@@ -264,10 +308,15 @@ class JudgeSettings:
     min_agreement: float = 0.75
     control_pairs: int = 8
     strictness: int = 3
+    labelled_set: str = "packaged"  # a JSONL of hand-labelled rows (driftloop/evaluation/labelled/README.md); empty: control pairs only
+    labelled_rows: int = 0  # rows per metric drawn from it, kinds in proportion; 0: all
+    faithfulness: str = "kprecision"  # the local judge's: kprecision (token support) or yesno (the model's Yes/No per statement)
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "endpoint", "none"):
             raise JudgeError(f"judge kind must be local, endpoint or none, not {self.kind!r}")
+        if self.faithfulness not in FAITHFULNESS_METHODS:
+            raise JudgeError(f"judge faithfulness method must be one of {', '.join(FAITHFULNESS_METHODS)}, not {self.faithfulness!r}")
 
 
 def build_judge(settings: JudgeSettings, embedder, answerer=None, device: str = "cpu", refusal: re.Pattern | None = None):
@@ -277,11 +326,12 @@ def build_judge(settings: JudgeSettings, embedder, answerer=None, device: str = 
         return EndpointJudge(settings.base_url, settings.model, embedder, os.environ.get(settings.api_key_env, ""),
                              settings.timeout_s, settings.strictness)
     if settings.model:
-        return LocalJudge.load(settings.model, embedder, device, refusal)
+        return LocalJudge.load(settings.model, embedder, device, refusal, settings.faithfulness)
     if answerer is None:
         raise JudgeError("a local judge without judge_model shares the base generator, but none is loaded")
     disable = answerer.base_scope
-    return LocalJudge(answerer.model, answerer.tokenizer, embedder, device, name="local:base generator", disable=disable, refusal=refusal)
+    return LocalJudge(answerer.model, answerer.tokenizer, embedder, device, name="local:base generator", disable=disable, refusal=refusal,
+                      faithfulness=settings.faithfulness)
 
 
 def _pairwise_agreement(positive: Sequence[float | None], negative: Sequence[float | None]) -> tuple[float | None, int]:
@@ -312,15 +362,36 @@ def calibrate(judge, items: Sequence, n_pairs: int = 8, seed: int = 0) -> dict:
             "errors": (good.errors + bad_context.errors + bad_answer.errors)[:5]}
 
 
-def trust_statement(judge_name: str, calibration: dict, min_agreement: float) -> dict:
-    """Which judged metrics may count, and a sentence a reader can act on."""
-    trusted = {m: calibration.get(m) is not None and calibration[m] >= min_agreement for m in JUDGED}
-    parts = []
-    for metric in JUDGED:
-        value = calibration.get(metric)
-        parts.append(f"{metric} {'not measurable' if value is None else f'{value:.0%}'}")
+def trust_statement(judge_name: str, calibration: dict, min_agreement: float, labelled: dict | None = None) -> dict:
+    """Which judged metrics may count, and a sentence a reader can act on. With `labelled`
+    (driftloop.evaluation.agreement.labelled_agreement), trust is the lower bound of the
+    agreement's 95% interval on that set reaching `min_agreement`; the control pairs of
+    this run's questions are shown beside it. Without, the control pairs decide."""
+    def percent(value) -> str:
+        return "not measurable" if value is None else f"{value:.0%}"
+
+    control = ", ".join(f"{metric} {percent(calibration.get(metric))}" for metric in JUDGED)
+    if labelled is not None:
+        trusted = {m: bool(labelled.get(m) and labelled[m]["interval"] is not None and labelled[m]["interval"][0] >= min_agreement)
+                   for m in JUDGED}
+        parts = []
+        for metric in JUDGED:
+            entry = labelled.get(metric) or {}
+            if entry.get("agreement") is None:
+                parts.append(f"{metric} not measurable")
+            else:
+                low, high = entry["interval"]
+                parts.append(f"{metric} {entry['agreement']:.0%} (95% CI {low:.0%}-{high:.0%}, {entry['n'] + entry['unscored']} rows)")
+        head = (f"Judge `{judge_name}` agreed with the hand-labelled set `{labelled['set']}` on {', '.join(parts)}; "
+                f"trust needs the interval's lower bound at {min_agreement:.0%}")
+        tail = f" On {calibration.get('pairs', 0)} control pairs of this run's questions: {control}."
+    else:
+        trusted = {m: calibration.get(m) is not None and calibration[m] >= min_agreement for m in JUDGED}
+        head = (f"Judge `{judge_name}` agreed with the known verdict on {calibration.get('pairs', 0)} control pairs: {control} "
+                f"(chance is 50%, trust needs {min_agreement:.0%})")
+        tail = ""
     verdict = ("trusted" if all(trusted.values()) else "partly trusted" if any(trusted.values()) else "not trusted")
-    text = (f"Judge `{judge_name}` agreed with the known verdict on {calibration.get('pairs', 0)} control pairs: {', '.join(parts)} "
-            f"(chance is 50%, trust needs {min_agreement:.0%}). Verdict: {verdict}. Scores of a metric the judge is not trusted on are "
+    text = (f"{head}. Verdict: {verdict}.{tail} Scores of a metric the judge is not trusted on are "
             f"shown for information and count as missing for the gate.")
-    return {"judge": judge_name, "calibration": calibration, "trusted": trusted, "min_agreement": min_agreement, "verdict": verdict, "text": text}
+    return {"judge": judge_name, "calibration": calibration, "labelled": labelled, "trusted": trusted, "min_agreement": min_agreement,
+            "verdict": verdict, "text": text}

@@ -9,6 +9,7 @@ eval split that cannot be scored or an unknown prompt fails in seconds.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,8 @@ from driftloop.evaluation.cache import AnswerCache
 from driftloop.evaluation.gate import GateRules, decide, gate_view
 from driftloop.engines import load_generator
 from driftloop.evaluation.generate import Answerer
-from driftloop.evaluation.judge import JudgeError, JudgeSettings, build_judge
+from driftloop.evaluation.agreement import cached_agreement, load_labelled, sample_rows
+from driftloop.evaluation.judge import JudgeError, JudgeSettings, build_judge, judge_method
 from driftloop.evaluation.metrics import REFUSAL, EvalItem, eval_items
 from driftloop.evaluation.report import is_partial, judge_note, write_report
 from driftloop.evaluation.run import evaluate_models
@@ -126,6 +128,16 @@ class Lineup:
             judge = build_judge(settings.judge, embedder, answerer, device, REFUSAL)
         except OSError as err:  # a judge model that cannot be read is the judge failing to start
             raise JudgeError(str(err)) from err
+        agreement = None
+        if judge is not None and settings.judge.labelled_set:
+            rows, digest = load_labelled(settings.judge.labelled_set)
+            t0 = time.perf_counter()
+            # The base generator judging has a version; another judge is measured every time.
+            identity = (f"{judge.name}@{base.version}/{answerer.precision}/{judge_method(settings.judge.faithfulness)}"
+                        if settings.judge.kind == "local" and not settings.judge.model else None)
+            agreement = cached_agreement(judge, sample_rows(rows, settings.judge.labelled_rows), f"{Path(settings.judge.labelled_set).name}@{digest}",
+                                         self.root / "judge_agreement", identity)
+            log.info(f"judge agreement on the labelled set in {time.perf_counter() - t0:.0f}s{' (cached)' if agreement.get('cached') else ''}")
         models, champion = self.models, self.champion
         log.info(f"evaluating {list(models)} on {len(self.items)} questions (challenger {self.challenger.version}, "
                  f"champion {champion.version if champion else 'none'}, judge {judge.name if judge else 'none'})")
@@ -138,7 +150,7 @@ class Lineup:
         result = evaluate_models(answerer, self.index, embedder, self.items, models, self.prompt, k=settings.k,
                                  max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, prompt_b=self.prompt_b,
                                  log=log.info, judge=judge, min_agreement=settings.judge.min_agreement,
-                                 control_pairs=settings.judge.control_pairs, cache=AnswerCache(self.root / "answer_cache"),
+                                 control_pairs=settings.judge.control_pairs, agreement=agreement, cache=AnswerCache(self.root / "answer_cache"),
                                  identities=identities)
         reference, judgement = self.reference, result.get("judge")
         gate = decide(gate_view(result["models"]["challenger"], judgement), gate_view(result["models"][reference], judgement),

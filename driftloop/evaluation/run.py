@@ -52,12 +52,14 @@ def evaluate_models(
     judge=None,
     min_agreement: float = 0.75,
     control_pairs: int = 8,
+    agreement: dict | None = None,
     cache: AnswerCache | None = None,
     identities: dict[str, str] | None = None,
 ) -> dict:
     """`models` maps a display name to an adapter folder, or None for the base model.
     With a judge, faithfulness and answer relevancy are scored too, and the judge is
-    calibrated first (see driftloop.evaluation.judge). With a cache, `identities` names
+    calibrated first (see driftloop.evaluation.judge); `agreement`, its agreement with a
+    hand-labelled set (driftloop.evaluation.agreement), then decides its trust. With a cache, `identities` names
     each model by the versions of its weights (base hash, adapter version), and answers
     already generated for the same model, index, prompt, question and settings are reused."""
     if cache is not None and set(models) - set(identities or {}):
@@ -67,11 +69,12 @@ def evaluate_models(
     if judge is not None:
         t0 = time.perf_counter()
         calibration = calibrate(judge, items, control_pairs)
-        judgement = trust_statement(judge.name, calibration, min_agreement)
-        scored = sum(calibration.get("scored_pairs", {}).values())
+        judgement = trust_statement(judge.name, calibration, min_agreement, agreement)
+        scored = sum(calibration.get("scored_pairs", {}).values()) + sum((agreement or {}).get(m, {}).get("n", 0) for m in JUDGED)
         judgement["available"] = scored > 0
         if not judgement["available"]:
-            reason = "; ".join(calibration.get("errors") or []) or calibration.get("note", "no control pair could be scored")
+            reason = "; ".join(calibration.get("errors") or (agreement or {}).get("errors") or []) or calibration.get(
+                "note", "no control pair could be scored")
             judgement["text"] = (f"PARTIAL REPORT: judge `{judge.name}` could not score ({reason}); faithfulness and answer relevancy are "
                                  f"missing for every model and count as missing for the gate.")
         log(f"judge calibrated in {time.perf_counter() - t0:.0f}s: {judgement['text']}")
