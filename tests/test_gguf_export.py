@@ -25,7 +25,7 @@ def base(tmp_path_factory):
     return resolve_base_model(name, tmp_path_factory.mktemp("base_models")), packaged_gguf(name)
 
 
-# A minute of converting the real GGUF, for an exporter nothing serves through yet: run with
+# A minute of converting the real GGUF (tests/test_llamacpp_engine.py serves the packaged one): run with
 # the scenarios (`make closed-loop`), out of CI's time budget.
 @pytest.mark.scenario
 def test_the_exported_adapter_moves_llama_cpp_as_peft_moves_transformers(base, tmp_path):

@@ -95,7 +95,7 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
         report = {e["label"]: e.get("text") or e.get("mdStr") for e in nodes["evaluation/eval_report"]["assetMaterializations"][0]["metadataEntries"]}
         assert report["challenger"] == adapter["adapter_version"] and "## Promotion gate: PASSED" in report["report"]
         # The default local judge ran on the real model and stated how far it can be trusted.
-        assert report["judge"].startswith("Judge `local:base generator` agreed with the hand-labelled set `packaged@"), report["judge"]
+        assert report["judge"].startswith("Judge `local:base generator (faithfulness: K-Precision)` agreed with the hand-labelled set `packaged@"), report["judge"]
         assert "(95% CI " in report["judge"] and "12 rows)" in report["judge"] and "On 4 control pairs" in report["judge"]
         assert "| faithfulness (higher is better) |" in report["report"]
         gate = {c["name"]: c["executionForLatestMaterialization"]["status"] for c in nodes["evaluation/eval_report"]["assetChecksOrError"]["checks"]}

@@ -33,6 +33,10 @@ def test_sustained_overload_sheds_with_429_503_health_green_memory_bounded(bundl
     assert figures["recovery_status"] == 200 and figures["recovery_s"] < 10
 
 
+# test_serving::test_bento_build_deploy_and_redeploy_under_load guards the same switch in
+# CI; this longer one (two switches, answers per version) runs with the scenarios
+# (`make closed-loop`), out of CI's 30 minutes.
+@pytest.mark.scenario
 def test_switching_bentos_under_load_loses_no_request(bundle_root, tiny_llama, tiny_embedding_model):
     root, bundle = bundle_root
     figures = record_figures("redeploy_under_load_ci", redeploy_under_load(root, tiny_llama, tiny_embedding_model, switches=2, bundle=bundle))
