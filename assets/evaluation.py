@@ -148,8 +148,9 @@ def eval_report(
     except (ArtifactError, EvaluationError, FileNotFoundError) as err:
         raise dg.Failure(description=f"evaluation/eval_report: {err}") from err
     try:
-        outcome = lineup.evaluate(models.base_model(), models.embedder(), device=resolve_device(models.device),
-                                  precision=models.generator_precision, engine=models.generator_engine, run_id=context.run.run_id, log=context.log)
+        base = models.base_model()
+        outcome = lineup.evaluate(base, models.embedder(), device=resolve_device(models.device),
+                                  precision=models.generator_precision, engine=models.engine(base), run_id=context.run.run_id, log=context.log)
     except JudgeError as err:
         raise dg.Failure(description=f"evaluation/eval_report: the judge cannot start: {err}") from err
     (context.log.info if outcome.passed else context.log.warning)(f"promotion gate {outcome.verdict}")

@@ -55,7 +55,7 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
                               adapter_version=champion.version, index_folder=vector_store.store().current_index_folder(),
                               embedding_model=models.embedding_model, prompt_version=config.prompt_version,
                               settings={"embedding_precision": models.embedding_precision, "generator_precision": models.generator_precision,
-                                        "generator_engine": models.generator_engine,
+                                        "generator_engine": models.engine(base),
                                         "max_input_chars": config.max_input_chars,
                                         "max_input_tokens": config.max_input_tokens, "price_per_1k_prompt": config.price_per_1k_prompt,
                                         "price_per_1k_completion": config.price_per_1k_completion})

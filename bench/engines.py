@@ -8,7 +8,11 @@ the GGUF the base model was converted from, prompt cache on, one slot per batch 
 the same base model and prompts. Each side answers once to warm up, then the timed
 rounds alternate; each round is the whole wall time of every question.
 
-    python bench/engines.py [--questions 24] [--new-tokens 32] [--batch 8] [--rounds 3]
+    python bench/engines.py [--questions 24] [--new-tokens 32] [--batch 8] [--rounds 3] [--precision auto]
+
+An AVX2-only CPU, on a newer one: `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+python bench/engines.py --precision fp32` keeps torch to the AVX2 kernels and the
+precision `auto` picks there (the llama.cpp wheel is built for AVX2 alone anyway).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--precision", default="auto", help="transformers' precision (auto: bf16 where the CPU has fast bf16, else fp32)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "driftloop-bench-base"))
     args = parser.parse_args()
 
@@ -41,7 +46,7 @@ def main() -> None:
     from driftloop.prompts import load_prompt
 
     base = resolve_base_model("SmolLM2-135M-Instruct", Path(args.cache))
-    sides = {name: load_generator(name, base.path, "cpu", slots=args.batch) for name in ("transformers", "llamacpp")}
+    sides = {name: load_generator(name, base.path, "cpu", precision=args.precision, slots=args.batch) for name in ("transformers", "llamacpp")}
     tokenizer = sides["transformers"].tokenizer
     docs, chunks = corpus_chunks(tokenizer)
     questions = eval_questions(docs, 5000)[: args.questions]

@@ -134,3 +134,19 @@ def test_a_llamacpp_bundle_seals_the_exported_adapters_and_serves_through_them(g
     shadow = generation.generate(PROMPTS, 12, adapter=SHADOW)
     assert [r["text"] for r in primary] != [r["text"] for r in shadow]
     assert all(r["completion_tokens"] > 0 and r["prompt_tokens"] > 10 for r in primary)
+
+
+def test_auto_picks_llama_cpp_only_on_a_cpu_without_fast_bf16_and_a_gguf_base(gguf_base, tiny_llama, monkeypatch):
+    from driftloop.engines import resolve_engine
+    from driftloop.models import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_engine("auto", "cpu", str(gguf_base)) == "llamacpp"
+    # A base model that did not come from a GGUF has nothing for llama.cpp to load.
+    assert resolve_engine("auto", "cpu", tiny_llama) == "transformers"
+    assert resolve_engine("auto", "cuda:0", str(gguf_base)) == "transformers"
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_engine("auto", "cpu", str(gguf_base)) == "transformers"
+    assert resolve_engine("llamacpp", "cpu", tiny_llama) == "llamacpp"  # asked for by name: its own error comes at load
+    with pytest.raises(EngineError, match="generator engine 'tgi' is not one of transformers, llamacpp, vllm"):
+        resolve_engine("tgi", "cpu", tiny_llama)

@@ -18,6 +18,28 @@ class EngineError(RuntimeError):
     """The engine cannot run this model here; the message says what is missing."""
 
 
+def resolve_engine(engine: str, device: str, base_path: str) -> str:
+    """`auto`: llama.cpp on a CPU without fast bf16 when the base model came from a GGUF,
+    transformers everywhere else. Measured (BENCHMARKS.md, "Generator engines"): with
+    torch held to AVX2 kernels and fp32, llama.cpp answered evaluation's batches 2.0x
+    faster; on AVX512-BF16 the two tied and on AMX transformers served 1.15x faster."""
+    if engine != "auto":
+        return check_engine(engine)
+    from driftloop.models.hardware import cpu_has_fast_bf16
+
+    if not device.startswith("cpu") or cpu_has_fast_bf16():
+        return "transformers"
+    from pathlib import Path
+
+    from driftloop.engines.llamacpp import base_gguf
+
+    try:
+        base_gguf(Path(base_path))
+    except EngineError:
+        return "transformers"
+    return "llamacpp"
+
+
 def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise EngineError(f"generator engine {engine!r} is not one of {', '.join(ENGINES)}")
