@@ -6,7 +6,9 @@ DRIFTLOOP_MAX_BATCH requests per generate batch, and its prefix cache) on a bund
 real default models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2), a FAISS index over --docs
 documents spread over the default corpus, and a freshly initialised LoRA adapter (r=8 on
 q/k/v/o; B is zero at init, so answers equal the base model's, but the served path runs
-the adapter). `ours-no-reuse` is the same service with the prefix cache off.
+the adapter). `ours-no-reuse` is the same service with the prefix cache off;
+`ours-llamacpp` is the same service with `generator_engine: llamacpp` (the bundle carries
+the adapter exported to llama.cpp's LoRA GGUF; batches of --slots requests).
 llama.cpp: its server code (the `xllamacpp` wheel, in process) on the GGUF the base
 model comes from, --slots slots, --threads threads, prompt cache on as it ships,
 behind a threaded front doing the same retrieval (see `serve_llamacpp`).
@@ -24,7 +26,7 @@ Each concurrency level sends --requests requests from that many client threads
 as the client sees it. Any non-200 answer is counted and printed.
 
     .venv/bin/python bench/serving.py [--clients 1 4 16] [--requests 16 32 32] [--max-new-tokens 32] [--docs 60]
-        [--sides llamacpp baseline ours-no-reuse ours] [--slots 16] [--threads N]
+        [--sides llamacpp baseline ours-no-reuse ours ours-llamacpp] [--slots 16] [--threads N]
 """
 
 import argparse
@@ -49,11 +51,12 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB
 
 K = 3
 LABELS = {"llamacpp": "llama.cpp server (xllamacpp, prompt cache on)", "baseline": "naive: HTTPServer + pipeline",
-          "ours-no-reuse": "driftloop, prefix cache off", "ours": "driftloop (BentoML, event-driven batching, prefix cache)"}
+          "ours-no-reuse": "driftloop, prefix cache off", "ours": "driftloop (BentoML, event-driven batching, prefix cache)",
+          "ours-llamacpp": "driftloop on its llama.cpp engine (same GGUF, adapter exported, --slots per batch)"}
 
 
-def build_bundle_for_bench(work: Path, docs_limit: int, adapter: bool):
-    """A serving bundle as the pipeline builds one, and the questions to ask it."""
+def build_bundle_for_bench(work: Path, docs_limit: int, adapter: bool, engines: tuple[str, ...] = ("transformers",)):
+    """A serving bundle per generator engine, as the pipeline builds one, and the questions to ask it."""
     import hashlib
 
     import torch
@@ -88,11 +91,14 @@ def build_bundle_for_bench(work: Path, docs_limit: int, adapter: bool):
         peft_model.save_pretrained(work / "adapter")
         published = AdapterRegistry(work / "registry").publish(work / "adapter", {"note": "bench/serving.py, untrained"})
         adapter_path, adapter_version = published.path, published.version
-    bundle = build_bundle(work / "bundles", base_model={"name": base.name, "path": base.path, "version": base.version}, adapter=adapter_path,
-                          adapter_version=adapter_version, index_folder=index_folder, embedding_model="all-MiniLM-L6-v2", prompt_version="rag.v1",
-                          settings={"embedding_precision": "auto", "max_input_chars": 4000, "max_input_tokens": 1024})
+    bundles = {engine: build_bundle(work / "bundles", base_model={"name": base.name, "path": base.path, "version": base.version},
+                                    adapter=adapter_path, adapter_version=adapter_version, index_folder=index_folder,
+                                    embedding_model="all-MiniLM-L6-v2", prompt_version="rag.v1",
+                                    settings={"embedding_precision": "auto", "max_input_chars": 4000, "max_input_tokens": 1024,
+                                              "generator_engine": engine})
+               for engine in engines}
     questions = [q["question"] for q in eval_questions(docs, 5000) if q["doc_id"] in kept]
-    return bundle, questions, len(chunks)
+    return bundles, questions, len(chunks)
 
 
 def _rag_prompt(embedder, index, chunks, prompt, suffix: str, tokenizer, question: str, k: int) -> tuple[str, list[dict]]:
@@ -251,6 +257,8 @@ def start(side: str, bundle, work: Path, port: int, args) -> subprocess.Popen:
         env.pop("DRIFTLOOP_API_KEY", None)
         if side == "ours-no-reuse":
             env["DRIFTLOOP_PREFIX_CACHE_MB"] = "0"
+        if side == "ours-llamacpp":
+            env["DRIFTLOOP_MAX_BATCH"] = str(args.slots)  # one batch fills llama.cpp's slots, as the llamacpp side's server has
         command = [str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:DriftloopRAG", "--host", "127.0.0.1", "--port", str(port)]
     elif side == "llamacpp":
         env = dict(os.environ)
@@ -396,10 +404,13 @@ def main() -> None:
     began = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="driftloop-bench-serving-"))
     try:
-        bundle, questions, n_chunks = build_bundle_for_bench(work, args.docs, not args.no_adapter)
+        bundles, questions, n_chunks = build_bundle_for_bench(work, args.docs, not args.no_adapter,
+                                                              ("transformers", "llamacpp") if "ours-llamacpp" in args.sides else ("transformers",))
+        bundle = bundles["transformers"]
         print(f"machine: {machine()}; {args.docs} documents, {n_chunks} chunks, {len(questions)} questions; model {bundle.model_version}; "
               f"max_new_tokens {args.max_new_tokens}; DRIFTLOOP_MAX_BATCH {os.environ.get('DRIFTLOOP_MAX_BATCH', '8 (default)')}", flush=True)
-        sides = {side: run_side(side, bundle, work, questions, args) for side in args.sides}
+        sides = {side: run_side(side, bundles["llamacpp" if side == "ours-llamacpp" else "transformers"], work, questions, args)
+                 for side in args.sides}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
