@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -103,8 +104,13 @@ class Models:
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self.generation = self._lane.submit(lambda: Generation(load_bundle(_bundle_dir()), _device(), SETTINGS.serve_precision,
                                                                            SETTINGS.prefix_cache_mb, SETTINGS.max_batch)).result()
-        self.batcher = Batcher(self._generate, self._lane, max_batch=SETTINGS.max_batch, max_queue=SETTINGS.max_queue,
-                               max_wait_s=SETTINGS.max_queue_wait_s, window_s=SETTINGS.batch_window_ms / 1000,
+        # llama.cpp and vLLM schedule their own slots: each request goes in as it comes, from
+        # threads of its own (no torch runs there), instead of waiting for a whole batch.
+        slots = SETTINGS.max_batch if self.generation.engine != "transformers" else 1
+        self._reported, self._count = 0, threading.Lock()
+        self.batcher = Batcher(self._generate, self._lane if slots == 1 else ThreadPoolExecutor(slots, thread_name_prefix="slot"),
+                               max_batch=1 if slots > 1 else SETTINGS.max_batch, max_queue=SETTINGS.max_queue,
+                               max_wait_s=SETTINGS.max_queue_wait_s, window_s=SETTINGS.batch_window_ms / 1000, concurrency=slots,
                                key=lambda request: (Sampling.from_dict(request[2]).key(), request[4]), priority=lambda request: request[4] != "primary")
 
     @bentoml.api
@@ -154,13 +160,15 @@ class Models:
 
     def _generate(self, requests: list[tuple[str, int, dict | None, Callable[[int], None] | None, str]]) -> list[dict]:
         longest = max(request[1] for request in requests)
-        reused = self.generation.reused_tokens()
         # The batcher's key put only requests sampled the same way, for one adapter, into this batch.
         sinks = [request[3] for request in requests]
         out = self.generation.generate([request[0] for request in requests], longest, requests[0][2], sinks=sinks if any(sinks) else None,
                                        adapter=requests[0][4])
         batch_size.observe(len(requests))
-        tokens_total.labels(kind="prompt_reused").inc(self.generation.reused_tokens() - reused)
+        with self._count:  # batches may run side by side: count each reused token once
+            total = self.generation.reused_tokens()
+            tokens_total.labels(kind="prompt_reused").inc(total - self._reported)
+            self._reported = total
         # One batch decodes to its longest request; each answer is cut to what it asked for.
         tokenizer = self.generation.answerer.tokenizer
         for result, (_, limit, *_) in zip(out, requests, strict=True):

@@ -169,3 +169,27 @@ def test_only_items_with_the_same_key_share_a_batch_and_the_rest_keep_their_orde
     assert answers == [f"answer to {item}" for item in ("g0", "g1", "s1", "g2", "s2", "g3", "g4", "g5")]
     # Greedy and sampled requests never share a generate call; the queue's order holds within each.
     assert model.batches == [["g0"], ["g1", "g2", "g3", "g4"], ["s1", "s2"], ["g5"]]
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_an_engine_with_its_own_slots_gets_each_request_as_it_comes(concurrency):
+    """With `concurrency`, that many batches run at once (llama.cpp's slots take a request
+    while others decode); with 1, the next waits for the one running."""
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def model(items):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.3)
+        with lock:
+            state["now"] -= 1
+        return [f"answer to {item}" for item in items]
+
+    batcher = Batcher(model, ThreadPoolExecutor(3), max_batch=1, window_s=0, concurrency=concurrency)
+
+    async def scenario():
+        return await asyncio.gather(*(batcher.submit(f"q{i}") for i in range(3)))
+
+    assert run(scenario()) == [f"answer to q{i}" for i in range(3)]
+    assert state["most"] == concurrency and batcher.batches == 3

@@ -38,14 +38,17 @@ class _Job(Generic[T, R]):
 
 class Batcher(Generic[T, R]):
     """`run(items) -> results` (one result per item, in order) is called on `executor`,
-    one batch at a time. `window_s` is how long a lone request waits for company when the
-    model is idle; while a batch runs, requests gather by themselves."""
+    at most `concurrency` batches at a time (1 for a model that decodes one batch; an
+    engine with its own scheduler, such as llama.cpp's slots, takes each request as it
+    comes). `window_s` is how long a lone request waits for company when the model is
+    idle; while a batch runs, requests gather by themselves."""
 
     def __init__(self, run: Callable[[Sequence[T]], Sequence[R]], executor: Executor, max_batch: int = 8, max_queue: int = 64,
                  max_wait_s: float = 120.0, window_s: float = 0.01, key: Callable[[T], object] | None = None,
-                 priority: Callable[[T], int] | None = None) -> None:
-        if max_batch < 1 or max_queue < 1:
-            raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be at least 1")
+                 priority: Callable[[T], int] | None = None, concurrency: int = 1) -> None:
+        if max_batch < 1 or max_queue < 1 or concurrency < 1:
+            raise ValueError(f"max_batch ({max_batch}), max_queue ({max_queue}) and concurrency ({concurrency}) must be at least 1")
+        self.concurrency, self._running, self._tasks = concurrency, 0, set()
         # Only items with equal keys share a batch (one generate call samples one way); the
         # others keep their place in the queue for the next one.
         self.run, self.executor, self.key = run, executor, key
@@ -112,7 +115,7 @@ class Batcher(Generic[T, R]):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._queue:
+            if not self._queue or self._running >= self.concurrency:
                 continue
             if len(self._queue) < self.max_batch and self.window_s > 0:
                 left = self.window_s - (time.monotonic() - self._queue[0].enqueued)
@@ -120,19 +123,29 @@ class Batcher(Generic[T, R]):
                     await asyncio.sleep(left)
             batch = self._take()
             if batch:
-                try:
-                    results = await loop.run_in_executor(self.executor, self.run, [job.item for job in batch])
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"a batch of {len(batch)} returned {len(results)} results")
-                except Exception as err:  # noqa: BLE001 - each caller gets the batch's error
-                    for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(err)
-                else:
-                    for job, result in zip(batch, results, strict=True):
-                        if not job.future.done():
-                            job.future.set_result(result)
-                self.batches += 1
-                self.batched += len(batch)
+                self._running += 1
+                task = loop.create_task(self._run(loop, batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if self._queue and self._running < self.concurrency:
+                self._wake.set()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Job[T, R]]) -> None:
+        try:
+            results = await loop.run_in_executor(self.executor, self.run, [job.item for job in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} returned {len(results)} results")
+        except Exception as err:  # noqa: BLE001 - each caller gets the batch's error
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(err)
+        else:
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
+        finally:
+            self._running -= 1
+            self.batches += 1
+            self.batched += len(batch)
             if self._queue:
                 self._wake.set()
