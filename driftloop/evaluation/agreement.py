@@ -86,7 +86,7 @@ def load_labelled(path: str | Path = PACKAGED) -> tuple[list[LabelledRow], str]:
 
 
 def sample_rows(rows: Sequence[LabelledRow], per_metric: int) -> list[LabelledRow]:
-    """At most `per_metric` rows of each metric, every kind kept in proportion, the same
+    """At most `per_metric` rows of each metric, half of each verdict, the same
     rows every time (0: all of them)."""
     if per_metric <= 0:
         return list(rows)

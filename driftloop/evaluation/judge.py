@@ -309,7 +309,7 @@ class JudgeSettings:
     control_pairs: int = 8
     strictness: int = 3
     labelled_set: str = "packaged"  # a JSONL of hand-labelled rows (driftloop/evaluation/labelled/README.md); empty: control pairs only
-    labelled_rows: int = 0  # rows per metric drawn from it, kinds in proportion; 0: all
+    labelled_rows: int = 0  # rows per metric drawn from it, half of each verdict; 0: all
     faithfulness: str = "kprecision"  # the local judge's: kprecision (token support) or yesno (the model's Yes/No per statement)
 
     def __post_init__(self) -> None:
