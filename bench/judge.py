@@ -83,13 +83,13 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"labelled set: packaged@{digest}, {sum(r.metric == 'faithfulness' for r in rows)} faithfulness rows, "
           f"{sum(r.metric == 'answer_relevancy' for r in rows)} answer relevancy rows")
-    results = {}
+    results, answerer = {}, None
     for side in args.sides:
         if side == "embedding":
             judge = EmbeddingJudge(embedder)
         else:
-            base = resolve_base_model("SmolLM2-135M-Instruct", Path(args.cache))
-            answerer = Answerer(base.path, "cpu", precision="auto")
+            # One base generator for every local side, as a report shares it.
+            answerer = answerer or Answerer(resolve_base_model("SmolLM2-135M-Instruct", Path(args.cache)).path, "cpu", precision="auto")
             model = side.split(":", 1)[1] if ":" in side else ""
             method = "yesno" if side.startswith("local-yesno") else "kprecision"
             judge = build_judge(JudgeSettings(kind="local", model=model, faithfulness=method), embedder, answerer, "cpu", REFUSAL)

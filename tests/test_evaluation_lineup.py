@@ -91,6 +91,9 @@ def test_a_judge_that_cannot_start_stops_the_report_before_any_answer(stage, tmp
     unreadable = dataclasses.replace(SETTINGS, judge=JudgeSettings(kind="local", model=str(tmp_path / "no-judge")))
     with pytest.raises(JudgeError, match="no-judge"):
         evaluate(stage, stage["first"].version, unreadable)
+    unmeasurable = dataclasses.replace(SETTINGS, judge=JudgeSettings(kind="local", labelled_set=str(tmp_path / "absent.jsonl")))
+    with pytest.raises(JudgeError, match="labelled judge set .*absent.jsonl"):
+        evaluate(stage, stage["first"].version, unmeasurable)
     root = stage["registry"].root
     assert not (root / "reports").exists() and not (root / "answer_cache").exists()
 

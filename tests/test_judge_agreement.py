@@ -135,6 +135,7 @@ def test_the_measured_agreement_is_kept_per_judge_identity(tmp_path, packaged):
     (json.dumps({"id": "x", "metric": "fluency", "question": "q", "context": "c", "answer": "a", "verdict": 1}), "line 2: metric 'fluency'"),
     (json.dumps({"id": "a1", "metric": "faithfulness", "question": "q", "context": "c", "answer": "a", "verdict": 1}), "line 2: id 'a1' appears twice"),
     (json.dumps({"id": "x", "metric": "faithfulness", "question": "q"}), "line 2: missing context, answer, verdict"),
+    (json.dumps({"id": "x", "metric": "faithfulness", "question": 3, "context": "c", "answer": ["a"], "verdict": 1}), "line 2: question, answer must be text"),
 ])
 def test_a_bad_labelled_set_names_its_file_and_line(tmp_path, line, problem):
     path = tmp_path / "mine.jsonl"

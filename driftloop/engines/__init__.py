@@ -11,6 +11,8 @@ Every engine offers what `driftloop.evaluation.generate.Answerer` offers the ser
 
 from __future__ import annotations
 
+from pathlib import Path
+
 ENGINES = ("transformers", "llamacpp", "vllm")
 
 
@@ -29,8 +31,6 @@ def resolve_engine(engine: str, device: str, base_path: str) -> str:
 
     if not device.startswith("cpu") or cpu_has_fast_bf16():
         return "transformers"
-    from pathlib import Path
-
     from driftloop.engines.llamacpp import base_gguf
 
     try:

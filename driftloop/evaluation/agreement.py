@@ -21,15 +21,15 @@ from importlib import resources
 from pathlib import Path
 
 from driftloop.atomic import write_json
-from driftloop.evaluation.judge import JUDGED, JudgeSample
+from driftloop.evaluation.judge import JUDGED, JudgeError, JudgeSample
 
-FIELDS = ("id", "metric", "doc_id", "question", "context", "answer", "verdict", "kind", "note")
 FOLDS = 3
 PACKAGED = "packaged"
 
 
-class LabelledSetError(ValueError):
-    """The labelled set cannot be read; the message names the file and line."""
+class LabelledSetError(JudgeError):
+    """The labelled set cannot be read; the message names the file and line. A judge
+    whose agreement cannot be measured cannot start."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,9 @@ def load_labelled(path: str | Path = PACKAGED) -> tuple[list[LabelledRow], str]:
         missing = [f for f in ("id", "metric", "question", "context", "answer", "verdict") if f not in raw]
         if missing:
             raise LabelledSetError(f"{where}, line {number}: missing {', '.join(missing)}")
+        untexted = [f for f in ("question", "context", "answer") if not isinstance(raw[f], str)]
+        if untexted:
+            raise LabelledSetError(f"{where}, line {number}: {', '.join(untexted)} must be text")
         if raw["metric"] not in JUDGED:
             raise LabelledSetError(f"{where}, line {number}: metric {raw['metric']!r} is not one of {', '.join(JUDGED)}")
         if raw["verdict"] not in (0, 1):
@@ -155,7 +158,6 @@ def labelled_agreement(judge, rows: Sequence[LabelledRow], set_name: str = PACKA
                          by_kind={kind: round(sum(hits) / len(hits), 3) for kind, hits in sorted(per_kind.items())})
         out[metric] = entry
     return out
-
 
 
 def cached_agreement(judge, rows: Sequence[LabelledRow], set_name: str, cache_dir: Path, identity: str | None) -> dict:

@@ -22,6 +22,7 @@ gate sees them as missing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 import random
@@ -47,8 +48,6 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 def judge_method(faithfulness: str = "kprecision") -> str:
     """A digest of how the local judge asks, so a measured agreement is not reused for another method."""
-    import hashlib
-
     return hashlib.sha256("\n".join((faithfulness, FAITHFULNESS_SYSTEM, FAITHFULNESS_USER, QUESTION_USER)).encode()).hexdigest()[:12]
 
 
