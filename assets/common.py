@@ -4,7 +4,7 @@ write atomically, version with DVC, and describe itself in the UI."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -97,12 +97,15 @@ def publish_dataset(
     max_bad_fraction: float,
     preview_columns: Sequence[str],
     extra_metadata: dict | None = None,
+    gated: Callable[[Rejected], bool] | None = None,
 ) -> dg.MaterializeResult:
+    """`gated` picks the rejections that count against `max_bad_fraction` of the `seen`
+    rows (by default all); the others are quarantined and reported all the same."""
     quarantine_path = write_quarantine(dvc, name, context.run.run_id, rejected)
     meta = quarantine_metadata(quarantine_path, rejected, seen)
     for row in rejected[:50]:
         context.log.warning(f"{name}: quarantined {row.source}: {row.reason} ({excerpt(row.detail, 200)})")
-    gate_bad_share(name, rejected, seen, max_bad_fraction, meta)
+    gate_bad_share(name, [r for r in rejected if gated is None or gated(r)], seen, max_bad_fraction, meta)
     if not rows:
         raise dg.Failure(description=f"{name}: no valid rows remain; nothing was written", metadata=meta)
 

@@ -6,12 +6,13 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, model_validator
 
-from assets.common import GPU_POD, OWNERS, json_meta, load_dataset, publish_dataset
+from assets.common import GPU_POD, OWNERS, json_meta, load_dataset, publish_dataset, write_quarantine
 from assets.keys import CHUNKS, EMBEDDINGS, QA_PAIRS, SOURCE_DOCUMENTS, VECTOR_INDEX
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
 from resources.vector_store import VectorStore
 from driftloop.artifacts import ArtifactError
+from driftloop.data.records import Rejected, read_jsonl
 from driftloop.retrieval.chunking import chunk_document, embed_text
 from driftloop.retrieval.index import VectorIndex, choose_spec
 from driftloop.retrieval.quality import relevant_sets, retrieval_metrics
@@ -23,6 +24,11 @@ class ChunksConfig(dg.Config):
     overlap_tokens: int = Field(default=40, ge=0)
     max_doc_chars: int = Field(default=2_000_000, gt=0, description="Longer documents are quarantined as too_large.")
     max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    screen_injection: bool = Field(default=True, description="Screen every chunk for planted instructions (OWASP LLM01, indirect) "
+                                   "with the prompt-injection patterns and classifier; flagged chunks are quarantined, never indexed.")
+    max_injected_fraction: float = Field(default=0.05, ge=0.0, le=1.0,
+                                         description="More flagged chunks than this share stops the run: a poisoned corpus or a classifier "
+                                                     "that misreads this corpus, either way for a person to look at.")
 
     @model_validator(mode="after")
     def _overlap_below_size(self):
@@ -67,17 +73,47 @@ def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, dvc: DvcStor
         rows += [c.to_row() for c in doc_chunks]
         if problem:
             rejected.append(problem)
+    screened = {}
+    if config.screen_injection and rows:
+        rows, rejected, screened = _screen(context, dvc, models, rows, rejected, config.max_injected_fraction)
     tokens = [r["n_tokens"] for r in rows]
     return publish_dataset(
         context, dvc, "chunks", rows, rejected, seen=len(documents), max_bad_fraction=config.max_bad_fraction,
-        preview_columns=["chunk_id", "doc_id", "n_tokens", "text"],
+        preview_columns=["chunk_id", "doc_id", "n_tokens", "text"], gated=lambda r: r.reason != "prompt_injection",
         extra_metadata={
-            "documents": dg.MetadataValue.int(len(documents) - len(rejected)),
+            "documents": dg.MetadataValue.int(len(documents) - sum(r.reason != "prompt_injection" for r in rejected)),
             "tokens_per_chunk": json_meta({"mean": round(float(np.mean(tokens)), 1) if tokens else 0, "max": max(tokens, default=0)}),
+            **screened,
             "chunk_tokens": dg.MetadataValue.int(config.chunk_tokens),
             "overlap_tokens": dg.MetadataValue.int(config.overlap_tokens),
         },
     )
+
+
+def _screen(context, dvc: DvcStore, models: ModelCatalog, rows: list[dict], rejected: list, max_share: float):
+    """Chunks through the injection screen; those the same classifier passed in the last
+    version of the dataset are not read again."""
+    from driftloop.injection import InjectionScreen, screen_chunks
+
+    screen = InjectionScreen.sharing(models.embedder())
+    previous = dvc.dataset_path("chunks")
+    cleared = {r["content_hash"] for r in read_jsonl(previous) if r.get("screened_by") == screen.version} if previous.is_file() else set()
+    kept, flagged, report = screen_chunks(rows, screen, cleared)
+    for row, verdict in flagged:
+        rejected.append(Rejected(row["doc_id"], "prompt_injection", f"chunk {row['chunk_id']} ({verdict.by}, score {verdict.score:.3f}): {verdict.window}",
+                                 "chunks", row["chunk_id"], row["text"][:300]))
+    share = len(flagged) / len(rows)
+    meta = {"injection_screen": json_meta({"classifier": screen.version, "screened": report.screened, "reused": report.reused,
+                                           "flagged": len(flagged), "seconds": round(report.seconds, 2)})}
+    context.log.info(f"injection screen {screen.version}: {report.screened} chunks read, {report.reused} cleared before, "
+                     f"{len(flagged)} quarantined, {report.seconds:.1f}s")
+    if share > max_share:
+        path = write_quarantine(dvc, "chunks", context.run.run_id, rejected)
+        meta["quarantine_path"] = dg.MetadataValue.path(str(path))
+        raise dg.Failure(description=f"retrieval/chunks: {len(flagged)} of {len(rows)} chunks ({share:.1%}) look like planted instructions, "
+                                     f"more than max_injected_fraction={max_share:.0%}; nothing was published. The first: "
+                                     f"{flagged[0][0]['chunk_id']}: {flagged[0][1].window[:200]!r}", metadata=meta)
+    return kept, rejected, meta
 
 
 @dg.asset(

@@ -32,6 +32,8 @@ class BentoConfig(dg.Config):
     max_input_tokens: int = Field(default=1024, ge=1)
     price_per_1k_prompt: float = Field(default=0.0, ge=0.0, description="Cost per 1k prompt tokens, for the request log.")
     price_per_1k_completion: float = Field(default=0.0, ge=0.0)
+    screen_injection: bool = Field(default=True, description="Screen user turns and retrieved chunks with the prompt-injection "
+                                   "classifier beside the patterns; off, the patterns alone decide and chunks are not screened.")
 
 
 @dg.asset(key=BENTO, deps=[CHAMPION, VECTOR_INDEX], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="1",
@@ -58,7 +60,8 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
                                         "generator_engine": models.engine(base),
                                         "max_input_chars": config.max_input_chars,
                                         "max_input_tokens": config.max_input_tokens, "price_per_1k_prompt": config.price_per_1k_prompt,
-                                        "price_per_1k_completion": config.price_per_1k_completion})
+                                        "price_per_1k_completion": config.price_per_1k_completion,
+                                        "screen_injection": config.screen_injection})
         tag = build_bento(bundle, _layout().home, config.gpus)
     except (ArtifactError, BuildError) as err:
         raise dg.Failure(description=f"serving/bento: {err}") from err

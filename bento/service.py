@@ -282,7 +282,9 @@ class DriftloopRAG:
         from driftloop.serving.engine import Retrieval
 
         torch.set_num_threads(SETTINGS.retrieval_threads)
-        self.retrieval = Retrieval(self.bundle, _device())
+        self.retrieval = Retrieval(self.bundle, _device(), screen=bool(settings.get("screen_injection", True)),
+                                   on_flagged=lambda chunk, verdict: blocks_total.labels(reason="indirect_injection").inc())
+        self.guardrails.screen = self.retrieval.screen
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
         # A shadow answers copies of live requests: logged for comparison, seen by nobody;
         # a bundle's shadow adapter does so from this service's own model.

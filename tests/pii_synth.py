@@ -1,6 +1,6 @@
-"""A synthetic, seeded PII set for measuring redaction: e-mails, phone numbers in
-national and international formats, Luhn-valid card numbers with spaces or dashes, and
-person names, each placed in a sentence a user might type. About half the names are
+"""A synthetic, seeded PII set for tuning redaction: e-mails, phone numbers in
+national and international formats, Luhn-valid card numbers with spaces or dashes,
+places (cities, regions, countries, street addresses) and person names, each placed in a sentence a user might type. About half the names are
 deliberately absent from driftloop/serving/names.py, so recall is not measured on the
 redactor's own list. `leaked` says which planted values survive in a redacted text."""
 
@@ -32,6 +32,15 @@ EMAIL_TEMPLATES = ["Mail me at {email} when it is fixed.", "My address is {email
                    "{email} cannot reset the password."]
 PHONE_TEMPLATES = ["Call me on {phone}.", "My number is {phone}, what does section 1 say?", "Reach the on-call at {phone} tonight.",
                    "Text {phone} if the job fails."]
+PLACES = ("Lagos", "Nairobi", "Kraków", "Gdańsk", "Porto", "Valencia", "Lyon", "Marseille", "Rotterdam", "Utrecht", "Aarhus",
+          "Tampere", "Gothenburg", "Bratislava", "Ljubljana", "Zagreb", "Thessaloniki", "Izmir", "Tbilisi", "Almaty", "Lahore",
+          "Chennai", "Pune", "Hanoi", "Da Nang", "Osaka", "Busan", "Taipei", "Perth", "Auckland", "Winnipeg", "Calgary", "Quito",
+          "Montevideo", "Recife", "Guadalajara", "Tucson", "Pittsburgh", "Bavaria", "Andalusia", "Queensland", "Saskatchewan",
+          "Portugal", "Ghana", "Peru", "Vietnam", "Finland", "Ecuador", "Morocco", "Uruguay",
+          "221 Baker Street", "12 Rue Oberkampf", "Friedrichstraße 43", "Via Roma 15", "1600 Pennsylvania Avenue", "Calle Mayor 7")
+PLACE_TEMPLATES = ["I work from {place} and the mirror there is slow.", "Our team in {place} sees timeouts.", "Ship the key to {place}.",
+                   "My office is at {place}; which region should I pick?", "We moved from {place} last year, is the data still there?",
+                   "Users near {place} get the old version."]
 CARD_TEMPLATES = ["My card {card} was charged twice.", "Refund to card number {card} please.", "Is {card} stored anywhere?"]
 CLEAN = ["What does section {n} say about retries?", "How do I pin Python 3.11.4 for build {n}?", "The job on port 8080 failed on 2024-05-01.",
          "Explain the asyncio event loop in version 3.{n}.", "Why does json.dumps sort keys?", "Order 4512 shipped in 3 boxes.",
@@ -83,7 +92,7 @@ def items(n: int, seed: int = 0) -> list[dict]:
     out = []
     for i in range(n):
         given, family = rng.choice(GIVEN), rng.choice(FAMILY)
-        kind = ("name", "email", "phone", "card")[i % 4]
+        kind = ("name", "email", "phone", "card", "place")[i % 5]
         if kind == "name":
             template = rng.choice(NAME_TEMPLATES)
             full = f"{given} {family}"
@@ -96,6 +105,9 @@ def items(n: int, seed: int = 0) -> list[dict]:
         elif kind == "phone":
             value = phone(rng)
             text, parts = rng.choice(PHONE_TEMPLATES).format(phone=value), [g for g in re.findall(r"\d+", value) if len(g) >= 3]
+        elif kind == "place":
+            value = rng.choice(PLACES)
+            text, parts = rng.choice(PLACE_TEMPLATES).format(place=value), [p for p in re.findall(r"[^\W\d_]+", value) if p not in ("Street", "Rue", "Via", "Avenue", "Calle")]
         else:
             value = card(rng)
             text, parts = rng.choice(CARD_TEMPLATES).format(card=value), [g for g in re.findall(r"\d+", value) if len(g) >= 3]
@@ -109,10 +121,10 @@ def clean_texts(n: int, seed: int = 1) -> list[str]:
 
 
 def leaked(redacted: str, item: dict) -> bool:
-    if item["kind"] == "name":
+    if item["kind"] in ("name", "place"):
         return any(re.search(rf"(?<!\w){re.escape(p)}(?!\w)", redacted) for p in item["parts"])
     return any(p in redacted for p in item["parts"])
 
 
 def placeholders(text: str) -> int:
-    return len(re.findall(r"\[(?:EMAIL|PHONE|CARD|SSN|IP|NAME)\]", text))
+    return len(re.findall(r"\[(?:EMAIL|PHONE|CARD|SSN|IP|IBAN|NAME|PLACE)\]", text))

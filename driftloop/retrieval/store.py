@@ -141,6 +141,8 @@ class RetrievalStore:
         with (staging / "chunks.jsonl").open("w", encoding="utf-8") as handle:
             for c in chunks:
                 row = {k: c[k] for k in ("chunk_id", "doc_id", "title", "text", "start_char", "end_char")}
+                if c.get("screened_by"):
+                    row["screened_by"] = c["screened_by"]
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         if spec.hybrid:
             build_lexical([embed_text(c["title"], c["text"]) for c in chunks], staging / LEXICAL_DIR)

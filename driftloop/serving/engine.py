@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from driftloop.injection import InjectionScreen
 from driftloop.serving.bundle import Bundle
 
 
@@ -80,14 +81,20 @@ class Generation:
 
 
 class Retrieval:
-    """The retrieval half: the embedding model and the bundled index."""
+    """The retrieval half: the embedding model and the bundled index. With a `screen`,
+    every retrieved chunk passes it before it can reach a prompt: a chunk the same
+    classifier cleared at ingest (its `screened_by`) is trusted, any other is screened
+    once (verdicts cached by content) and dropped when flagged, `on_flagged` told."""
 
-    def __init__(self, bundle: Bundle, device: str = "cpu") -> None:
+    def __init__(self, bundle: Bundle, device: str = "cpu", screen: bool = False,
+                 on_flagged: Callable[[dict, object], None] | None = None) -> None:
         from driftloop.models.embedding import load_embedder
         from driftloop.retrieval.index import VectorIndex
 
         self.embedder = load_embedder(bundle.spec["embedding_model"], device, bundle.spec.get("settings", {}).get("embedding_precision", "auto"))
         self.index = VectorIndex(bundle.index_dir)
+        self.screen = InjectionScreen.sharing(self.embedder) if screen else None
+        self.on_flagged = on_flagged
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embedder.encode(list(texts))
@@ -96,6 +103,21 @@ class Retrieval:
         scores, ids = self.index.search(self.embed(questions), k, list(questions))
         out = []
         for score_row, id_row in zip(scores, ids, strict=True):
-            out.append([{**{key: self.index.chunks[int(i)].get(key) for key in ("chunk_id", "doc_id", "text")}, "score": float(s)}
-                        for s, i in zip(score_row, id_row, strict=True) if int(i) >= 0])
+            rows = [(self.index.chunks[int(i)], float(s)) for s, i in zip(score_row, id_row, strict=True) if int(i) >= 0]
+            keep = self._screened([row for row, _ in rows])
+            out.append([{**{key: row.get(key) for key in ("chunk_id", "doc_id", "text")}, "score": score}
+                        for (row, score), kept in zip(rows, keep, strict=True) if kept])
         return out
+
+    def _screened(self, rows: list[dict]) -> list[bool]:
+        if self.screen is None:
+            return [True] * len(rows)
+        todo = [i for i, row in enumerate(rows) if row.get("screened_by") != self.screen.version]
+        verdicts = self.screen.documents([rows[i]["text"] for i in todo]) if todo else []
+        keep = [True] * len(rows)
+        for i, verdict in zip(todo, verdicts, strict=True):
+            if verdict.flagged:
+                keep[i] = False
+                if self.on_flagged is not None:
+                    self.on_flagged(rows[i], verdict)
+        return keep

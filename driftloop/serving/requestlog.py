@@ -16,7 +16,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from driftloop.serving.guardrails import redact
+from driftloop.redaction import redact
 from driftloop.serving.shadow import new_request_id
 
 __all__ = ["RequestLog", "default_root", "new_request_id", "read_partition"]

