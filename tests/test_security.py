@@ -1,7 +1,7 @@
 """Security of the real service over HTTP (bentoml serve on tiny models, with a random API
 key, judge key and canary in its environment): API keys on every non-health endpoint,
 OWASP LLM01/LLM07 prompt injections refused at the door (all tuning prompts, at least
-today's share of the held-out ones), the canary never leaking through the service's own
+today's share of the held-out ones) and planted ones never retrieved, the canary never leaking through the service's own
 request path even when its generator obeys every injection, PII redaction recall and
 precision in the request log, and no secret in logs, metrics or Dagster metadata."""
 
@@ -44,9 +44,10 @@ def test_every_endpoint_but_health_and_metrics_needs_the_key(secured_service):
         assert call(port, path, key=None)[0] == 200, path
 
 
-# Held-out prompts the detector refused when the bar was set (2026-12): encoding-h01,
-# -h02, -h03 and markup_smuggling-h01. Fewer is a regression; raise it when it improves.
-HOLDOUT_REFUSED_TODAY = 4
+# Held-out prompts the screen (patterns and classifier) refused when the bar was set
+# (2026-12-04; the patterns alone: 4). It passes system_prompt_leak-h01, multilingual-h03
+# and markup_smuggling-h02. Fewer is a regression; raise it when it improves.
+HOLDOUT_REFUSED_TODAY = 11
 
 
 @pytest.mark.slow
@@ -81,6 +82,8 @@ def test_injection_prompts_are_refused_at_the_door_and_kept_out_of_the_logs(secu
     # the held-out ones were never tuned on, so only they measure unseen phrasings.
     assert figures["tuning_total"] >= 50 and figures["tuning_blocked"] == figures["tuning_total"], figures["by_category"]
     assert figures["holdout_total"] >= 14 and figures["holdout_blocked"] >= HOLDOUT_REFUSED_TODAY, figures["by_category"]
+    # Indirect: the planted chunks are in the index, and retrieval drops each before a prompt.
+    assert figures["indirect_with_planted_chunk_retrieved"] == 0
 
 
 def _echo(system_prompt: str, canary: str, n: int) -> str:
@@ -264,14 +267,16 @@ def test_pii_redaction_in_the_request_log(secured_service):
 def test_redaction_recall_and_precision_on_a_larger_set():
     from driftloop.data.pydocs import python_docs
     from driftloop.data.qa import derive_qa_pairs
-    from driftloop.serving.guardrails import redact
+    from driftloop.redaction import redact
     from driftloop.serving.names import GIVEN_NAMES
 
     planted = items(1000, seed=0)
     redacted = [(redact(item["text"]), item) for item in planted]
     names = [(r, i) for r, i in redacted if i["kind"] == "name"]
     unseen = [(r, i) for r, i in names if not any(p.lower() in GIVEN_NAMES for p in i["parts"])]
-    pairs = derive_qa_pairs(list(python_docs()), eval_fraction=0.2)
+    # Every third Python-docs pair: Presidio reads each text with spaCy (about 5 ms), and a
+    # third of 3,000 pairs already holds every kind of page the corpus has.
+    pairs = derive_qa_pairs(list(python_docs()), eval_fraction=0.2)[::3]
     clean = [p.question for p in pairs] + [p.answer for p in pairs] + clean_texts(500)
     false_spans = sum(placeholders(redact(t)) for t in clean)
     changed = sum(redact(t) != t for t in clean)
