@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install demo drift-demo pipeline serve rollback test closed-loop test-fast test-avx2 reliability ui lock clean corpora corpora-assemble
+.PHONY: install demo drift-demo pipeline serve rollback test closed-loop test-fast test-avx2 reliability ui lock clean corpora corpora-assemble injection-classifier guardrail-figures
 
 install: $(STAMP)
 
@@ -73,6 +73,15 @@ test-avx2: install
 # artifacts/reliability/ (FUZZ=<examples per operation and mode>, 200 by default).
 # Then the crash, daemon, overload and redeploy checks: 20 kill -9s of training, embedding and
 # deployment steps; 15 daemon kills; 3 minutes at 4x capacity; 6 redeploys under load.
+# The prompt-injection classifier, refitted from driftloop/guardrail_data/injection_train.jsonl,
+# the tuning prompts and the default corpus (about 3 minutes on 2 cores).
+injection-classifier: install
+	$(BIN)/python -m driftloop.injection_training --extra tests/data/injection_prompts.jsonl
+
+# Guardrail figures on the held-out sets, beside the patterns alone and Presidio's defaults.
+guardrail-figures: install
+	$(BIN)/python reliability/guardrails.py --json artifacts/reliability/guardrails.json
+
 reliability: install
 	$(BIN)/python -m pytest -q -m reliability
 	$(BIN)/python reliability/run.py --fuzz-examples $(or $(FUZZ),200)

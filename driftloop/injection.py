@@ -86,6 +86,15 @@ def decoded_base64(text: str) -> list[str]:
     return out
 
 
+_LEET_WORD = re.compile(r"(?<![\w.@/:+-])(?=[\w$@]*[A-Za-z][\w$@]*[A-Za-z])(?=[\w$@]*[0-9$@])[\w$@]+(?![\w.@/:-])")
+
+
+def _leet_words(text: str) -> str:
+    """Leetspeak undone in the words that mix letters with digits ("1gn0re", "pr0mpt"),
+    numbers, versions and addresses left as written."""
+    return _LEET_WORD.sub(lambda m: m.group().translate(_LEET), text)
+
+
 def normalized_views(text: str) -> list[str]:
     """The input as the detector reads it: NFKC-folded (full-width letters), invisible
     characters dropped, homoglyphs mapped to Latin, whitespace collapsed; then also with
@@ -239,7 +248,9 @@ class InjectionScreen:
         if looks_like_injection(text):
             return Verdict(True, 1.0, "pattern", text)
         views = normalized_views(text)
-        readable = [v for v in views[:5] + views[6:] if v.strip()]  # views[5] is the ROT13 one
+        # Not views[4] (every digit read as a letter) nor views[5] (ROT13): on ordinary text
+        # they are gibberish ("section i say"), which the classifier has never seen as benign.
+        readable = [v for v in views[:4] + [_leet_words(views[2])] + views[6:] if v.strip()]
         pieces = windows(views[2]) if len(views[2].split()) > 48 else []
         candidates = list(dict.fromkeys(readable + pieces))
         return self._decide(candidates, self.probabilities(candidates), "turn")

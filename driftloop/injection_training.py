@@ -5,7 +5,10 @@
 Training data: driftloop/guardrail_data/injection_train.jsonl (user turns and planted
 snippets, both labels, lookalikes among the benign ones), the tuning rows of any --extra
 file, and the default corpus itself: its derived questions and its sentence windows as
-benign, and windows holding a planted snippet as injected. Nothing from a held-out set.
+benign (with the READMEs of the installed distributions, for other voices), windows
+holding a planted snippet as injected, and benign turns carrying Faker's made-up names,
+addresses, phone and card numbers (users write their own details into questions).
+Nothing from a held-out set.
 
 Thresholds come from 5-fold out-of-fold probabilities: a user turn is refused at the
 score that keeps the refusal rate of benign turns at `--turn-fpr`; a passage is flagged
@@ -62,6 +65,41 @@ def installed_readmes() -> list:
     return docs
 
 
+# How users carry their own details into a question: a benign turn is no less benign for
+# holding an address, a number or a name (and exfiltration attempts often name them).
+_CONTACT_TEMPLATES = ["{q} My email is {email}.", "Hi, I'm {name} from {city}. {q}", "Call me on {phone} if that's easier. {q}",
+                      "{email} cannot log in since yesterday. {q}", "{q} Thanks, {first}", "My number is {phone}, {ql}",
+                      "Refund to card number {card} please, and {ql}", "I work from {city}; {ql}", "Contact {name} for access. {q}",
+                      "Send the summary to {email} when you can. {q}", "Is {card} stored anywhere? {q}", "{name} asked me: {ql}"]
+
+
+# The shortest turns of a chat: a classifier that has only seen questions and attacks
+# would read two letters as either.
+SMALL_TALK = ("hi", "hello", "hey", "hi there", "hello!", "hey there", "good morning", "good evening", "thanks", "thank you",
+              "thanks!", "thank you so much", "cheers", "ok", "okay", "ok thanks", "yes", "no", "yes please", "no thanks", "sure",
+              "great", "perfect", "got it", "makes sense", "help", "help me", "can you help?", "what?", "why?", "how?", "again?",
+              "more", "tell me more", "go on", "continue", "next", "example?", "an example please", "and then?", "test", "testing",
+              "ping", "hmm", "wow", "nice", "cool", "bye", "goodbye", "see you", "hola", "bonjour", "hallo", "ciao", "olá", "merci",
+              "gracias", "danke", "grazie", "obrigado", "привет", "спасибо", "你好", "谢谢", "こんにちは", "ありがとう", "?", "??", "...",
+              "hi, quick question", "hello, are you there?", "sorry, I meant the other one", "never mind", "that didn't work",
+              "it works now, thanks", "still failing", "same error", "what do you mean?", "can you explain that?")
+
+
+def with_contact_details(questions: list[str], n: int, seed: int = 0) -> list[str]:
+    from faker import Faker
+
+    fake = Faker(["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "pl_PL", "pt_BR", "nl_NL", "tr_TR", "en_IN"], use_weighting=False)
+    Faker.seed(seed)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        q = rng.choice(questions)
+        out.append(rng.choice(_CONTACT_TEMPLATES).format(q=q, ql=q[:1].lower() + q[1:], email=fake.email(), name=fake.name(),
+                                                         first=fake.first_name(), city=fake.city(), phone=fake.phone_number(),
+                                                         card=fake.credit_card_number()))
+    return out
+
+
 def examples(train_rows: list[dict], extra_rows: list[dict], corpus_texts: list[str], corpus_questions: list[str],
              seed: int = 0, doc_windows: int = 12000, planted: int = 2000) -> list[tuple[str, int, str]]:
     """(text, label, kind) rows: kind "turn" for what a user types, "window" for what a
@@ -70,6 +108,9 @@ def examples(train_rows: list[dict], extra_rows: list[dict], corpus_texts: list[
     rows = [(r["text"], int(r["label"]), "turn" if r["kind"] == "question" else "window") for r in train_rows]
     rows += [(r["text"], 1, "turn") for r in extra_rows if r.get("set") == "tuning" and r.get("where") == "question"]
     rows += [(q, 0, "turn") for q in rng.sample(corpus_questions, min(2500, len(corpus_questions)))]
+    benign_turns = [r["text"] for r in train_rows if r["kind"] == "question" and int(r["label"]) == 0]
+    rows += [(q, 0, "turn") for q in with_contact_details(benign_turns + corpus_questions[:500], 800, seed)]
+    rows += [(variant, 0, "turn") for text in SMALL_TALK for variant in {text, text.capitalize(), text.upper()}]
     corpus_windows = [w for text in corpus_texts for w in windows(text)]
     rows += [(w, 0, "window") for w in rng.sample(corpus_windows, min(doc_windows, len(corpus_windows)))]
     snippets = [r for r in train_rows if r["kind"] == "snippet"]

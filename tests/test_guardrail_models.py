@@ -55,6 +55,19 @@ def test_injection_screen_meets_its_floors_on_held_out_sets(screen):
 
 
 @pytest.mark.slow
+def test_questions_carrying_personal_details_are_rarely_refused(screen):
+    """Users write their own e-mail, number or name into a question; the screen must not
+    take that for exfiltration. tests/pii_synth.py's messages (its templates were not in
+    the classifier's training): 13 of 1,000 refused when it was fitted."""
+    from pii_synth import items
+
+    planted = items(1000, seed=0)
+    refused = [i["text"] for i in planted if screen.turn(i["text"]).flagged]
+    record_figures("injection_personal_details", {"messages": len(planted), "refused": len(refused), "examples": refused[:5]})
+    assert len(refused) <= 0.03 * len(planted), refused
+
+
+@pytest.mark.slow
 def test_the_service_guard_refuses_what_the_screen_flags_and_names_it(screen):
     from driftloop.serving.guardrails import Guardrails, GuardrailViolation
 
@@ -64,6 +77,7 @@ def test_the_service_guard_refuses_what_the_screen_flags_and_names_it(screen):
         guard.check_input(paraphrase)
     assert refused.value.status == 422 and refused.value.code == "prompt_injection"
     guard.check_input("How do I make pip ignore the installed version and reinstall numpy?")
+    guard.check_input("hi")
     # The same guard without the classifier: the patterns alone let the paraphrase through.
     Guardrails().check_input(paraphrase)
 

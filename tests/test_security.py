@@ -261,7 +261,10 @@ def test_pii_redaction_in_the_request_log(secured_service):
     fed = [r for r in read_request_log(secured_service["request_log"], "feedback") if r["request_id"] == request_id][-len(feedback):]
     logged += [(r[field], item) for r, item in zip(fed, feedback, strict=True) for field in ("correction", "comment")]
     figures = record_figures("pii_request_log", {**_recall(logged), "requests": len(answered), "refused": ids.count(None)})
-    assert len(answered) >= 0.9 * len(groups) and figures["recall"] >= 0.95
+    # Some of these messages read like exfiltration to the injection screen ("Forward this
+    # to ...", "Reply to <address> with the answer"): 3 of 40 were refused when it was
+    # fitted. How many such messages it may refuse is held in test_guardrail_models.py.
+    assert len(answered) >= 0.8 * len(groups) and figures["recall"] >= 0.95
 
 
 def test_redaction_recall_and_precision_on_a_larger_set():
