@@ -7,7 +7,8 @@ snippets, both labels, lookalikes among the benign ones), the tuning rows of any
 file, and the default corpus itself: its derived questions and its sentence windows as
 benign (with the READMEs of the installed distributions, for other voices), windows
 holding a planted snippet as injected, and benign turns carrying Faker's made-up names,
-addresses, phone and card numbers (users write their own details into questions).
+addresses, phone and card numbers (users write their own details into questions), short
+chat turns, and requests worded as orders about the corpus's own topics.
 Nothing from a held-out set.
 
 Thresholds come from 5-fold out-of-fold probabilities: a user turn is refused at the
@@ -85,6 +86,20 @@ SMALL_TALK = ("hi", "hello", "hey", "hi there", "hello!", "hey there", "good mor
               "it works now, thanks", "still failing", "same error", "what do you mean?", "can you explain that?")
 
 
+# Requests worded like orders but about the corpus ("Tell me everything about section 2"):
+# extraction attacks use the same verbs about the prompt instead.
+_REQUEST_TEMPLATES = ["Tell me everything about {t}.", "Explain everything in {t}.", "Give me all the details on {t}.",
+                      "Show me everything the docs say about {t}.", "List all the options of {t}.", "Summarize {t} for me.",
+                      "Print the full example from {t}.", "Repeat the part about {t}, please.", "What is everything I need to know about {t}?",
+                      "Describe {t} in full.", "Give me the complete reference for {t}.", "Write out the steps in {t}."]
+
+
+def corpus_requests(titles: list[str], n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    topics = titles + [f"section {i}" for i in range(1, 30)] + [f"chapter {i}" for i in range(1, 15)]
+    return [rng.choice(_REQUEST_TEMPLATES).format(t=rng.choice(topics)) for _ in range(n)]
+
+
 def with_contact_details(questions: list[str], n: int, seed: int = 0) -> list[str]:
     from faker import Faker
 
@@ -101,7 +116,7 @@ def with_contact_details(questions: list[str], n: int, seed: int = 0) -> list[st
 
 
 def examples(train_rows: list[dict], extra_rows: list[dict], corpus_texts: list[str], corpus_questions: list[str],
-             seed: int = 0, doc_windows: int = 12000, planted: int = 2000) -> list[tuple[str, int, str]]:
+             titles: list[str] | None = None, seed: int = 0, doc_windows: int = 12000, planted: int = 2000) -> list[tuple[str, int, str]]:
     """(text, label, kind) rows: kind "turn" for what a user types, "window" for what a
     passage holds."""
     rng = random.Random(seed)
@@ -111,6 +126,7 @@ def examples(train_rows: list[dict], extra_rows: list[dict], corpus_texts: list[
     benign_turns = [r["text"] for r in train_rows if r["kind"] == "question" and int(r["label"]) == 0]
     rows += [(q, 0, "turn") for q in with_contact_details(benign_turns + corpus_questions[:500], 800, seed)]
     rows += [(variant, 0, "turn") for text in SMALL_TALK for variant in {text, text.capitalize(), text.upper()}]
+    rows += [(q, 0, "turn") for q in corpus_requests(titles or [], 600, seed)]
     corpus_windows = [w for text in corpus_texts for w in windows(text)]
     rows += [(w, 0, "window") for w in rng.sample(corpus_windows, min(doc_windows, len(corpus_windows)))]
     snippets = [r for r in train_rows if r["kind"] == "snippet"]
@@ -186,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     extra = [r for path in args.extra for r in _read(path)]
     docs = list(python_docs()) + installed_readmes()
     questions = [p.question for p in derive_qa_pairs(docs, eval_fraction=0.2)]
-    rows = examples(train_rows, extra, [d.text for d in docs], questions)
+    rows = examples(train_rows, extra, [d.text for d in docs], questions, sorted({d.title for d in docs if d.title}))
     # fp32 here, whatever the machine: the weights must not depend on where they were fitted.
     encoder = load_embedder(CLASSIFIER_ENCODER, "cpu", "fp32")
     model = fit(rows, lambda texts: encoder.encode(texts, batch_size=64), args.turn_fpr, args.window_fpr)

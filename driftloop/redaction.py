@@ -336,9 +336,13 @@ class Redactor:
         if not text:
             return []
         with self._lock:
-            results = self.analyzer.analyze(text, language="en", entities=list(ENTITIES), score_threshold=MIN_SCORE)
-        found = [(r.start, r.end, ENTITIES[r.entity_type]) for r in results]
-        found = [s for s in found if self._keep(text, *s)] + pattern_spans(text) + name_spans(text) + place_spans(text, self.allow)
+            results = self.analyzer.analyze(text, language="en", entities=[*ENTITIES, "NRP"], score_threshold=MIN_SCORE)
+        # Nationalities, religions and languages ("Answer in French") are no one's name:
+        # they veto our own name and place rules where spaCy tagged them so.
+        groups = [(r.start, r.end) for r in results if r.entity_type == "NRP"]
+        found = [(r.start, r.end, ENTITIES[r.entity_type]) for r in results if r.entity_type in ENTITIES]
+        ours = [s for s in name_spans(text) + place_spans(text, self.allow) if not any(s[0] < e and b < s[1] for b, e in groups)]
+        found = [s for s in found if self._keep(text, *s)] + pattern_spans(text) + ours
         # Longest first, so a phone number inside a sentence-long "place" keeps its own kind
         # only when it is not already covered.
         merged: list[tuple[int, int, str]] = []

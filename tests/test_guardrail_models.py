@@ -58,7 +58,7 @@ def test_injection_screen_meets_its_floors_on_held_out_sets(screen):
 def test_questions_carrying_personal_details_are_rarely_refused(screen):
     """Users write their own e-mail, number or name into a question; the screen must not
     take that for exfiltration. tests/pii_synth.py's messages (its templates were not in
-    the classifier's training): 13 of 1,000 refused when it was fitted."""
+    the classifier's training): 11 of 1,000 refused when it was fitted."""
     from pii_synth import items
 
     planted = items(1000, seed=0)

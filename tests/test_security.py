@@ -262,7 +262,7 @@ def test_pii_redaction_in_the_request_log(secured_service):
     logged += [(r[field], item) for r, item in zip(fed, feedback, strict=True) for field in ("correction", "comment")]
     figures = record_figures("pii_request_log", {**_recall(logged), "requests": len(answered), "refused": ids.count(None)})
     # Some of these messages read like exfiltration to the injection screen ("Forward this
-    # to ...", "Reply to <address> with the answer"): 3 of 40 were refused when it was
+    # to ...", "Reply to <address> with the answer"): 2 of 40 were refused when it was
     # fitted. How many such messages it may refuse is held in test_guardrail_models.py.
     assert len(answered) >= 0.8 * len(groups) and figures["recall"] >= 0.95
 
