@@ -271,13 +271,12 @@ class InjectionScreen:
                 out[i] = Verdict(True, 1.0, "pattern", texts[i])
         todo = [i for i in todo if out[i] is None]
         pieces = {i: windows(texts[i]) or [texts[i]] for i in todo}
-        flat = [w for i in todo for w in pieces[i]]
-        probs = self.probabilities(flat)
-        at = 0
+        # Overlapping chunks share windows (and pages share boilerplate): each distinct
+        # window is scored once.
+        distinct = list(dict.fromkeys(w for i in todo for w in pieces[i]))
+        scored = dict(zip(distinct, self.probabilities(distinct), strict=True))
         for i in todo:
-            n = len(pieces[i])
-            out[i] = self._decide(pieces[i], probs[at : at + n], "document")
-            at += n
+            out[i] = self._decide(pieces[i], np.array([scored[w] for w in pieces[i]]), "document")
         with self._lock:
             for key, verdict in zip(keys, out, strict=True):
                 self._cache[key] = verdict
