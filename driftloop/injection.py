@@ -188,9 +188,6 @@ class Verdict:
     by: str = ""  # "pattern", "classifier" or "" when clean
     window: str = ""
 
-    def to_dict(self) -> dict:
-        return {"flagged": self.flagged, "score": round(self.score, 4), "by": self.by, "window": self.window[:300]}
-
 
 class InjectionScreen:
     """Prompt injection found by the patterns above or by a logistic regression over the

@@ -24,7 +24,6 @@ from driftloop.serving.names import GIVEN_NAMES, SURNAMES
 # Presidio's entity types and the placeholder each becomes.
 ENTITIES = {"PERSON": "NAME", "LOCATION": "PLACE", "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CARD",
             "US_SSN": "SSN", "IP_ADDRESS": "IP", "IBAN_CODE": "IBAN"}
-PLACEHOLDER = re.compile(r"\[(?:" + "|".join(sorted(set(ENTITIES.values()))) + r")\]")
 # The model's confidence below which a person or place is left alone: spaCy's entities all
 # score 0.85 in Presidio, its pattern recognizers lower when context is missing.
 MIN_SCORE = 0.4
@@ -37,7 +36,6 @@ _PHONE_ANY = re.compile(r"(?<![\w+./-])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,5}\)[ .\-]
 _PLUS_PHONE = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .\-]?\(?\d{1,5}\)?){1,6}(?!\w)")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 _DIGITS = re.compile(r"\D")
-_CAPITALIZED = re.compile(r"\b[A-Z][a-z]{2,}\b")
 _LATIN_NAME = re.compile(r"[A-Za-zÀ-ÖØ-öø-ɏ'’.\- ]+")
 # Words spaCy's small model takes for people or places in technical text: the names of
 # tools, formats and protocols. A span made only of these is not personal data.
@@ -361,32 +359,9 @@ class Redactor:
         return out
 
 
-_DEFAULT: Redactor | None = None
-_DEFAULT_LOCK = threading.Lock()
-
-
+@functools.cache
 def default_redactor() -> Redactor:
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            _DEFAULT = Redactor()
-        return _DEFAULT
-
-
-def corpus_vocabulary(texts: Iterable[str], min_count: int = 3) -> set[str]:
-    """Capitalized words a corpus uses at least `min_count` times (its tools, modules and
-    formats: Maildir, Posix, Tarinfo): a question that names one is not naming a person."""
-    counts: dict[str, int] = {}
-    for text in texts:
-        for word in _CAPITALIZED.findall(text or ""):
-            counts[word] = counts.get(word, 0) + 1
-    return {w for w, n in counts.items() if n >= min_count}
-
-
-def allow_vocabulary(words: Iterable[str]) -> None:
-    """Add words the process's redactor never redacts alone (the served corpus's own)."""
-    redactor = default_redactor()
-    redactor.allow = redactor.allow | {w.lower() for w in words}
+    return Redactor()
 
 
 def redact(text: str) -> str:
