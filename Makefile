@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install demo drift-demo pipeline serve rollback test closed-loop test-fast test-avx2 reliability ui lock clean corpora corpora-assemble injection-classifier guardrail-figures
+.PHONY: install demo drift-demo pipeline serve rollback test closed-loop test-fast test-avx2 reliability ui lock clean corpora corpora-assemble injection-classifier pii-classifier guardrail-figures
 
 install: $(STAMP)
 
@@ -77,6 +77,9 @@ test-avx2: install
 # the tuning prompts and the default corpus (about 3 minutes on 2 cores).
 injection-classifier: install
 	$(BIN)/python -m driftloop.injection_training --extra tests/data/injection_prompts.jsonl
+
+pii-classifier: install
+	$(BIN)/python -m driftloop.pii_training --extra tests/data/pii_tuning_a.jsonl --extra tests/data/pii_tuning_b.jsonl
 
 # Guardrail figures on the held-out sets, beside the patterns alone and Presidio's defaults.
 guardrail-figures: install

