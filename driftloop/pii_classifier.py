@@ -24,12 +24,12 @@ import numpy as np
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from driftloop.redaction import (
-    _NAME_CUES,
-    _PLACE_CUES,
-    _PYTHON_WORDS,
-    _STREET_WORD,
-    _TECHNICAL,
-    _english_words,
+    NAME_CUES,
+    PLACE_CUES,
+    PYTHON_WORDS,
+    STREET_WORD,
+    TECHNICAL,
+    english_words,
     fold,
     gazetteer,
     name_lexicon,
@@ -97,7 +97,7 @@ def address_runs(text: str, toks: list[tuple[int, int, str]]) -> list[tuple[int,
 def candidates(text: str, toks: list[tuple[int, int, str]], extra: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Token ranges [i, j) that could be a name or a place."""
     given, family = name_lexicon()
-    places, english = gazetteer(), _english_words()
+    places, english = gazetteer(), english_words()
     found: set[tuple[int, int]] = set(address_runs(text, toks))
 
     def known_lower(word: str) -> bool:
@@ -145,7 +145,7 @@ def features(text: str, toks: list[tuple[int, int, str]], span: tuple[int, int],
     words = [t[2] for t in toks[i:j]]
     low = [w.lower() for w in words]
     given, family = name_lexicon()
-    english = _english_words()
+    english = english_words()
     start, end = toks[i][0], toks[j - 1][1]
     surface = text[start:end]
     out = [f"n={min(j - i, 4)}", "shape=" + " ".join(_shape(w) for w in words[:4]), f"sp={surface.lower()}",
@@ -155,15 +155,15 @@ def features(text: str, toks: list[tuple[int, int, str]], span: tuple[int, int],
         padded = f"<{lw}>"
         out += [f"c3={padded[k:k + 3]}" for k in range(len(padded) - 2)]
         out += ["giv" if lw in given else "giv-no", "fam" if lw in family else "fam-no", "eng" if lw in english else "eng-no"]
-        if lw in _PYTHON_WORDS:
+        if lw in PYTHON_WORDS:
             out.append("pyword")
-        if _TECHNICAL.match(w):
+        if TECHNICAL.match(w):
             out.append("technical")
     if low[0] in given and low[-1] in family and j - i >= 2:
         out.append("given+family")
     if any(w.isdigit() for w in words):
         out += ["digits", f"commas={min(surface.count(','), 3)}"]
-        if _STREET_WORD.search(surface):
+        if STREET_WORD.search(surface):
             out.append("street")
         if _POSTCODE.search(surface):
             out.append("postcode")
@@ -185,9 +185,9 @@ def features(text: str, toks: list[tuple[int, int, str]], span: tuple[int, int],
         out.append("sentence-start")
     if not prev or text[:start].endswith("\n") or "\n" in text[max(0, start - 3) : start]:
         out.append("line-start")
-    if _NAME_CUES.search(text[:start]):
+    if NAME_CUES.search(text[:start]):
         out.append("name-cue")
-    if _PLACE_CUES.search(text[:start]):
+    if PLACE_CUES.search(text[:start]):
         out.append("place-cue")
     for label in context["ents"].get((start, end), ()):
         out.append(f"entx={label}")

@@ -55,20 +55,20 @@ def _cased(value: str, like: str) -> str:
 
 def swapped(row: dict, rng: random.Random, fakers: list) -> dict | None:
     """`row` with each name and each one-to-three-word place replaced by a made-up one."""
-    from driftloop.redaction import _LATIN_NAME
+    from driftloop.redaction import LATIN_NAME
 
     swaps = {}
     for entity in row["entities"]:
         value = entity["text"]
         fake = rng.choice(fakers)
-        if entity["kind"] == "name" and _LATIN_NAME.fullmatch(value):
+        if entity["kind"] == "name" and LATIN_NAME.fullmatch(value):
             parts = len(value.split())
             new = fake.first_name() if parts == 1 and rng.random() < 0.6 else fake.last_name() if parts == 1 else fake.name()
-        elif entity["kind"] == "place" and _LATIN_NAME.fullmatch(value) and len(value.split()) <= 3:
+        elif entity["kind"] == "place" and LATIN_NAME.fullmatch(value) and len(value.split()) <= 3:
             new = rng.choice([fake.city, fake.country, fake.city])()
         else:
             continue
-        if _LATIN_NAME.fullmatch(new):
+        if LATIN_NAME.fullmatch(new):
             swaps[value] = _cased(new, value)
     if not swaps:
         return None
@@ -79,14 +79,14 @@ def swapped(row: dict, rng: random.Random, fakers: list) -> dict | None:
 
 def examples(rows: list[dict], nlp, encoder: TokenVectors) -> tuple[list, np.ndarray, np.ndarray, list[int], list]:
     """Features, encoder vectors, labels and message index of every candidate, and the candidates' spans."""
-    from driftloop.redaction import name_spans, place_spans
+    from driftloop.redaction import rule_spans
 
     feats, labels, owner, spans, vectors = [], [], [], [], []
     docs = nlp.pipe([r["text"] for r in rows], batch_size=256)
     pieces = encoder([r["text"] for r in rows])
     for index, (row, doc) in enumerate(zip(rows, docs, strict=True)):
         text = row["text"]
-        rules = {"name": [s[:2] for s in name_spans(text)], "place": [s[:2] for s in place_spans(text)]}
+        rules = rule_spans(text)
         extra = [(e.start_char, e.end_char) for e in doc.ents if e.label_ in ("PERSON", "GPE", "LOC", "FAC")]
         ranges, rows_feats = describe(text, doc, rules, extra)
         if ranges:

@@ -35,10 +35,10 @@ _PHONE_ANY = re.compile(r"(?<![\w+./-])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,5}\)[ .\-]
 _PLUS_PHONE = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .\-]?\(?\d{1,5}\)?){1,6}(?!\w)")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 _DIGITS = re.compile(r"\D")
-_LATIN_NAME = re.compile(r"[A-Za-zÀ-ÖØ-öø-ɏ'’.\- ]+")
+LATIN_NAME = re.compile(r"[A-Za-zÀ-ÖØ-öø-ɏ'’.\- ]+")
 # Words spaCy's small model takes for people or places in technical text: the names of
 # tools, formats and protocols. A span made only of these is not personal data.
-_TECHNICAL = re.compile(r"^(?:[A-Z][a-z]+[A-Z]\w*|.*\d.*|[A-Z]{2,}s?|\w+(?:\.\w+)+|\w*_\w*)$")
+TECHNICAL = re.compile(r"^(?:[A-Z][a-z]+[A-Z]\w*|.*\d.*|[A-Z]{2,}s?|\w+(?:\.\w+)+|\w*_\w*)$")
 
 
 # Addresses that are nobody's: loopback, private and link-local networks, the unspecified
@@ -99,7 +99,7 @@ def pattern_spans(text: str) -> list[tuple[int, int, str]]:
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 # Words after which a capitalized word is a person's name even when the list lacks it.
-_NAME_CUES = re.compile(r"(?:\b(?:mr|mrs|ms|mx|dr|prof)\.?\s+|\b(?:my name is|name is|name's|i am|i'm|call me|dear|regards|sincerely|"
+NAME_CUES = re.compile(r"(?:\b(?:mr|mrs|ms|mx|dr|prof)\.?\s+|\b(?:my name is|name is|name's|i am|i'm|call me|dear|regards|sincerely|"
                         r"signed|thanks|contact|cc|miss|professor|sir|madam|mister|customer|patient|colleague),?:?\s+)$", re.IGNORECASE)
 # Capitalized, then lower case (Mc, Mac, O' and hyphens allowed): not an acronym or CamelCase identifier.
 _NAME_SHAPE = re.compile(r"^(?:Mc|Mac|O['’]|D['’])?[^\W\d_][^\W\d_A-Z]+(?:-[^\W\d_][^\W\d_A-Z]+)?$")
@@ -116,7 +116,7 @@ _NOT_NAMES = frozenset("i i'm i’m i've i'd i'll the a an please what how why w
 
 
 @functools.cache
-def _english_words() -> frozenset:
+def english_words() -> frozenset:
     """About 15,000 common English words, from the vocabulary the toxicity filter already
     ships: a capitalized word outside it, beside another, is most likely a name."""
     import joblib
@@ -142,7 +142,7 @@ def name_lexicon() -> tuple[frozenset, frozenset]:
             into = given if attr.startswith("first_name") else family if attr.startswith("last_name") else None
             values = getattr(provider, attr, None) if into is not None else None
             if isinstance(values, (tuple, list, set, frozenset, dict)):
-                into.update(v.lower() for v in values if isinstance(v, str) and _LATIN_NAME.fullmatch(v))
+                into.update(v.lower() for v in values if isinstance(v, str) and LATIN_NAME.fullmatch(v))
     return frozenset(given), frozenset(family)
 
 
@@ -169,14 +169,14 @@ def gazetteer(major: bool = False) -> frozenset:
         names.add(city["name"])
         if city["population"] >= 100_000:
             # Alternative names include words such as "Basic" and "Pool"; those stay out.
-            names.update(a for a in city["alternatenames"] if a[:1].isupper() and a.lower() not in _english_words())
+            names.update(a for a in city["alternatenames"] if a[:1].isupper() and a.lower() not in english_words())
     names |= {c.name for c in pycountry.countries} | {getattr(c, "common_name", c.name) for c in pycountry.countries}
     names |= {s.name for s in pycountry.subdivisions}
-    return frozenset(fold(n) for n in names if _LATIN_NAME.fullmatch(n))
+    return frozenset(fold(n) for n in names if LATIN_NAME.fullmatch(n))
 
 
 # Constants and built-ins that read like surnames in docs: "Return True if ...".
-_PYTHON_WORDS = frozenset(w.lower() for w in keyword.kwlist + dir(builtins) if w.isalpha())
+PYTHON_WORDS = frozenset(w.lower() for w in keyword.kwlist + dir(builtins) if w.isalpha())
 
 
 def _everyday(word: str, names_count: bool = True) -> bool:
@@ -185,13 +185,13 @@ def _everyday(word: str, names_count: bool = True) -> bool:
     from spacy.lang.en.stop_words import STOP_WORDS
 
     low = word.lower()
-    if low in STOP_WORDS or low in _NOT_NAMES or low in _AMBIGUOUS or low in _PYTHON_WORDS:
+    if low in STOP_WORDS or low in _NOT_NAMES or low in _AMBIGUOUS or low in PYTHON_WORDS:
         return True
     if not names_count:
-        return _known(word, _english_words())
+        return _known(word, english_words())
     given, family = name_lexicon()
     # The toxicity filter's vocabulary holds common first names too (daniel, maria).
-    return _known(word, _english_words()) and not (_known(word, given) or _known(word, family))
+    return _known(word, english_words()) and not (_known(word, given) or _known(word, family))
 
 
 def _is_capitalized(word: str) -> bool:
@@ -225,7 +225,7 @@ def name_spans(text: str) -> list[tuple[int, int, str]]:
                 break
             j += 1
         before = text[: run[0].start()]
-        cued = bool(_NAME_CUES.search(before))
+        cued = bool(NAME_CUES.search(before))
         sentence_start = not before.strip() or before.rstrip()[-1] in ".!?:;\n\"'"
         after = text[run[-1].end() :]
         tokens = [w.group() for w in run if w.group().lower() not in _PARTICLES]
@@ -242,7 +242,7 @@ def name_spans(text: str) -> list[tuple[int, int, str]]:
 
 
 
-_STREET_WORD = re.compile(r"\b(?:Street|St\.|Avenue|Ave\.?|Road|Rd\.?|Lane|Boulevard|Blvd\.?|Drive|Court|Square|Terrace|Crescent|Highway|"
+STREET_WORD = re.compile(r"\b(?:Street|St\.|Avenue|Ave\.?|Road|Rd\.?|Lane|Boulevard|Blvd\.?|Drive|Court|Square|Terrace|Crescent|Highway|"
                           r"Parkway|Rue|Avenida|Calle|Carrer|Via|Viale|Piazza|Rua|Praça|Jalan|Plaza|Paseo|Chaussée)\b|"
                           r"\w(?:straße|strasse|str\.|weg|gasse|allee|platz|laan|straat|gracht|vej|gatan|gata|veien)\b", re.IGNORECASE)
 _CAP = r"[A-ZÀ-ÖØ-Þ][\wÀ-ÿ'’.-]*"
@@ -253,7 +253,7 @@ _ADDRESS = re.compile(
     rf"|\b(?:\d{{1,5}},?\s+)?(?:Rue|Avenue|Avenida|Calle|Carrer|Via|Viale|Piazza|Rua|Praça|Jalan|Plaza|Paseo|Chaussée)(?:\s+(?:de|la|del|da|di|du|des|do|dos|das|della)){{0,2}}\s+{_CAP}(?:\s+{_CAP}){{0,2}}(?:,?\s+\d{{1,5}}\b)?"
     rf"|\b{_CAP}(?:straße|strasse|str\.|weg|gasse|allee|platz|laan|straat|gracht|vej|gatan|gata|veien)\s+\d{{1,4}}[a-z]?\b)"
     rf"(?:,?\s+(?:[A-Z]{{1,2}}\d[\dA-Z]?\s*\d[A-Z]{{2}}|\d{{4,6}}|[A-Z]{{2,3}}(?=[\s,.]|$)|{_CAP}(?:[ -]{_CAP})?)){{0,4}}")
-_PLACE_CUES = re.compile(r"\b(?:in|from|at|to|near|of|around|outside|visiting|based|moved|moving|relocating|office|branch|live|lives|living)\s+(?:the\s+)?$",
+PLACE_CUES = re.compile(r"\b(?:in|from|at|to|near|of|around|outside|visiting|based|moved|moving|relocating|office|branch|live|lives|living)\s+(?:the\s+)?$",
                          re.IGNORECASE)
 
 
@@ -278,8 +278,8 @@ def place_spans(text: str, allow: frozenset = frozenset()) -> list[tuple[int, in
                 continue
             before = text[: run[0].start()].rstrip()
             sentence_start = not before or before[-1] in ".!?:;\n\"'"
-            if n == 1 and _everyday(name, names_count=False) and not _PLACE_CUES.search(text[: run[0].start()]) and (
-                    sentence_start or fold(name) not in gazetteer(major=True) or name.lower() in _PYTHON_WORDS):
+            if n == 1 and _everyday(name, names_count=False) and not PLACE_CUES.search(text[: run[0].start()]) and (
+                    sentence_start or fold(name) not in gazetteer(major=True) or name.lower() in PYTHON_WORDS):
                 continue
             spans.append((run[0].start(), run[-1].end(), "PLACE"))
             i += n - 1
@@ -288,7 +288,7 @@ def place_spans(text: str, allow: frozenset = frozenset()) -> list[tuple[int, in
     return spans
 
 
-def _rules(text: str) -> dict:
+def rule_spans(text: str) -> dict:
     return {"name": [s[:2] for s in name_spans(text)], "place": [s[:2] for s in place_spans(text)]}
 
 
@@ -311,7 +311,7 @@ def span_recognizer(classifier):
             peoples = {(e.start_char, e.end_char) for e in doc.ents if e.label_ in ("NORP", "LANGUAGE")}
             return [RecognizerResult(presidio_kind[kind], start, end, 0.85,
                                      AnalysisExplanation(self.name, p, textual_explanation=classifier.version))
-                    for start, end, kind, p in classifier.spans(text, doc, _rules(text), extra)
+                    for start, end, kind, p in classifier.spans(text, doc, rule_spans(text), extra)
                     if presidio_kind[kind] in entities and (start, end) not in peoples]
 
     return SpanClassifierRecognizer(supported_entities=list(presidio_kind.values()), name="SpanClassifierRecognizer")
