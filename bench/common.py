@@ -1,7 +1,9 @@
 """Shared by the benchmarks: the default corpus chunked as the pipeline chunks it."""
 
+import platform
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from driftloop.data.pydocs import python_docs
 from driftloop.data.qa import derive_qa_pairs
@@ -25,9 +27,16 @@ def eval_questions(docs, limit: int = 300):
     return [p.to_row() for p in pairs if p.split == "eval"][:limit]
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def machine() -> str:
     simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
-    return f"{physical_cores()} cores, {' '.join(simd) or 'no AVX2'}, fast bf16: {cpu_has_fast_bf16()}"
+    return f"{cpu_model()}, {physical_cores()} cores, {' '.join(simd) or 'no AVX2'}, fast bf16: {cpu_has_fast_bf16()}"
 
 
 @contextmanager
