@@ -7,10 +7,12 @@ STAMP := $(VENV)/.driftloop-installed
 TORCH := torch==2.13.0
 export DRIFTLOOP_HOME ?= $(CURDIR)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# `dg` compares the active venv with the project's and warns on every command when none is active.
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install demo drift-demo pipeline serve rollback test closed-loop test-fast test-avx2 reliability ui lock clean corpora corpora-assemble injection-classifier pii-classifier guardrail-figures
+.PHONY: install check demo drift-demo pipeline serve rollback test closed-loop test-fast test-avx2 reliability ui lock clean corpora corpora-assemble injection-classifier pii-classifier guardrail-figures
 
 install: $(STAMP)
 
@@ -30,7 +32,7 @@ $(DAGSTER_HOME)/dagster.yaml: orchestration/dagster.yaml
 	cp orchestration/dagster.yaml $@
 
 pipeline: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster job execute -m orchestration.definitions -j driftloop_pipeline
+	$(BIN)/dg launch --job driftloop_pipeline
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m cli.demo
@@ -47,11 +49,15 @@ rollback: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/driftloop rollback $(if $(TO),--to $(TO),)
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dg dev -h 127.0.0.1 -p 3000
+
+# Every definition loads and every component YAML validates, as Dagster's own CI check does.
+check: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dg check defs
 
 # The Postgres instance test starts its own server from Debian's postgresql, installed
 # here when missing (it skips, with the reason, where that is not possible).
-test: install
+test: check
 	DRIFTLOOP_PG_BIN=$${DRIFTLOOP_PG_BIN:-$$(.ci/postgres-bin || true)} $(BIN)/python -m pytest -q --durations=25 -m "not scenario"
 
 # The closed loop end to end (tests/test_closed_loop.py, `make drift-demo` reduced): about

@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cli import commands  # noqa: E402
+
 
 def ask(port: int, question: str, max_new_tokens: int) -> tuple[int, float]:
     body = json.dumps({"question": question, "max_new_tokens": max_new_tokens}).encode()
@@ -62,11 +64,7 @@ def phase(port: int, questions: list[str], clients: int, max_new_tokens: int) ->
 
 
 def materialize(select: str, config: dict | None = None, partition: str | None = None) -> None:
-    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "orchestration.definitions", "--select", select]
-    if config:
-        command += ["--config-json", json.dumps(config)]
-    if partition:
-        command += ["--partition", partition]
+    command = commands.launch(assets=select, config_json=config or None, partition=partition)
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bench/shadow: materializing {select} failed:\n{(done.stdout + done.stderr)[-4000:]}")

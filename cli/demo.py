@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cli import commands
+
 
 
 def project_root() -> Path:
@@ -24,10 +26,6 @@ def project_root() -> Path:
     if not (root / "workspace.yaml").is_file():
         raise SystemExit(f"{root} has no workspace.yaml: run the demo from the project root (`make demo`)")
     return root
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
 
 
 class Group:
@@ -104,12 +102,12 @@ def main() -> int:
     home = Path(os.environ["DAGSTER_HOME"])
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    ui = Group([_bin("dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)], home / "dagster-dev.log")
+    ui = Group(commands.ui(args.port), home / "dagster-dev.log")
     try:
         # The UI starts first: it creates the instance's SQLite schema before the job writes to it.
         wait_http(f"http://127.0.0.1:{args.port}/server_info", ui, timeout=180)
         print(f"Dagster UI: http://127.0.0.1:{args.port}  (log: {ui.log})", flush=True)
-        run = subprocess.run([_bin("dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", args.job])
+        run = subprocess.run(commands.launch(job=args.job))
         if run.returncode == 0 and args.job == "driftloop_pipeline" and not _latest_report_has_champion():
             print("First champion promoted; retraining once more so the report compares base, champion and challenger.", flush=True)
             # The retrain job (data refresh, training, evaluation, gate, redeploy), as the drift
@@ -117,8 +115,7 @@ def main() -> int:
             # of the version that now serves and the monitoring checks.
             retrain_config = home / "demo-retrain.yaml"
             retrain_config.write_text(RETRAIN, encoding="utf-8")
-            run = subprocess.run([_bin("dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "retrain_and_redeploy",
-                                  "-c", str(retrain_config)])
+            run = subprocess.run(commands.launch(job="retrain_and_redeploy", config=retrain_config))
         if run.returncode == 0:
             print(f"Champion served: http://127.0.0.1:{serve_port}/answer and the OpenAI API at http://127.0.0.1:{serve_port}/v1", flush=True)
             print(f"Lineage materialized: http://127.0.0.1:{args.port}/asset-groups   Ctrl-C stops everything.", flush=True)

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 
+from cli import commands
 from driftloop.layout import Layout
 
 NEW_TOPIC = Path("deploy") / "demo" / "new_topic"
@@ -182,16 +183,14 @@ def main() -> int:
     defs = load_defs()
     pipeline_config.write_text(json.dumps(config_for_job(config, defs.get_repository_def().get_job("driftloop_pipeline"))), encoding="utf-8")
     timeline = Timeline()
-    bin_dir = Path(sys.executable).parent
-    ui = Group([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.ui_port)], home / "dagster-dev.log")
+    ui = Group(commands.ui(args.ui_port), home / "dagster-dev.log")
     try:
         wait_http(f"http://127.0.0.1:{args.ui_port}/server_info", ui, timeout=240)
         timeline.add(f"Dagster UI and daemon up: http://127.0.0.1:{args.ui_port} (sensors on)")
         instance = dg.DagsterInstance.get()
         if ModelRegistry().registry().champion() is None:
             timeline.add("no champion yet: running the main job once")
-            run = subprocess.run([str(bin_dir / "dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "driftloop_pipeline",
-                                  "-c", str(pipeline_config)])
+            run = subprocess.run(commands.launch(job="driftloop_pipeline", config=pipeline_config))
             if run.returncode != 0 or ModelRegistry().registry().champion() is None:
                 raise SystemExit("drift-demo: the main job did not produce a served champion; see the UI")
         else:

@@ -3,12 +3,11 @@ exists), deploy it on the stable port through the supervisor, and stay in the
 foreground until Ctrl-C, which stops the service."""
 
 import argparse
-import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from cli import commands
 from driftloop.serving.supervisor.client import SupervisorClient
 
 
@@ -21,9 +20,8 @@ def default_port() -> int:
 def deploy_champion(port: int) -> int:
     """Build the registry's champion into a bento (a no-op when it exists) and deploy it on
     `port`, through Dagster, so both are recorded in the lineage like any other run."""
-    config = json.dumps({"resources": {"deployer": {"config": {"port": port}}}})
-    return subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
-                           "--select", "serving/bento,serving/deployment", "--config-json", config]).returncode
+    config = {"resources": {"deployer": {"config": {"port": port}}}}
+    return subprocess.run(commands.launch(assets="serving/bento,serving/deployment", config_json=config)).returncode
 
 
 def main() -> int:

@@ -90,7 +90,7 @@ class Dagster:
         from reliability.daemon_defs import defs
 
         config = {"ops": {"monitoring__drift_report": {"config": {"window_start": window, "drifted": drifted}}}}
-        assert defs().get_job_def("write_drift_report").execute_in_process(run_config=config, instance=self.instance).success
+        assert defs().resolve_job_def("write_drift_report").execute_in_process(run_config=config, instance=self.instance).success
 
     def sensor_state(self):
         return next((s for s in self.instance.all_instigator_state() if s.name == "drift_retrain"), None)

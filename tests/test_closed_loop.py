@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli import commands
 from conftest import write_corpus
 from serving_helpers import free_port_pair
 
@@ -106,8 +107,7 @@ def _broken_copy_fails_the_same_gate(home: Path, env: dict, champion: str) -> No
     config = json.loads((home / "retrain.yaml").read_text())["ops"]["evaluation__eval_report"]["config"]
     run_config = {"ops": {"evaluation__eval_report": {"config": {**config, "challenger_version": broken}}}}
     evaluated = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
-         "--select", "evaluation/eval_report,evaluation/champion", "--config-json", json.dumps(run_config)],
+        commands.launch(assets="evaluation/eval_report,evaluation/champion", config_json=run_config),
         cwd=ROOT, env={**env, "DRIFTLOOP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")},
         capture_output=True, text=True, timeout=600)
     assert evaluated.returncode != 0, evaluated.stdout[-3000:]

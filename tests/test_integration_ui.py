@@ -10,17 +10,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from cli import commands
 from driftloop.serving.supervisor.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -45,7 +44,7 @@ def instance_env(tmp_path):
 def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path):
     port, serve_port = free_port(), free_port()
     ui = subprocess.Popen(
-        [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        commands.ui(port),
         cwd=ROOT, env=instance_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
@@ -69,7 +68,7 @@ def test_demo_brings_up_ui_with_the_lineage_materialized(instance_env, tmp_path)
             f"resources:\n  deployer:\n    config:\n      port: {serve_port}\n"
         )
         run = subprocess.run(
-            [str(BIN / "dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "driftloop_pipeline", "-c", str(run_config)],
+            commands.launch(job="driftloop_pipeline", config=run_config),
             cwd=ROOT, env=instance_env, capture_output=True, text=True, timeout=1080,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

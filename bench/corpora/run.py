@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli import commands
 from driftloop.evaluation.gate import DEFAULT_MIN_QUESTIONS
 
 HERE = Path(__file__).resolve().parent
@@ -64,8 +65,7 @@ def pipeline(shape: str, source: Path, home: Path, args: argparse.Namespace, por
     started = time.monotonic()
     with (home / "pipeline.log").open("wb") as log:
         try:
-            code = subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m", "orchestration.definitions",
-                                   "-j", "driftloop_pipeline", "-c", str(config)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            code = subprocess.run(commands.launch(job="driftloop_pipeline", config=config), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                   timeout=args.timeout).returncode
         except subprocess.TimeoutExpired:
             code = -1
