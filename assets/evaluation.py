@@ -110,7 +110,7 @@ def launched_by(tags: dict) -> str | None:
     if "dagster/user" in tags:
         return tags["dagster/user"]
     # Automation runs also carry the name of the sensor that evaluates the conditions.
-    if tags.get("dagster/from_automation_condition") or tags.get("dagster/auto_materialize"):
+    if tags.get("dagster/from_automation_condition"):
         return "automation"
     for tag, kind in (("dagster/sensor_name", "sensor"), ("dagster/schedule_name", "schedule"), ("dagster/backfill", "backfill")):
         if tag in tags:

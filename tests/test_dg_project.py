@@ -77,3 +77,21 @@ def test_loading_the_definitions_raises_no_deprecation_or_supersession_warning(d
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith("WARNINGS "))
     warnings = [w for w in json.loads(line[len("WARNINGS "):]) if "site-packages" not in w.split(": ")[0] or "/dagster" in w]
     assert not warnings, "\n".join(warnings)
+
+
+def test_freshness_and_automation_use_the_current_apis_and_the_instance_evaluates_freshness(dg_env, monkeypatch):
+    import dagster as dg
+
+    from orchestration.definitions import defs as load_defs
+
+    graph = load_defs().resolve_asset_graph()
+    nodes = {key.to_user_string(): graph.get(key) for key in graph.get_all_asset_keys()}
+    assert not [k for k, n in nodes.items() if n.legacy_freshness_policy is not None]
+    # Dagster derives an auto-materialize policy from an automation condition; one set on its own is the legacy API.
+    assert not [k for k, n in nodes.items() if n.auto_materialize_policy is not None and n.automation_condition is None]
+    fresh = {k for k, n in nodes.items() if isinstance(n.freshness_policy, dg.FreshnessPolicy)}
+    assert {"monitoring/inference_log", "monitoring/drift_report", "training/lora_adapter"} <= fresh
+    assert isinstance(nodes["evaluation/champion"].automation_condition, dg.AutomationCondition)
+    monkeypatch.setenv("DAGSTER_HOME", dg_env["DAGSTER_HOME"])
+    with dg.DagsterInstance.get() as instance:
+        assert instance.freshness_enabled and "FRESHNESS_DAEMON" in instance.get_required_daemon_types()
