@@ -36,37 +36,64 @@ DAILY = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_win
 
 
 @dg.asset(key=INFERENCE_LOG, partitions_def=daily, group_name="monitoring", kinds={"json"}, owners=OWNERS, code_version="1",
-          tags={"stage": "monitoring"}, freshness_policy=DAILY)
+          tags={"stage": "monitoring"}, freshness_policy=DAILY,
+          # A backfill of a month (late feedback joined in, or the log rebuilt after a redaction
+          # fix) is one run that reads each day once, not thirty runs of process start-up;
+          # `dg launch --assets monitoring/inference_log --partition-range A...B` needs it.
+          backfill_policy=dg.BackfillPolicy.single_run())
 def inference_log(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """One day of served requests (PII already redacted by the service) with their feedback
-    joined in; corrupt lines are counted and skipped; shadow answers compared with the
-    answers that were served."""
+    """Each day of served requests (PII already redacted by the service) with their
+    feedback joined in; corrupt lines are counted and skipped; shadow answers compared with
+    the answers that were served. A run may cover a range of days (a backfill): each day's
+    file is written, and the metadata covers the range with one row per day."""
     from driftloop.monitoring.traffic import join_feedback, read_day, served
     from driftloop.serving.shadow import compare_shadow
 
-    day = context.partition_key
-    requests, feedback = read_day(log_root(), "requests", day), read_day(log_root(), "feedback", day)
-    rows = join_feedback(served(requests.rows), feedback.rows)
-    if requests.corrupt or feedback.corrupt:
-        context.log.warning(f"{day}: skipped {requests.corrupt} corrupt request lines and {feedback.corrupt} corrupt feedback lines")
-    write_bytes(Layout.from_env().inference_log / f"date={day}.jsonl",
-                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    out, days, all_rows, all_requests, corrupt = Layout.from_env().inference_log, [], [], [], 0
+    for day in context.partition_keys:
+        requests, feedback = read_day(log_root(), "requests", day), read_day(log_root(), "feedback", day)
+        rows = join_feedback(served(requests.rows), feedback.rows)
+        if requests.corrupt or feedback.corrupt:
+            context.log.warning(f"{day}: skipped {requests.corrupt} corrupt request lines and {feedback.corrupt} corrupt feedback lines")
+        write_bytes(out / f"date={day}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        corrupt += requests.corrupt + feedback.corrupt
+        all_rows += rows
+        all_requests += requests.rows
+        days.append({"day": day, **_day_figures(rows), "corrupt_lines": requests.corrupt + feedback.corrupt})
+    metadata = {**_traffic_metadata(all_rows), "corrupt_lines": dg.MetadataValue.int(corrupt),
+                "shadow": json_meta(compare_shadow(all_requests))}
+    if len(days) > 1:
+        metadata["days"] = dg.MetadataValue.md(_days_table(days))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _day_figures(rows: list[dict]) -> dict:
+    return {"requests": len(rows), "errors": sum(int(r.get("status") or 0) >= 500 for r in rows),
+            "feedback": sum(r.get("rating") is not None for r in rows)}
+
+
+def _traffic_metadata(rows: list[dict]) -> dict:
     latencies = sorted(r["latency_s"] for r in rows if r.get("status") == 200 and r.get("latency_s") is not None)
     rated = [r["rating"] for r in rows if r.get("rating") is not None]
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": dg.MetadataValue.int(len(rows)),
-        "corrupt_lines": dg.MetadataValue.int(requests.corrupt + feedback.corrupt),
-        "errors": dg.MetadataValue.int(sum(int(r.get("status") or 0) >= 500 for r in rows)),
+    figures = _day_figures(rows)
+    return {
+        "dagster/row_count": dg.MetadataValue.int(figures["requests"]),
+        "errors": dg.MetadataValue.int(figures["errors"]),
         "blocked": dg.MetadataValue.int(sum(bool(r.get("guardrail")) for r in rows)),
-        "feedback": dg.MetadataValue.int(len(rated)),
+        "feedback": dg.MetadataValue.int(figures["feedback"]),
         "corrections": dg.MetadataValue.int(sum(bool(r.get("correction")) for r in rows)),
         "mean_rating": dg.MetadataValue.float(round(float(np.mean(rated)), 3) if rated else float("nan")),
         "p50_latency_s": dg.MetadataValue.float(latencies[len(latencies) // 2] if latencies else float("nan")),
         "p95_latency_s": dg.MetadataValue.float(latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")),
         "cost": dg.MetadataValue.float(round(float(sum(r.get("cost") or 0.0 for r in rows)), 6)),
         "model_versions": json_meta(sorted({r.get("model_version") for r in rows if r.get("model_version")})),
-        "shadow": json_meta(compare_shadow(requests.rows)),
-    })
+    }
+
+
+def _days_table(days: list[dict]) -> str:
+    lines = ["| day | requests | errors | feedback | corrupt lines |", "|---|---|---|---|---|"]
+    lines += [f"| {d['day']} | {d['requests']} | {d['errors']} | {d['feedback']} | {d['corrupt_lines']} |" for d in days]
+    return "\n".join(lines)
 
 
 class DriftCheckConfig(dg.Config):
