@@ -1,6 +1,6 @@
 """`driftloop` command line: dataset versions recorded by Dagster and restored by DVC;
 the champion adapter, its promotion history, and rollback (`driftloop rollback` moves the
-champion back and redeploys it in one step)."""
+champion back and redeploys it in one step); backfills through the running daemon."""
 
 import argparse
 import sys
@@ -118,7 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     undo.add_argument("--to", default=None, help="version to restore; default: the champion before the current one")
     undo.add_argument("--reason", default="")
     undo.add_argument("--port", type=int, default=None, help="the stable serving port (default: DRIFTLOOP_SERVE_PORT or 3001)")
+    backfill = sub.add_parser("backfill", help="a range of an asset's partitions, run by the daemon and listed on the UI's backfills page")
+    backfill.add_argument("asset", help="asset key, e.g. monitoring/inference_log")
+    backfill.add_argument("--from", dest="start", required=True, help="first partition key, e.g. 2026-03-01")
+    backfill.add_argument("--to", dest="end", required=True, help="last partition key (included)")
+    backfill.add_argument("--url", default=None, help="the Dagster webserver (default: http://127.0.0.1:DRIFTLOOP_UI_PORT)")
+    backfill.add_argument("--wait", type=float, default=None, metavar="SECONDS", help="wait for the backfill to finish; exit 1 if it failed")
     args = parser.parse_args(argv)
+    if args.command == "backfill":
+        from cli.backfill import run
+        from driftloop.settings import Settings
+
+        return run(args.url or f"http://127.0.0.1:{Settings.from_env().ui_port}", args.asset, args.start, args.end, args.wait)
     if args.command == "rollback":
         from cli.serve import default_port
 

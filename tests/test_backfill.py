@@ -1,11 +1,16 @@
-"""A backfill from the command line, as an ML engineer runs one: the request log of a range
-of past days rebuilt by `dg launch --partition-range` in one run (the asset's single-run
-backfill policy), each day's partition materialized and its file written."""
+"""Backfills from the command line, as an ML engineer runs them: the request log of a range
+of past days rebuilt in one run (the asset's single-run backfill policy), each day's
+partition materialized and its file written; by `dg launch --partition-range` in process,
+and by `driftloop backfill` through the running daemon, listed on the UI's backfills page."""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,3 +69,44 @@ def test_a_range_outside_the_partitions_is_refused_with_the_key_named(project):
     assert done.returncode != 0
     assert "2025-12-30" in done.stdout + done.stderr
     assert not (project["home"] / "artifacts" / "monitoring" / "inference_log").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_driftloop_backfill_is_run_by_the_daemon_and_listed_on_the_backfills_page(project):
+    from cli.backfill import graphql
+    from driftloop.serving.supervisor.processes import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ui = subprocess.Popen(commands.ui(port), cwd=ROOT, env=project["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/server_info", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and ui.poll() is None, "dg dev did not come up"
+                time.sleep(1)
+        refused = subprocess.run([sys.executable, "-m", "cli.main", "backfill", INFERENCE_LOG.to_user_string(), "--from", "2025-12-30",
+                                  "--to", "2026-01-02", "--url", url], cwd=ROOT, env=project["env"], capture_output=True, text=True)
+        assert refused.returncode == 2 and "2025-12-30" in refused.stdout, refused.stdout + refused.stderr
+        done = subprocess.run([sys.executable, "-m", "cli.main", "backfill", INFERENCE_LOG.to_user_string(), "--from", min(DAYS),
+                               "--to", max(DAYS), "--url", url, "--wait", "600"], cwd=ROOT, env=project["env"],
+                              capture_output=True, text=True, timeout=700)
+        assert done.returncode == 0, done.stdout + done.stderr
+        listed = graphql(url, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status numPartitions "
+                              "title runs(limit: 10) { runId } } } } }", {})["partitionBackfillsOrError"]["results"]
+        (backfill,) = listed
+        assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS") and backfill["numPartitions"] == len(DAYS)
+        assert backfill["id"] in done.stdout and len(backfill["runs"]) == 1  # the single-run backfill policy
+        for day, n in DAYS.items():
+            assert len((project["home"] / "artifacts" / "monitoring" / "inference_log" / f"date={day}.jsonl").read_text().splitlines()) == n
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
