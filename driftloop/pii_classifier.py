@@ -269,6 +269,29 @@ def describe(text: str, doc, rules: dict, extra: list[tuple[int, int]]) -> tuple
     return [(toks[i][0], toks[j - 1][1]) for i, j in ranges], [features(text, toks, r, context) for r in ranges]
 
 
+def analyse(text: str, doc) -> tuple[list[tuple[int, int]], list[list[str]], set[tuple[int, int]]]:
+    """A message's candidates and features from its spaCy analysis, and the spans that are
+    never a person or place: the one description training and the recognizer share."""
+    from driftloop.redaction import rule_spans
+
+    extra = [(e.start_char, e.end_char) for e in doc.ents if e.label_ in ("PERSON", "GPE", "LOC", "FAC")]
+    # A word spaCy reads as a nationality or language ("Answer in French.") is kept even
+    # where the classifier would take it for a family name.
+    peoples = {(e.start_char, e.end_char) for e in doc.ents if e.label_ in ("NORP", "LANGUAGE")}
+    ranges, rows = describe(text, doc, rule_spans(text), extra)
+    return ranges, rows, peoples
+
+
+def pick(ranges: list[tuple[int, int]], probs: np.ndarray, threshold: dict, vetoed: set) -> list[tuple[int, int, str, float]]:
+    """The candidates whose most likely kind clears that kind's threshold."""
+    picked = []
+    for (start, end), p in zip(ranges, probs, strict=True):
+        kind = 1 + int(np.argmax(p[1:]))
+        if p[kind] >= threshold[KINDS[kind]] and (start, end) not in vetoed:
+            picked.append((start, end, KINDS[kind], float(p[kind])))
+    return picked
+
+
 def design(rows: list[list[str]], vectors: np.ndarray, scale: tuple[np.ndarray, np.ndarray]):
     """The classifier's input: hashed string features beside the standardized encoder vectors."""
     from scipy import sparse
@@ -315,12 +338,7 @@ class SpanClassifier:
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
 
-    def spans(self, text: str, doc, rules: dict, extra: list[tuple[int, int]]) -> list[tuple[int, int, str, float]]:
-        ranges, rows = describe(text, doc, rules, extra)
+    def spans(self, text: str, doc) -> list[tuple[int, int, str, float]]:
+        ranges, rows, vetoed = analyse(text, doc)
         probs = self.scores(rows, dense(self.vectors([text])[0], ranges) if ranges else np.zeros((0, 0)))
-        picked = []
-        for (start, end), p in zip(ranges, probs, strict=True):
-            kind = 1 + int(np.argmax(p[1:]))
-            if p[kind] >= self.threshold[KINDS[kind]]:
-                picked.append((start, end, KINDS[kind], float(p[kind])))
-        return picked
+        return pick(ranges, probs, self.threshold, vetoed)

