@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +65,32 @@ def make_bundle(root: Path, tiny_llama: str, tiny_embedding_model: str, extra_te
     return build_bundle(root / "bundles", base_model=base, adapter=champion.path, adapter_version=champion.version, index_folder=index_folder,
                         embedding_model=tiny_embedding_model, prompt_version="rag.v1", settings=settings,
                         shadow_adapter=second.path if second else None, shadow_version=second.version if second else None)
+
+
+@contextlib.contextmanager
+def dagster_ui(env: dict, cwd: Path, timeout_s: float = 180):
+    """`dg dev` (webserver and daemon) on a free loopback port, yielding the port once the
+    webserver answers; the whole process group is stopped after."""
+    from cli import commands
+
+    port = free_port()
+    ui = subprocess.Popen(commands.ui(port), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and ui.poll() is None, "dg dev did not come up"
+                time.sleep(1)
+        yield port
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
 
 
 def free_port_pair() -> int:

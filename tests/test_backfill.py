@@ -6,11 +6,8 @@ and by `driftloop backfill` through the running daemon, listed on the UI's backf
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pytest
 from assets.keys import INFERENCE_LOG
 from cli import commands
 from driftloop.serving.requestlog import RequestLog
+from serving_helpers import dagster_ui
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = {"2026-03-01": 2, "2026-03-02": 3, "2026-03-03": 4}
@@ -75,21 +73,9 @@ def test_a_range_outside_the_partitions_is_refused_with_the_key_named(project):
 @pytest.mark.timeout(900)
 def test_driftloop_backfill_is_run_by_the_daemon_and_listed_on_the_backfills_page(project):
     from cli.backfill import graphql
-    from driftloop.serving.supervisor.processes import free_port
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    ui = subprocess.Popen(commands.ui(port), cwd=ROOT, env=project["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/server_info", timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and ui.poll() is None, "dg dev did not come up"
-                time.sleep(1)
+    with dagster_ui(project["env"], ROOT) as port:
+        url = f"http://127.0.0.1:{port}"
         refused = subprocess.run([sys.executable, "-m", "cli.main", "backfill", INFERENCE_LOG.to_user_string(), "--from", "2025-12-30",
                                   "--to", "2026-01-02", "--url", url], cwd=ROOT, env=project["env"], capture_output=True, text=True)
         assert refused.returncode == 2 and "2025-12-30" in refused.stdout, refused.stdout + refused.stderr
@@ -104,9 +90,3 @@ def test_driftloop_backfill_is_run_by_the_daemon_and_listed_on_the_backfills_pag
         assert backfill["id"] in done.stdout and len(backfill["runs"]) == 1  # the single-run backfill policy
         for day, n in DAYS.items():
             assert len((project["home"] / "artifacts" / "monitoring" / "inference_log" / f"date={day}.jsonl").read_text().splitlines()) == n
-    finally:
-        os.killpg(ui.pid, signal.SIGINT)
-        try:
-            ui.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
