@@ -62,3 +62,16 @@ def test_models_openvino_cannot_pool_fall_back_or_refuse(tiny_embedding_model, t
     assert Embedder(str(tmp_path / "cls"), "cpu", "auto").precision in {"fp32", "bf16"}
     with pytest.raises(ValueError, match="mean-pooled"):
         Embedder(str(tmp_path / "cls"), "cpu", "openvino")
+
+
+def test_openvino_encodes_from_many_threads_as_from_one(tiny_embedding_model):
+    """The service embeds queries from several threads at once; one shared OpenVINO request
+    answered "Infer Request is busy" (HTTP 500s under load)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fast = Embedder(tiny_embedding_model, "cpu", "openvino")
+    alone = [fast.encode([text, TEXTS[0]]) for text in TEXTS * 4]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda text: fast.encode([text, TEXTS[0]]), TEXTS * 4))
+    for a, b in zip(alone, together, strict=True):
+        assert np.allclose(a, b, atol=1e-6)

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -62,7 +63,9 @@ class OpenVINOEncoder:
             self._convert(st_model, xml)
         core = ov.Core()
         self.compiled = core.compile_model(core.read_model(str(xml)), "CPU")
-        self.request = self.compiled.create_infer_request()
+        # An InferRequest serves one inference at a time ("Infer Request is busy"), and the
+        # service encodes from several threads: each thread gets its own request.
+        self._local = threading.local()
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def _convert(self, st_model, xml: Path) -> None:
@@ -106,7 +109,10 @@ class OpenVINOEncoder:
         """Unit-norm float32 vectors for one batch."""
         features = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="np")
         inputs = {name: features[name].astype(np.int64) for name in self.input_names}
-        hidden = self.request.infer(inputs)[self.compiled.output(0)].astype(np.float32)
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        hidden = request.infer(inputs)[self.compiled.output(0)].astype(np.float32)
         mask = inputs["attention_mask"][:, :, None].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)

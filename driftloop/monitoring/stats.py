@@ -92,7 +92,7 @@ def _pair(ref, cur, name, method, threshold, min_samples):
     return ref, cur, dr + dc, None
 
 
-def _subsample(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def subsample(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     if len(x) <= k:
         return x
     return x[np.sort(rng.choice(len(x), size=k, replace=False))]
@@ -158,7 +158,7 @@ def mmd_test(
     if short:
         return short
     rng = np.random.default_rng(seed)
-    xs, ys = _subsample(ref, max_samples, rng), _subsample(cur, max_samples, rng)
+    xs, ys = subsample(ref, max_samples, rng), subsample(cur, max_samples, rng)
     k, sigma = rbf_kernel_matrix(np.vstack([xs, ys]), rng)
     values = mmd2_permutations(k, len(xs), permutations, rng)
     observed = float(values[0])
@@ -207,7 +207,7 @@ def classifier_test(
         return short
     rng = np.random.default_rng(seed)
     per_side = min(len(ref), len(cur), max_samples)
-    xs, ys = _subsample(ref, per_side, rng), _subsample(cur, per_side, rng)
+    xs, ys = subsample(ref, per_side, rng), subsample(cur, per_side, rng)
     x = np.vstack([xs, ys])
     y = np.r_[np.zeros(per_side), np.ones(per_side)]
     aucs, zs = [], []
