@@ -1,6 +1,9 @@
 """Shared by the benchmarks: the default corpus chunked as the pipeline chunks it."""
 
+import json
+import os
 import platform
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,3 +47,33 @@ def timer(out: dict, key: str):
     start = time.perf_counter()
     yield
     out[key] = time.perf_counter() - start
+
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+
+
+class EmbedPeer:
+    """bench/peers/embed_peer.py in the peer venv, one JSON command and reply a line."""
+
+    def __init__(self, python: str, model: str, texts: Path, cache: Path, log: Path) -> None:
+        # A private HOME: OpenVINO's telemetry opt-out file is written there, not in the user's.
+        env = {**os.environ, **OFFLINE, "HOME": str(cache / "home")}
+        (cache / "home").mkdir(parents=True, exist_ok=True)
+        self.log = log
+        script = Path(__file__).resolve().parent / "peers" / "embed_peer.py"
+        self.proc = subprocess.Popen([python, str(script), "--model", model, "--texts", str(texts), "--cache", str(cache)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env)
+
+    def ask(self, **command) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peer process died on {command}; its log:\n{self.log.read_text()[-4000:]}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)

@@ -25,9 +25,7 @@ fastest peer setting whose recall@10 is within 1 point of plain fp32 ST.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import corpus_chunks, eval_questions, machine  # noqa: E402
+from common import EmbedPeer, corpus_chunks, eval_questions, machine  # noqa: E402
 
 from driftloop.models.embedding import load_embedder, resolve_embedding_model  # noqa: E402
 from driftloop.retrieval.chunking import embed_text  # noqa: E402
@@ -45,34 +43,6 @@ from driftloop.retrieval.quality import relevant_sets, retrieval_metrics  # noqa
 
 PEERS = ("st-fp32", "st-bf16", "onnx-fp32", "onnx-o3", "onnx-int8", "openvino-fp32", "openvino-default", "openvino-int8")
 REFERENCE = "st-fp32"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
-
-
-class Peer:
-    """bench/peers/embed_peer.py in the peer venv, one JSON command and reply a line."""
-
-    def __init__(self, python: str, model: str, texts: Path, cache: Path, log: Path) -> None:
-        # A private HOME: OpenVINO's telemetry opt-out file is written there, not in the user's.
-        env = {**os.environ, **OFFLINE, "HOME": str(cache / "home")}
-        (cache / "home").mkdir(parents=True, exist_ok=True)
-        self.log = log
-        script = Path(__file__).resolve().parent / "peers" / "embed_peer.py"
-        self.proc = subprocess.Popen([python, str(script), "--model", model, "--texts", str(texts), "--cache", str(cache)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env)
-
-    def ask(self, **command) -> dict:
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"peer process died on {command}; its log:\n{self.log.read_text()[-4000:]}")
-        return json.loads(line)
-
-    def close(self) -> None:
-        self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
 
 
 def recall_at_10(vectors: np.ndarray, queries: np.ndarray, relevant) -> float:
@@ -118,7 +88,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     (work / "texts.json").write_text(json.dumps({"chunks": texts, "queries": queries, "sweep": sweep}))
     cache = Path(args.cache).resolve()
-    peer = Peer(args.peer_python, path, work / "texts.json", cache, work / "peer.log")
+    peer = EmbedPeer(args.peer_python, path, work / "texts.json", cache, work / "peer.log")
     for setting in peers:
         reply = peer.ask(cmd="load", setting=setting)
         print(f"  loaded {setting} in {reply['load_s']:.1f} s: {reply['info']}")

@@ -17,7 +17,8 @@ class ModelCatalog(dg.ConfigurableResource):
 
     embedding_model: str = Field(default="all-MiniLM-L6-v2", description="Packaged name, a sentence-transformers directory, or a model id.")
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    embedding_precision: str = Field(default="auto", description="auto (bf16 on AMX/AVX512-BF16 CPUs, fp16 on CUDA, else fp32), fp32, bf16, fp16")
+    embedding_precision: str = Field(default="auto", description="auto (on a CPU OpenVINO, bf16 inference on AMX/AVX512-BF16 CPUs and fp32 elsewhere; fp16 on CUDA), "
+                                     "openvino, fp32, bf16, fp16 (torch)")
     embedding_batch_size: int = Field(default=16, gt=0)
     generator_precision: str = Field(default="auto", description="auto (bf16 on a GPU or on AMX/AVX512-BF16 CPUs, else fp32), fp32, bf16, fp16; "
                                      "evaluation and serving use the same, so the gate judges what serves")
