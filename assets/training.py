@@ -38,7 +38,7 @@ class LoraAdapterConfig(dg.Config):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = Field(default=8, ge=1)
     lean_activations: bool = Field(default=True, description="Recompute RMSNorm/SwiGLU intermediates in backward: less memory, same gradients.")
-    micro_batch_tokens: int = Field(default=0, ge=0, description="Split each batch into forward passes of at most this many tokens; 0: 512 on CPU in fp32, 2048 on CPU in bf16, whole batch on GPU.")
+    micro_batch_tokens: int = Field(default=0, ge=0, description="Split each batch into forward passes of at most this many tokens; 0: 512 on CPU in fp32, 1024 on CPU in bf16, whole batch on GPU.")
     max_examples: int = Field(default=0, ge=0, description="0: every example; otherwise a seeded sample.")
     min_examples: int = Field(default=8, ge=1)
     long_examples: Literal["error", "skip"] = Field(default="skip", description="Examples over max_seq_length: fail, or skip and report them.")

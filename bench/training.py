@@ -42,16 +42,17 @@ LR, MAX_GRAD_NORM, SEED = 2e-4, 1.0, 0
 # measuring each documented CPU speed setting alone (--peer NAME reruns one; see
 # BENCHMARKS.md). "naive" is the untuned Trainer the first version of this benchmark ran.
 BEST = {"bf16": "native", "train_sampling_strategy": "group_by_length", "flatten": False, "dataloader_num_workers": 0,
-        "torch_compile": False, "gradient_accumulation_steps": 1}
+        "torch_compile": False, "gradient_accumulation_steps": 2}
 PEERS = {
     "best": BEST,
-    "naive": {**BEST, "bf16": False, "train_sampling_strategy": "random"},
+    "naive": {**BEST, "bf16": False, "train_sampling_strategy": "random", "gradient_accumulation_steps": 1},
+    "no-accum": {**BEST, "gradient_accumulation_steps": 1},
     "fp32-grouped": {**BEST, "bf16": False},
     # Padding-free: SDPA keeps the packed rows apart (block-diagonal mask) only with use_cache=False.
     "flatten": {**BEST, "flatten": True},
     "compile": {**BEST, "torch_compile": True},
     "workers": {**BEST, "dataloader_num_workers": 1},
-    "accum": {**BEST, "gradient_accumulation_steps": 2},
+    "accum4": {**BEST, "gradient_accumulation_steps": 4},
 }
 
 
@@ -86,11 +87,12 @@ def our_steps(items, batch: int) -> int:
     return len(length_grouped_batches(items, batch * max(len(x.input_ids) for x in items), SEED, 0))
 
 
-def matched_size(items, batch: int) -> tuple[int, int]:
-    """The largest example count <= len(items) whose step count divides it: (examples, steps)."""
+def matched_size(items, batch: int, accum: int) -> tuple[int, int]:
+    """The largest example count <= len(items) whose step count divides it into steps of a
+    whole number of the peer's micro-batches: (examples, steps)."""
     for n in range(len(items), 0, -1):
         steps = our_steps(items[:n], batch)
-        if n % steps == 0:
+        if n % (steps * accum) == 0:
             return n, steps
     raise ValueError("no example count gives whole batches")
 
@@ -151,7 +153,7 @@ def run_ours(path, items, steps: int, batch: int, max_len: int, warmup: bool):
     assert result.steps == steps, (result.steps, steps)
     losses = [h.loss for h in result.history]
     described = {**asdict(settings), "loop": "driftloop.training.loop.train_lora", "precision": f"{result.precision} ({'autocast, frozen linears stored bf16' if result.precision == 'bf16' else 'fp32'})",
-                 "batching": f"length-grouped, token budget {batch} x longest", "micro_batch_tokens": "auto (512 on CPU in fp32, 2048 in bf16)",
+                 "batching": f"length-grouped, token budget {batch} x longest", "micro_batch_tokens": "auto (512 on CPU in fp32, 1024 in bf16)",
                  "lean_activations": settings.lean_activations, "loss": "answer tokens only through the output layer"}
     return peft_model, seconds, losses, result.precision == "bf16", described
 
@@ -168,6 +170,7 @@ def run_peer(path, items, steps: int, peer: str, warmup: bool):
     bf16 = cpu_has_fast_bf16() if cfg["bf16"] == "native" else bool(cfg["bf16"])
     accum = cfg["gradient_accumulation_steps"]
     per_step = len(items) // steps
+    assert per_step * steps == len(items) and per_step % accum == 0, (len(items), steps, accum)  # every example, every step whole
     torch.set_num_threads(physical_cores())  # the same threads driftloop's loop sets
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = Dataset.from_list([{"input_ids": x.input_ids, "attention_mask": [1] * len(x.input_ids), "labels": x.labels} for x in items])
@@ -205,7 +208,7 @@ def run_side(side: str, peer: str, n: int, max_len: int, batch: int) -> dict:
     path = base_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     items = examples(tokenizer, n, max_len)
-    n, steps = matched_size(items, batch)
+    n, steps = matched_size(items, batch, PEERS[peer]["gradient_accumulation_steps"])
     items = items[:n]
     run = (lambda warmup: run_ours(path, items, steps, batch, max_len, warmup)) if side == "ours" else (lambda warmup: run_peer(path, items, steps, peer, warmup))
     run(True)

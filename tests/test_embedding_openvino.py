@@ -75,3 +75,10 @@ def test_openvino_encodes_from_many_threads_as_from_one(tiny_embedding_model):
         together = list(pool.map(lambda text: fast.encode([text, TEXTS[0]]), TEXTS * 4))
     for a, b in zip(alone, together, strict=True):
         assert np.allclose(a, b, atol=1e-6)
+
+
+def test_openvino_infers_in_f32_where_driftloop_sees_no_fast_bf16(tiny_embedding_model, monkeypatch):
+    import driftloop.models.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert Embedder(tiny_embedding_model, "cpu", "openvino").describe()["openvino_inference_precision"] == "f32"

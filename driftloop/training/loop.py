@@ -183,12 +183,13 @@ def resolve_micro_batch_tokens(settings: LoraSettings, device: str, precision: s
         return settings.micro_batch_tokens
     # A GPU wants the whole batch in one pass. A CPU's fp32 units are saturated by a few
     # hundred rows, so 512-token passes cost no throughput and cut activation memory (AVX2
-    # EPYC: 1,024 was no faster at 1.4x the memory). bf16 on AMX/AVX512-BF16 wants larger
-    # matrices: on an AMX Xeon 2,048-token passes trained 1.3x faster than 512 at 1.4x the
-    # memory, still under half of transformers.Trainer's (BENCHMARKS.md, bench/training.py).
+    # EPYC: 1,024 was no faster at 1.4x the memory). bf16 on AMX wants larger matrices: on
+    # an AMX Xeon 1,024-token passes trained about 1.15x faster than 512 at 1.07x the
+    # memory; 2,048 was faster still but peaked above transformers.Trainer at its best
+    # (BENCHMARKS.md, bench/training.py).
     if device.startswith("cuda"):
         return 0
-    return 2048 if precision == "bf16" else 512
+    return 1024 if precision == "bf16" else 512
 
 
 def split_rows(rows: Sequence[Encoded], max_tokens: int) -> list[list[Encoded]]:
