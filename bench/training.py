@@ -241,7 +241,7 @@ def summary(label: str, side_runs: list[dict]) -> dict:
     med = {"tokens_per_s": statistics.median(tps), "seconds": statistics.median(x["seconds"] for x in side_runs),
            "peak_rss_mb": max(x["peak_rss_mb"] for x in side_runs), "final_loss": statistics.median(x["final_loss"] for x in side_runs),
            "eval_loss": statistics.median(x["eval_loss"] for x in side_runs)}
-    print(f"{label}: {med['tokens_per_s']:.1f} tokens/s (median; runs {[round(t, 1) for t in tps]}), {r['steps']} steps, {med['seconds']:.1f}s, "
+    print(f"{label}: {med['tokens_per_s']:.1f} tokens/s (median; runs {[round(t, 1) for t in tps]}), {r['examples']} examples in {r['steps']} steps, {med['seconds']:.1f}s, "
           f"peak RSS {med['peak_rss_mb']:.0f} MB ({r['ready_rss_mb']:.0f} MB before the call), "
           f"loss over last {r['last_k']} steps {med['final_loss']:.4f}, loss on the training set after training {med['eval_loss']:.4f}")
     print(f"  step losses: {[round(x, 3) for x in r['losses']]}")
