@@ -31,12 +31,15 @@ from driftloop.data.suites import (
 from driftloop.data.validation import DatasetError, run_suite, screen
 from driftloop.prompts import CONTEXT_CHUNKS, load_prompt
 from driftloop.settings import Settings
+from assets.stage import Stage
 from resources.dvc import DvcStore
+from resources.lineage import Lineage
 from resources.models import ModelCatalog
 from resources.vector_store import VectorStore
 
 BLOCKING = ("schema", "text_quality", "duplicates", "leakage")
 KINDS = {"dvc", "great_expectations", "pandas"}
+stage = Stage()
 
 
 class SourceDocumentsConfig(dg.Config):
@@ -86,12 +89,12 @@ class InstructionDatasetConfig(dg.Config):
     max_bad_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
 
 
-def source_locations(source: str | None = None, inbox: str | None = None, settings: Settings | None = None) -> list[str]:
-    """The source and the inbox as run config, the settings or the defaults name them."""
-    from driftloop.layout import Layout
-
-    settings = settings or Settings.from_env()
-    return [resolve_source(source, settings.source_dir), inbox or str(Layout.from_env().inbox)]
+def source_locations(source: str | None = None, inbox: str | None = None, lineage: Lineage | None = None,
+                     settings: Settings | None = None) -> list[str]:
+    """The source and the inbox as run config, the lineage, the settings or the defaults name them."""
+    lineage = lineage or Lineage()
+    default = lineage.source or (settings or Settings.from_env()).source_dir
+    return [resolve_source(source, default), inbox or str(lineage.layout().inbox)]
 
 
 def _feedback_examples(prompt, vector_store: VectorStore, max_rating: int) -> tuple[list[dict], int]:
@@ -149,7 +152,7 @@ def _changes(previous: list[dict], current: list[dict]) -> dict:
     }
 
 
-@dg.asset(
+@stage.asset(
     key=SOURCE_DOCUMENTS,
     group_name="data",
     kinds=KINDS,
@@ -157,11 +160,11 @@ def _changes(previous: list[dict], current: list[dict]) -> dict:
     code_version="2",
     tags={"stage": "data"},
 )
-def source_documents(context: dg.AssetExecutionContext, config: SourceDocumentsConfig, dvc: DvcStore) -> dg.MaterializeResult:
+def source_documents(context: dg.AssetExecutionContext, config: SourceDocumentsConfig, dvc: DvcStore, lineage: Lineage) -> dg.MaterializeResult:
     """The corpus, one row per document: stable id, source URI, SHA-256 content hash and
     text normalised to markdown. Downstream stages key their caches by content hash, so
     adding or changing documents only recomputes what changed."""
-    source, inbox = source_locations(config.source, config.inbox)
+    source, inbox = source_locations(config.source, config.inbox, lineage)
     try:
         result = ingest_with_inbox(source, Path(inbox), max_file_bytes=config.max_file_bytes)
     except SourceError as err:
@@ -203,7 +206,7 @@ def source_documents(context: dg.AssetExecutionContext, config: SourceDocumentsC
     )
 
 
-@dg.asset(
+@stage.asset(
     key=QA_PAIRS,
     deps=[SOURCE_DOCUMENTS],
     group_name="data",
@@ -254,7 +257,7 @@ def qa_pairs(context: dg.AssetExecutionContext, config: QAPairsConfig, dvc: DvcS
     )
 
 
-@dg.asset(
+@stage.asset(
     key=INSTRUCTION_DATASET,
     deps=[QA_PAIRS, VECTOR_INDEX],
     group_name="training",
@@ -334,51 +337,58 @@ def _check_specs(key: dg.AssetKey, names: tuple[str, ...], warn_only: tuple[str,
     ]
 
 
-@dg.multi_asset_check(
+@stage.multi_asset_check(
     specs=_check_specs(SOURCE_DOCUMENTS, ("schema", "text_quality", "duplicates", "pii"), warn_only=("pii",)),
     name="source_documents_expectations",
 )
-def source_documents_checks(context: dg.AssetCheckExecutionContext, dvc: DvcStore):
+def source_documents_checks(context: dg.AssetCheckExecutionContext, dvc: DvcStore, lineage: Lineage):
     """The stored corpus passes its suites, under the limits the run that wrote it applied;
     PII is reported (WARN), not blocking."""
     rows = load_dataset(dvc, "source_documents")
-    limits = recorded_limits(context, SOURCE_DOCUMENTS)
+    limits = recorded_limits(context, lineage.key(SOURCE_DOCUMENTS))
     frame = document_frame(rows, limits)
     suites = document_rules(limits)
     reports = {name: run_suite(frame, f"check.source_documents.{name}", rules) for name, rules in suites.items()}
     reports["pii"] = run_suite(frame, "check.source_documents.pii", [pii_rule()])
-    yield from suite_check_results(reports, SOURCE_DOCUMENTS, BLOCKING)
+    yield from suite_check_results(reports, lineage.key(SOURCE_DOCUMENTS), BLOCKING)
 
 
-@dg.multi_asset_check(
+@stage.multi_asset_check(
     specs=_check_specs(QA_PAIRS, ("schema", "text_quality", "duplicates", "leakage")),
     name="qa_pairs_expectations",
 )
-def qa_pairs_checks(context: dg.AssetCheckExecutionContext, dvc: DvcStore):
+def qa_pairs_checks(context: dg.AssetCheckExecutionContext, dvc: DvcStore, lineage: Lineage):
     """The stored QA pairs pass their suites (under the limits they were written with),
     including no train/eval leakage."""
     rows = load_dataset(dvc, "qa_pairs")
     frame = qa_frame(rows)
-    rules = qa_rules(recorded_limits(context, QA_PAIRS))
+    rules = qa_rules(recorded_limits(context, lineage.key(QA_PAIRS)))
     reports = {name: run_suite(frame, f"check.qa_pairs.{name}", suite) for name, suite in rules.items()}
-    yield from suite_check_results(reports, QA_PAIRS, BLOCKING)
+    yield from suite_check_results(reports, lineage.key(QA_PAIRS), BLOCKING)
 
 
-@dg.multi_asset_check(
+@stage.multi_asset_check(
     specs=_check_specs(INSTRUCTION_DATASET, ("schema", "text_quality", "duplicates", "leakage")),
     name="instruction_dataset_expectations",
 )
-def instruction_dataset_checks(context: dg.AssetCheckExecutionContext, dvc: DvcStore):
+def instruction_dataset_checks(context: dg.AssetCheckExecutionContext, dvc: DvcStore, lineage: Lineage):
     """The stored examples are well-formed chats and none comes from an eval document, asks
     an eval question or teaches an eval answer."""
     rows = load_dataset(dvc, "instruction_dataset")
     qa_rows = load_dataset(dvc, "qa_pairs")
     eval_docs = {r["doc_id"] for r in qa_rows if r["split"] == "eval"}
     frame = instruction_frame(rows, eval_docs, eval_texts(qa_rows))
-    rules = instruction_rules(recorded_limits(context, INSTRUCTION_DATASET))
+    rules = instruction_rules(recorded_limits(context, lineage.key(INSTRUCTION_DATASET)))
     reports = {name: run_suite(frame, f"check.instruction_dataset.{name}", suite) for name, suite in rules.items()}
-    yield from suite_check_results(reports, INSTRUCTION_DATASET, BLOCKING)
+    yield from suite_check_results(reports, lineage.key(INSTRUCTION_DATASET), BLOCKING)
 
 
-data_assets = [source_documents, qa_pairs, instruction_dataset]
-data_checks = [source_documents_checks, qa_pairs_checks, instruction_dataset_checks]
+def build(lineage: Lineage | None = None, config: dict[str, dict] | None = None) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    built = stage.build(lineage or Lineage(), config)
+    return ([built[n] for n in ("source_documents", "qa_pairs", "instruction_dataset")],
+            [built[n] for n in ("source_documents_checks", "qa_pairs_checks", "instruction_dataset_checks")])
+
+
+# The default lineage's definitions, as tests and single-lineage users import them.
+data_assets, data_checks = build()
+source_documents, qa_pairs, instruction_dataset = data_assets

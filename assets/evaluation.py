@@ -24,12 +24,15 @@ from driftloop.evaluation.metrics import EvaluationError
 from driftloop.models.hardware import resolve_device
 from driftloop.prompts import CONTEXT_CHUNKS
 from driftloop.registry import PromotionError
+from assets.stage import Stage
 from resources.dvc import DvcStore
+from resources.lineage import Lineage
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 from resources.vector_store import VectorStore
 
 GATE = "promotion_gate"
+stage = Stage()
 HEADLINE = ("semantic_similarity", "rouge_l", "bleu", "perplexity", "context_recall", "faithfulness", "answer_relevancy", "refusal_rate",
             "latency_p50_s")
 
@@ -118,13 +121,13 @@ def launched_by(tags: dict) -> str | None:
     return None
 
 
-def _data_versions(context, dvc: DvcStore) -> dict:
+def _data_versions(context, dvc: DvcStore, lineage: Lineage) -> dict:
     versions = {name: dvc.version(name).md5 for name in ("qa_pairs", "instruction_dataset")}
-    versions["vector_index"] = _latest_metadata(context, VECTOR_INDEX).get("version")
+    versions["vector_index"] = _latest_metadata(context, lineage.key(VECTOR_INDEX)).get("version")
     return versions
 
 
-@dg.asset(
+@stage.asset(
     key=EVAL_REPORT, deps=[VECTOR_INDEX, LORA_ADAPTER, BASE_MODEL, QA_PAIRS], group_name="evaluation", kinds={"ragas", "pytorch"},
     owners=OWNERS, code_version="2", tags={"stage": "evaluation", "driftloop/gpu": "preferred"}, op_tags=GPU_POD,
     check_specs=[dg.AssetCheckSpec(GATE, asset=EVAL_REPORT, blocking=True,
@@ -133,14 +136,14 @@ def _data_versions(context, dvc: DvcStore) -> dict:
 )
 def eval_report(
     context: dg.AssetExecutionContext, config: EvalReportConfig, dvc: DvcStore, models: ModelCatalog, vector_store: VectorStore,
-    model_registry: ModelRegistry,
+    model_registry: ModelRegistry, lineage: Lineage,
 ):
     """The RAG path (retrieve, then generate) on the eval split of data/qa_pairs for the
     base model, the champion and the challenger, scored with ragas metrics that need no
     LLM, embedding similarity, perplexity, guardrail rates and latency; a report in
     markdown and HTML; and the promotion gate."""
     registry = model_registry.registry()
-    challenger_version = config.challenger_version or _latest_metadata(context, LORA_ADAPTER).get("adapter_version")
+    challenger_version = config.challenger_version or _latest_metadata(context, lineage.key(LORA_ADAPTER)).get("adapter_version")
     if not challenger_version:
         raise dg.Failure(description="evaluation/eval_report: no challenger; materialize training/lora_adapter or set challenger_version")
     try:
@@ -185,14 +188,14 @@ def eval_report(
 PROMOTE_WHEN_GATE_PASSED = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 
 
-@dg.asset(key=CHAMPION, deps=[EVAL_REPORT], group_name="evaluation", kinds={"registry"}, owners=OWNERS, code_version="1",
+@stage.asset(key=CHAMPION, deps=[EVAL_REPORT], group_name="evaluation", kinds={"registry"}, owners=OWNERS, code_version="1",
           tags={"stage": "evaluation"}, automation_condition=PROMOTE_WHEN_GATE_PASSED)
-def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: ModelRegistry) -> dg.MaterializeResult:
+def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: ModelRegistry, lineage: Lineage) -> dg.MaterializeResult:
     """The champion alias in the model registry, moved to the challenger only when the
     latest evaluation report's gate passed for it; a model card is written on promotion."""
     from driftloop.evaluation.report import model_card
 
-    report = _latest_metadata(context, EVAL_REPORT)
+    report = _latest_metadata(context, lineage.key(EVAL_REPORT))
     if not report.get("report_dir"):
         raise dg.Failure(description="evaluation/champion: no evaluation report; materialize evaluation/eval_report first")
     try:
@@ -211,7 +214,7 @@ def champion(context: dg.AssetExecutionContext, dvc: DvcStore, model_registry: M
             metadata={"gate": json_meta(gate)},
         )
     try:
-        event = registry.promote(gate["challenger"], result["models"]["challenger"], _data_versions(context, dvc), by=launched_by(context.run.tags),
+        event = registry.promote(gate["challenger"], result["models"]["challenger"], _data_versions(context, dvc, lineage), by=launched_by(context.run.tags),
                                  run_id=context.run.run_id, gate=gate)
     except (PromotionError, ArtifactError) as err:
         raise dg.Failure(description=f"evaluation/champion: {err}") from err
@@ -232,7 +235,7 @@ class EvalSplitConfig(dg.Config):
     min_questions: int = Field(default=DEFAULT_MIN_QUESTIONS, ge=2, description="The gate's minimum (evaluation/eval_report min_questions).")
 
 
-@dg.asset_check(asset=QA_PAIRS, name="eval_split_power", blocking=True,
+@stage.asset_check(asset=QA_PAIRS, name="eval_split_power", blocking=True,
                 description="The eval split holds at least the promotion gate's minimum of questions, checked before any training starts.")
 def eval_split_power(config: EvalSplitConfig, dvc: DvcStore) -> dg.AssetCheckResult:
     rows = load_dataset(dvc, "qa_pairs")
@@ -243,5 +246,11 @@ def eval_split_power(config: EvalSplitConfig, dvc: DvcStore) -> dg.AssetCheckRes
                                metadata={"eval_questions": dg.MetadataValue.int(eval_rows), "min_questions": dg.MetadataValue.int(config.min_questions)})
 
 
-evaluation_assets = [eval_report, champion]
-evaluation_checks = [eval_split_power]
+def build(lineage: Lineage | None = None, config: dict[str, dict] | None = None) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    built = stage.build(lineage or Lineage(), config)
+    return [built["eval_report"], built["champion"]], [built["eval_split_power"]]
+
+
+evaluation_assets, evaluation_checks = build()
+eval_report, champion = evaluation_assets
+[eval_split_power] = evaluation_checks

@@ -16,18 +16,19 @@ from pydantic import Field
 
 from assets.common import OWNERS, json_meta, load_dataset
 from assets.keys import DEPLOYMENT, DRIFT_REPORT, INFERENCE_LOG, QA_PAIRS
+from assets.stage import Stage
 from driftloop.atomic import write_bytes
-from driftloop.layout import Layout
 from resources.dvc import DvcStore
+from resources.lineage import Lineage
 from resources.models import ModelCatalog
 
 daily = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone="UTC")
+stage = Stage()
 
 
-def log_root() -> Path:
-    from driftloop.serving.requestlog import default_root
-
-    return default_root()
+def log_root(lineage: Lineage | None = None) -> Path:
+    """Where the lineage's service writes its request log (the default lineage: DRIFTLOOP_REQUEST_LOG, else under its home)."""
+    return (lineage or Lineage()).layout().request_log
 
 
 # The schedules refresh both daily; a day and two hours without one means the daemon or
@@ -35,13 +36,13 @@ def log_root() -> Path:
 DAILY = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25))
 
 
-@dg.asset(key=INFERENCE_LOG, partitions_def=daily, group_name="monitoring", kinds={"json"}, owners=OWNERS, code_version="1",
+@stage.asset(key=INFERENCE_LOG, partitions_def=daily, group_name="monitoring", kinds={"json"}, owners=OWNERS, code_version="1",
           tags={"stage": "monitoring"}, freshness_policy=DAILY,
           # A backfill of a month (late feedback joined in, or the log rebuilt after a redaction
           # fix) is one run that reads each day once, not thirty runs of process start-up;
           # `dg launch --assets monitoring/inference_log --partition-range A...B` needs it.
           backfill_policy=dg.BackfillPolicy.single_run())
-def inference_log(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def inference_log(context: dg.AssetExecutionContext, lineage: Lineage) -> dg.MaterializeResult:
     """Each day of served requests (PII already redacted by the service) with their
     feedback joined in; corrupt lines are counted and skipped; shadow answers compared with
     the answers that were served. A run may cover a range of days (a backfill): each day's
@@ -49,9 +50,9 @@ def inference_log(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     from driftloop.monitoring.traffic import join_feedback, read_day, served
     from driftloop.serving.shadow import compare_shadow
 
-    out, days, all_rows, all_requests, corrupt = Layout.from_env().inference_log, [], [], [], 0
+    out, days, all_rows, all_requests, corrupt = lineage.layout().inference_log, [], [], [], 0
     for day in context.partition_keys:
-        requests, feedback = read_day(log_root(), "requests", day), read_day(log_root(), "feedback", day)
+        requests, feedback = read_day(log_root(lineage), "requests", day), read_day(log_root(lineage), "feedback", day)
         rows = join_feedback(served(requests.rows), feedback.rows)
         if requests.corrupt or feedback.corrupt:
             context.log.warning(f"{day}: skipped {requests.corrupt} corrupt request lines and {feedback.corrupt} corrupt feedback lines")
@@ -107,9 +108,10 @@ class DriftCheckConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(key=DRIFT_REPORT, deps=[QA_PAIRS, DEPLOYMENT], group_name="monitoring", kinds={"scikitlearn"}, owners=OWNERS, code_version="1",
+@stage.asset(key=DRIFT_REPORT, deps=[QA_PAIRS, DEPLOYMENT], group_name="monitoring", kinds={"scikitlearn"}, owners=OWNERS, code_version="1",
           tags={"stage": "monitoring"}, freshness_policy=DAILY)
-def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, models: ModelCatalog, dvc: DvcStore) -> dg.MaterializeResult:
+def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, models: ModelCatalog, dvc: DvcStore,
+                 lineage: Lineage) -> dg.MaterializeResult:
     """Drift of the traffic served since the current version went live. Queries: MMD
     permutation test and a domain classifier's ROC AUC on their embeddings, against the
     questions of data/qa_pairs. Serving signals (prompt and answer length, latency, top
@@ -119,7 +121,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, mo
     from driftloop.monitoring.report import check_drift, reference_embeddings
     from driftloop.plots import markdown_image
 
-    layout, embedder = Layout.from_env(), models.embedder()
+    layout, embedder = lineage.layout(), models.embedder()
     settings = DriftConfig(policy=config.policy, seed=config.seed, embedding_min_samples=config.min_queries,
                            mmd_permutations=config.permutations, classifier_auc_threshold=config.classifier_auc_threshold)
     questions = [r["question"] for r in load_dataset(dvc, "qa_pairs")]
@@ -148,4 +150,10 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftCheckConfig, mo
     })
 
 
-monitoring_assets = [inference_log, drift_report]
+def build(lineage: Lineage | None = None, config: dict[str, dict] | None = None) -> list[dg.AssetsDefinition]:
+    built = stage.build(lineage or Lineage(), config)
+    return [built["inference_log"], built["drift_report"]]
+
+
+monitoring_assets = build()
+inference_log, drift_report = monitoring_assets

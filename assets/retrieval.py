@@ -8,8 +8,10 @@ from pydantic import Field, model_validator
 
 from assets.common import GPU_POD, OWNERS, json_meta, load_dataset, publish_dataset, write_quarantine
 from assets.keys import CHUNKS, EMBEDDINGS, QA_PAIRS, SOURCE_DOCUMENTS, VECTOR_INDEX
+from assets.stage import Stage
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
+from resources.lineage import Lineage
 from resources.vector_store import VectorStore
 from driftloop.artifacts import ArtifactError
 from driftloop.data.records import Rejected, read_jsonl
@@ -17,6 +19,8 @@ from driftloop.retrieval.chunking import chunk_document, embed_text
 from driftloop.retrieval.index import VectorIndex, choose_spec
 from driftloop.retrieval.quality import relevant_sets, retrieval_metrics
 
+
+stage = Stage()
 
 
 class ChunksConfig(dg.Config):
@@ -53,7 +57,7 @@ class VectorIndexConfig(dg.Config):
     max_eval_questions: int = Field(default=2000, gt=0)
 
 
-@dg.asset(
+@stage.asset(
     key=CHUNKS, deps=[SOURCE_DOCUMENTS], group_name="retrieval", kinds={"dvc", "transformers"}, owners=OWNERS, code_version="1",
     tags={"stage": "retrieval"},
 )
@@ -116,7 +120,7 @@ def _screen(context, dvc: DvcStore, models: ModelCatalog, rows: list[dict], reje
     return kept, rejected, meta
 
 
-@dg.asset(
+@stage.asset(
     key=EMBEDDINGS, deps=[CHUNKS], group_name="retrieval", kinds={"pytorch", "numpy"}, owners=OWNERS, code_version="1",
     tags={"stage": "retrieval", "driftloop/gpu": "optional"}, op_tags=GPU_POD,
     # A killed worker leaves nothing half-written (a version is published by one rename),
@@ -158,7 +162,7 @@ def embeddings(context: dg.AssetExecutionContext, dvc: DvcStore, models: ModelCa
     )
 
 
-@dg.asset(
+@stage.asset(
     key=VECTOR_INDEX, deps=[EMBEDDINGS, QA_PAIRS], group_name="retrieval", kinds={"faiss"}, owners=OWNERS, code_version="1",
     tags={"stage": "retrieval"},
     check_specs=[
@@ -229,4 +233,10 @@ def vector_index(
     return dg.MaterializeResult(data_version=dg.DataVersion(index.version), metadata=meta, check_results=[check])
 
 
-retrieval_assets = [chunks, embeddings, vector_index]
+def build(lineage: Lineage | None = None, config: dict[str, dict] | None = None) -> list[dg.AssetsDefinition]:
+    built = stage.build(lineage or Lineage(), config)
+    return [built["chunks"], built["embeddings"], built["vector_index"]]
+
+
+retrieval_assets = build()
+chunks, embeddings, vector_index = retrieval_assets

@@ -13,16 +13,15 @@ from pydantic import Field
 from assets.common import OWNERS, json_meta
 from assets.keys import BENTO, CHAMPION, DEPLOYMENT, EVAL_REPORT, SHADOW, VECTOR_INDEX
 from assets.evaluation import launched_by
-from driftloop.layout import Layout
+from assets.stage import Stage
 from resources.deployer import Deployer
+from resources.lineage import Lineage
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 from resources.vector_store import VectorStore
 
 
-
-def _layout() -> Layout:
-    return Layout.from_env()
+stage = Stage()
 
 
 class BentoConfig(dg.Config):
@@ -36,10 +35,10 @@ class BentoConfig(dg.Config):
                                    "classifier beside the patterns; off, the patterns alone decide and chunks are not screened.")
 
 
-@dg.asset(key=BENTO, deps=[CHAMPION, VECTOR_INDEX], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="1",
+@stage.asset(key=BENTO, deps=[CHAMPION, VECTOR_INDEX], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="1",
           tags={"stage": "serving"})
 def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelCatalog, vector_store: VectorStore,
-          model_registry: ModelRegistry) -> dg.MaterializeResult:
+          model_registry: ModelRegistry, lineage: Lineage) -> dg.MaterializeResult:
     """`bentoml build` of the service with the champion adapter, the promoted index and the
     prompt sealed in, offline, tagged by content hash (never `latest`)."""
     from driftloop.artifacts import ArtifactError
@@ -52,7 +51,7 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
         raise dg.Failure(description="serving/bento: there is no champion; only a model that passed its promotion gate is ever built")
     base = models.base_model()
     try:
-        bundle = build_bundle(_layout().bundles,
+        bundle = build_bundle(lineage.layout().bundles,
                               base_model={"name": base.name, "path": base.path, "version": base.version}, adapter=champion.path,
                               adapter_version=champion.version, index_folder=vector_store.store().current_index_folder(),
                               embedding_model=models.embedding_model, prompt_version=config.prompt_version,
@@ -62,7 +61,7 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
                                         "max_input_tokens": config.max_input_tokens, "price_per_1k_prompt": config.price_per_1k_prompt,
                                         "price_per_1k_completion": config.price_per_1k_completion,
                                         "screen_injection": config.screen_injection})
-        tag = build_bento(bundle, _layout().home, config.gpus)
+        tag = build_bento(bundle, lineage.layout().home, config.gpus)
     except (ArtifactError, BuildError) as err:
         raise dg.Failure(description=f"serving/bento: {err}") from err
     context.log.info(f"built {tag} for {bundle.model_version} on index {bundle.spec['index_version']}")
@@ -74,8 +73,8 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
     )
 
 
-def _latest_bento(context: dg.AssetExecutionContext, asset: str) -> dict:
-    event = context.instance.get_latest_materialization_event(BENTO)
+def _latest_bento(context: dg.AssetExecutionContext, lineage: Lineage, asset: str) -> dict:
+    event = context.instance.get_latest_materialization_event(lineage.key(BENTO))
     if event is None or event.asset_materialization is None:
         raise dg.Failure(description=f"{asset}: no bento has been built; materialize serving/bento first")
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
@@ -87,16 +86,16 @@ def _audit(context: dg.AssetExecutionContext) -> dict:
 
 # A deploy is idempotent (the same tag already serving is "unchanged"), so a worker
 # killed mid-switch is simply retried; the supervisor keeps the old version serving.
-@dg.asset(key=DEPLOYMENT, deps=[BENTO], group_name="serving", kinds={"bentoml", "kubernetes"}, owners=OWNERS, code_version="2",
+@stage.asset(key=DEPLOYMENT, deps=[BENTO], group_name="serving", kinds={"bentoml", "kubernetes"}, owners=OWNERS, code_version="2",
           tags={"stage": "serving"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=5))
-def deployment(context: dg.AssetExecutionContext, deployer: Deployer) -> dg.MaterializeResult:
+def deployment(context: dg.AssetExecutionContext, deployer: Deployer, lineage: Lineage) -> dg.MaterializeResult:
     """Deploy the latest bento where the profile's deployer points. Locally, a supervisor
     starts it beside the running version, waits until it is ready, switches the stable port
     to it and stops the old one; for Kubernetes, manifests with GPU requests and a rolling
     update are rendered."""
     from driftloop.serving.deploy import DeployError
 
-    meta = _latest_bento(context, "serving/deployment")
+    meta = _latest_bento(context, lineage, "serving/deployment")
     # A version a drift retrain put live carries that drift's window, so the drift sensor can
     # tell a shift the retrain did not cure from a new one.
     window = context.run.tags.get("driftloop/drift_window")
@@ -121,9 +120,10 @@ class ShadowConfig(dg.Config):
                                                        "process (the base loaded once); false starts it as a service of its own.")
 
 
-@dg.asset(key=SHADOW, deps=[EVAL_REPORT, DEPLOYMENT], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="2",
+@stage.asset(key=SHADOW, deps=[EVAL_REPORT, DEPLOYMENT], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="2",
           tags={"stage": "serving"})
-def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_registry: ModelRegistry, deployer: Deployer) -> dg.MaterializeResult:
+def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_registry: ModelRegistry, deployer: Deployer,
+           lineage: Lineage) -> dg.MaterializeResult:
     """Shadow mode: the challenger, built exactly like the serving bento but with its own
     adapter, answers a copy of every live request and serves none; both answers go to the
     request log under one request id, for comparison before (or instead of) a promotion."""
@@ -135,15 +135,15 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
     target = deployer.target()
     try:
         if config.stop:
-            meta = _latest_bento(context, "serving/shadow")
+            meta = _latest_bento(context, lineage, "serving/shadow")
             # The champion's own bento again, without the shadow adapter; a shadow process too, if one runs.
             plain = target.deploy(meta["tag"], meta["model_version"], _audit(context)).action
             stopped = target.stop_shadow(_audit(context)) if not config.in_process else "in process"
             return dg.MaterializeResult(metadata={"action": dg.MetadataValue.text(f"stopped ({stopped}); champion bento {plain}")})
         if not config.in_process:
             target.require_running()
-        meta = _latest_bento(context, "serving/shadow")
-        report = context.instance.get_latest_materialization_event(EVAL_REPORT)
+        meta = _latest_bento(context, lineage, "serving/shadow")
+        report = context.instance.get_latest_materialization_event(lineage.key(EVAL_REPORT))
         version = config.challenger_version or (report.asset_materialization.metadata["challenger"].value if report else "")
         try:
             adapter = model_registry.registry().get(version)
@@ -161,13 +161,13 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
                                              f"{serving.spec['base_model']['version']}; shadow it with in_process: false")
             # The serving bundle again, with the challenger beside the champion: deployed as the
             # active version, it answers clients as before and the challenger from the same model.
-            bundle = build_bundle(_layout().bundles, adapter=serving.adapter_dir, adapter_version=serving.spec.get("adapter_version"),
+            bundle = build_bundle(lineage.layout().bundles, adapter=serving.adapter_dir, adapter_version=serving.spec.get("adapter_version"),
                                   shadow_adapter=adapter.path, shadow_version=adapter.version, **common)
-            tag = build_bento(bundle, _layout().home)
+            tag = build_bento(bundle, lineage.layout().home)
             action = f"shadowing in process ({target.deploy(tag, serving.model_version, _audit(context)).action})"
         else:
-            bundle = build_bundle(_layout().bundles, adapter=adapter.path, adapter_version=adapter.version, **common)
-            tag = build_bento(bundle, _layout().home)
+            bundle = build_bundle(lineage.layout().bundles, adapter=adapter.path, adapter_version=adapter.version, **common)
+            tag = build_bento(bundle, lineage.layout().home)
             action = target.shadow(tag, adapter.version, _audit(context))
     except (ArtifactError, BuildError, DeployError) as err:
         raise dg.Failure(description=f"serving/shadow: {err}") from err
@@ -176,4 +176,10 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
                                           "serving": dg.MetadataValue.text(serving.model_version), "action": dg.MetadataValue.text(action)})
 
 
-serving_assets = [bento, deployment, shadow]
+def build(lineage: Lineage | None = None, config: dict[str, dict] | None = None) -> list[dg.AssetsDefinition]:
+    built = stage.build(lineage or Lineage(), config)
+    return [built["bento"], built["deployment"], built["shadow"]]
+
+
+serving_assets = build()
+bento, deployment, shadow = serving_assets

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from assets.common import GPU_POD, OWNERS, json_meta, load_dataset
 from assets.keys import BASE_MODEL, INSTRUCTION_DATASET, LORA_ADAPTER
+from assets.stage import Stage
 from driftloop.models.generator import model_summary
 from driftloop.models.hardware import resolve_device
 from driftloop.plots import loss_curve_png, markdown_image
@@ -17,8 +18,10 @@ from driftloop.training.loop import NonFiniteLossError
 from driftloop.training.run import train_adapter
 from resources.dvc import DvcStore
 from resources.models import ModelCatalog
+from resources.lineage import Lineage
 from resources.registry import ModelRegistry
 
+stage = Stage()
 
 
 class LoraAdapterConfig(dg.Config):
@@ -50,7 +53,7 @@ class LoraAdapterConfig(dg.Config):
         return self
 
 
-@dg.asset(key=BASE_MODEL, group_name="training", kinds={"pytorch", "transformers"}, owners=OWNERS, code_version="1", tags={"stage": "training"})
+@stage.asset(key=BASE_MODEL, group_name="training", kinds={"pytorch", "transformers"}, owners=OWNERS, code_version="1", tags={"stage": "training"})
 def base_model(context: dg.AssetExecutionContext, models: ModelCatalog) -> dg.MaterializeResult:
     """The base generator, resolved from the catalog: a packaged GGUF is converted once
     to a cached safetensors copy; a local directory or cached hub id is used as is. Its
@@ -71,7 +74,7 @@ def base_model(context: dg.AssetExecutionContext, models: ModelCatalog) -> dg.Ma
     )
 
 
-@dg.asset(
+@stage.asset(
     key=LORA_ADAPTER, deps=[BASE_MODEL, INSTRUCTION_DATASET], group_name="training", kinds={"pytorch", "peft"}, owners=OWNERS,
     code_version="1", tags={"stage": "training", "driftloop/gpu": "preferred"}, op_tags=GPU_POD,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
@@ -116,4 +119,10 @@ def lora_adapter(
     )
 
 
-training_assets = [base_model, lora_adapter]
+def build(lineage: Lineage | None = None, config: dict[str, dict] | None = None) -> list[dg.AssetsDefinition]:
+    built = stage.build(lineage or Lineage(), config)
+    return [built["base_model"], built["lora_adapter"]]
+
+
+training_assets = build()
+base_model, lora_adapter = training_assets

@@ -14,7 +14,7 @@ orchestration/profiles/production.yaml):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -46,15 +46,26 @@ class Profile:
     deployer: type[Deployer]
     resource_config: dict[str, dict] = field(default_factory=dict)
 
-    def bind(self, classes: dict[str, type[dg.ConfigurableResource]], defaults: dict[str, dict] | None = None) -> dict[str, dg.ConfigurableResource]:
-        """One instance per resource key: `defaults` (from settings) under the profile's own values."""
+    def bind(self, classes: dict[str, type[dg.ConfigurableResource]], defaults: dict[str, dict] | None = None,
+             overrides: dict[str, dict] | None = None) -> dict[str, dg.ConfigurableResource]:
+        """One instance per resource key: `defaults` (from settings) under the profile's own
+        values, under a lineage's `overrides`."""
         classes = {**classes, "deployer": self.deployer}
         unknown = set(self.resource_config) - set(classes)
         if unknown:
             raise ProfileError(f"profile {self.name} configures unknown resources {sorted(unknown)}; known: {sorted(classes)}")
-        defaults = defaults or {}
-        return {key: cls(**{name: _value(v) for name, v in {**_accepted(cls, defaults.get(key, {})), **self.resource_config.get(key, {})}.items()})
+        defaults, overrides = defaults or {}, overrides or {}
+        return {key: cls(**{name: _value(v) for name, v in {**_accepted(cls, defaults.get(key, {})), **self.resource_config.get(key, {}),
+                                                            **(overrides.get(key) or {})}.items()})
                 for key, cls in classes.items()}
+
+    def under(self, name: str) -> Profile:
+        """The profile for a named lineage: each object-storage prefix it names gets the
+        lineage's own folder, so two lineages never write one remote."""
+        config = {key: {field: (f"{value.rstrip('/')}/{name}" if field == "remote_url" and isinstance(value, str) and value else value)
+                        for field, value in fields.items()}
+                  for key, fields in self.resource_config.items()}
+        return replace(self, resource_config=config)
 
 
 def _accepted(cls: type[dg.ConfigurableResource], values: dict) -> dict:

@@ -1,26 +1,32 @@
 """Schedules. The cron expressions are settings (DRIFTLOOP_RETRAIN_CRON, DRIFTLOOP_DRIFT_CRON,
-DRIFTLOOP_TIMEZONE), so a deployment changes them without a code change."""
+DRIFTLOOP_TIMEZONE, or a lineage's own in its defs.yaml), so a deployment changes them
+without a code change."""
 
 import dagster as dg
 
 from driftloop.settings import Settings
-from orchestration.jobs import drift_check_job, inference_log_job, pipeline_job
+from orchestration.jobs import build_jobs
+from resources.lineage import Lineage
 
 
-def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
+def build_schedules(settings: Settings, lineage: Lineage | None = None, jobs: dict | None = None,
+                    run_config: dict | None = None) -> list[dg.ScheduleDefinition]:
+    lineage = lineage or Lineage()
+    jobs = jobs or build_jobs(lineage)
     weekly_retrain = dg.ScheduleDefinition(
-        name="weekly_retrain",
-        job=pipeline_job,
+        name=lineage.job("weekly_retrain"),
+        job=jobs["driftloop_pipeline"],
         cron_schedule=settings.retrain_cron,
         execution_timezone=settings.timezone,
+        run_config=run_config,
         description="Refresh the data, retrain the adapter, evaluate it and promote it only past the gate.",
         tags={"driftloop/trigger": "schedule"},
         # Off until someone turns it on in the UI: retraining costs real compute.
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
     nightly_drift_check = dg.ScheduleDefinition(
-        name="nightly_drift_check",
-        job=drift_check_job,
+        name=lineage.job("nightly_drift_check"),
+        job=jobs["drift_check"],
         cron_schedule=settings.drift_cron,
         execution_timezone=settings.timezone,
         description="Drift of the day's traffic; a drifted report makes the drift_retrain sensor start one retrain.",
@@ -29,7 +35,7 @@ def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
     )
     # Each night, yesterday's partition of the request log.
     daily_inference_log = dg.build_schedule_from_partitioned_job(
-        inference_log_job, name="daily_inference_log", hour_of_day=0, minute_of_hour=15,
+        jobs["inference_log"], name=lineage.job("daily_inference_log"), hour_of_day=0, minute_of_hour=15,
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
     return [weekly_retrain, nightly_drift_check, daily_inference_log]

@@ -13,6 +13,11 @@ from driftloop.serving.deploy import KubernetesTarget, LocalTarget
 class Deployer(dg.ConfigurableResource):
     """The interface the serving assets call: `target()` does the work."""
 
+    home: str = Field(default="", description="The lineage's home whose bentos, supervisor and audit trail it uses; empty: DRIFTLOOP_HOME.")
+
+    def layout(self) -> Layout:
+        return Layout.at(self.home, {}) if self.home else Layout.from_env()
+
     def target(self) -> LocalTarget | KubernetesTarget:
         raise NotImplementedError(f"{type(self).__name__} names no deployment target")
 
@@ -23,7 +28,7 @@ class LocalDeployer(Deployer):
     ready_timeout_s: int = Field(default=600, ge=10, description="How long a new version may take to become ready.")
 
     def target(self) -> LocalTarget:
-        return LocalTarget(Layout.from_env(), self.port, self.control_port, self.ready_timeout_s)
+        return LocalTarget(self.layout(), self.port, self.control_port, self.ready_timeout_s)
 
 
 class KubernetesDeployer(Deployer):
@@ -33,4 +38,4 @@ class KubernetesDeployer(Deployer):
     gpus: int = Field(default=0, ge=0, description="GPUs each serving pod requests.")
 
     def target(self) -> KubernetesTarget:
-        return KubernetesTarget(Layout.from_env(), self.image_repository, self.namespace, self.replicas, self.gpus)
+        return KubernetesTarget(self.layout(), self.image_repository, self.namespace, self.replicas, self.gpus)

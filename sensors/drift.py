@@ -25,6 +25,7 @@ import dagster as dg
 from assets.monitoring import DRIFT_REPORT, log_root
 from driftloop.monitoring.traffic import INFERENCE_ENDPOINTS
 from driftloop.settings import Settings
+from resources.lineage import Lineage
 
 FIRED_MEMORY = 50
 
@@ -72,12 +73,12 @@ def _count_new(folder: Path, offsets: dict) -> tuple[int, dict]:
     return new, seen
 
 
-def check_on_traffic(context: dg.SensorEvaluationContext, settings: Settings):
+def check_on_traffic(context: dg.SensorEvaluationContext, settings: Settings, lineage: Lineage):
     every, idle_s = settings.drift_check_every, settings.drift_check_idle_s
     cursor = json.loads(context.cursor) if context.cursor else {}
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     offsets = cursor.get("offsets", {}) if cursor.get("day") == day else {}
-    new, offsets = _count_new(log_root() / "requests" / f"date={day}", offsets)
+    new, offsets = _count_new(log_root(lineage) / "requests" / f"date={day}", offsets)
     pending, total = cursor.get("pending", 0) + new, cursor.get("total", 0) + new
     now = datetime.now(UTC).timestamp()
     last_new = now if new else cursor.get("last_new_at", now)
@@ -89,7 +90,7 @@ def check_on_traffic(context: dg.SensorEvaluationContext, settings: Settings):
         return dg.SkipReason(f"{pending} new requests since the last drift check; checking every {every}, "
                              f"or after {idle_s:g} s without new requests")
     context.update_cursor(json.dumps({"day": day, "offsets": offsets, "pending": 0, "total": total, "last_new_at": last_new}))
-    return dg.RunRequest(run_key=f"drift-check-{total}", run_config=sensor_run_config(context, "drift_check", settings), tags={"driftloop/trigger": "traffic", "driftloop/requests_seen": str(total)})
+    return dg.RunRequest(run_key=f"drift-check-{total}", run_config=sensor_run_config(context, lineage.job("drift_check"), settings), tags={"driftloop/trigger": "traffic", "driftloop/requests_seen": str(total)})
 
 
 def sensor_run_config(context: dg.SensorEvaluationContext, job_name: str, settings: Settings) -> dict:
@@ -112,10 +113,10 @@ def config_for_job(config: dict, job: dg.JobDefinition) -> dict:
     return {**config, "ops": {name: value for name, value in ops.items() if name in job.graph.node_dict}} if ops else config
 
 
-def retrain_on_drift(context: dg.SensorEvaluationContext, settings: Settings):
+def retrain_on_drift(context: dg.SensorEvaluationContext, settings: Settings, lineage: Lineage):
     cursor = json.loads(context.cursor) if context.cursor else {}
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=DRIFT_REPORT, after_storage_id=cursor.get("seen")), limit=100, ascending=True).records
+        dg.AssetRecordsFilter(asset_key=lineage.key(DRIFT_REPORT), after_storage_id=cursor.get("seen")), limit=100, ascending=True).records
     if not records:
         return dg.SkipReason("no new drift report")
     fired = list(cursor.get("fired", []))
@@ -136,7 +137,7 @@ def retrain_on_drift(context: dg.SensorEvaluationContext, settings: Settings):
         else:
             fired.append(window)
             requests.append(dg.RunRequest(
-                run_key=f"drift-{window}", run_config=sensor_run_config(context, "retrain_and_redeploy", settings),
+                run_key=f"drift-{window}", run_config=sensor_run_config(context, lineage.job("retrain_and_redeploy"), settings),
                 tags={"driftloop/trigger": "drift", "driftloop/drift_window": window, "driftloop/drift_report_run": record.run_id,
                       "driftloop/drift_reasons": ",".join(meta.get("reasons") or [])[:200],
                       "driftloop/drift_summary": str(meta.get("summary", ""))[:500]}))
@@ -144,20 +145,22 @@ def retrain_on_drift(context: dg.SensorEvaluationContext, settings: Settings):
     return requests or dg.SkipReason("; ".join(notes[-3:]))
 
 
-def drift_sensors(settings: Settings) -> list[dg.SensorDefinition]:
-    """The two drift sensors with their tick interval, default status and thresholds."""
+def drift_sensors(settings: Settings, lineage: Lineage | None = None) -> list[dg.SensorDefinition]:
+    """The lineage's two drift sensors with their tick interval, default status and thresholds:
+    they read its own request log and drift reports and start its own jobs only."""
+    lineage = lineage or Lineage()
     timing = dict(minimum_interval_seconds=settings.sensor_interval_s, default_status=sensor_status(settings))
 
-    @dg.sensor(name="drift_check_on_traffic", job_name="drift_check", **timing,
+    @dg.sensor(name=lineage.job("drift_check_on_traffic"), job_name=lineage.job("drift_check"), **timing,
                description=f"Runs monitoring/drift_report every {settings.drift_check_every} new served requests "
                            f"(DRIFTLOOP_DRIFT_CHECK_EVERY), and on the requests still unchecked once traffic has paused for "
                            f"{settings.drift_check_idle_s:g} s (DRIFTLOOP_DRIFT_CHECK_IDLE_S).")
     def drift_check_on_traffic(context: dg.SensorEvaluationContext):
-        return check_on_traffic(context, settings)
+        return check_on_traffic(context, settings, lineage)
 
-    @dg.sensor(name="drift_retrain", job_name="retrain_and_redeploy", **timing,
+    @dg.sensor(name=lineage.job("drift_retrain"), job_name=lineage.job("retrain_and_redeploy"), **timing,
                description="One retrain (refresh data, train, evaluate, gate, redeploy) per drifted window of live traffic.")
     def drift_retrain(context: dg.SensorEvaluationContext):
-        return retrain_on_drift(context, settings)
+        return retrain_on_drift(context, settings, lineage)
 
     return [drift_check_on_traffic, drift_retrain]

@@ -10,27 +10,30 @@ import dagster as dg
 from assets.data import SOURCE_DOCUMENTS, source_locations
 from driftloop.data.corpus import fingerprint
 from driftloop.settings import Settings
+from resources.lineage import Lineage
 from sensors.drift import sensor_run_config, sensor_status
 
 
-def refresh_on_new_documents(context: dg.SensorEvaluationContext, settings: Settings):
-    current = fingerprint(source_locations(settings=settings))
-    event = context.instance.get_latest_materialization_event(SOURCE_DOCUMENTS)
+def refresh_on_new_documents(context: dg.SensorEvaluationContext, settings: Settings, lineage: Lineage):
+    current = fingerprint(source_locations(lineage=lineage, settings=settings))
+    event = context.instance.get_latest_materialization_event(lineage.key(SOURCE_DOCUMENTS))
     recorded = event.asset_materialization.metadata.get("source_fingerprint") if event and event.asset_materialization else None
     if recorded is None:
         # The first ingest belongs to the main job; a refresh racing it would ingest twice.
         return dg.SkipReason("nothing ingested yet: the main job makes the first ingest")
     if recorded.value == current:
         return dg.SkipReason("the source is unchanged since the last ingest")
-    return dg.RunRequest(run_key=f"documents-{current}", run_config=sensor_run_config(context, "refresh_index", settings),
+    return dg.RunRequest(run_key=f"documents-{current}", run_config=sensor_run_config(context, lineage.job("refresh_index"), settings),
                          tags={"driftloop/trigger": "new_documents", "driftloop/source_fingerprint": current})
 
 
-def new_documents_sensor(settings: Settings) -> dg.SensorDefinition:
-    @dg.sensor(name="new_documents", job_name="refresh_index", minimum_interval_seconds=settings.sensor_interval_s,
+def new_documents_sensor(settings: Settings, lineage: Lineage | None = None) -> dg.SensorDefinition:
+    lineage = lineage or Lineage()
+
+    @dg.sensor(name=lineage.job("new_documents"), job_name=lineage.job("refresh_index"), minimum_interval_seconds=settings.sensor_interval_s,
                default_status=sensor_status(settings),
                description="Incremental ingest, embedding, index refresh and redeploy when documents are added or changed.")
     def new_documents(context: dg.SensorEvaluationContext):
-        return refresh_on_new_documents(context, settings)
+        return refresh_on_new_documents(context, settings, lineage)
 
     return new_documents

@@ -95,3 +95,34 @@ def test_freshness_and_automation_use_the_current_apis_and_the_instance_evaluate
     monkeypatch.setenv("DAGSTER_HOME", dg_env["DAGSTER_HOME"])
     with dg.DagsterInstance.get() as instance:
         assert instance.freshness_enabled and "FRESHNESS_DAEMON" in instance.get_required_daemon_types()
+
+
+def test_dg_scaffold_writes_a_lineage_that_loads_beside_the_default_and_a_wrong_field_is_named(dg_env):
+    """`dg scaffold defs` of the lineage Component writes a defs.yaml that `dg check defs`
+    accepts and `dg list defs` shows under its own prefix; a misspelt field fails the check
+    with the field and its line named."""
+    dg_cli = str(Path(sys.executable).parent / "dg")
+    name = f"scaffolded_{os.getpid()}"
+    target = ROOT / "orchestration" / "defs" / name
+
+    def dg(*args):
+        return subprocess.run([dg_cli, *args], cwd=ROOT, env=dg_env, capture_output=True, text=True, timeout=300)
+
+    try:
+        scaffolded = dg("scaffold", "defs", "orchestration.lineage.DriftloopLineage", name)
+        assert scaffolded.returncode == 0, scaffolded.stderr[-3000:]
+        attributes = yaml.safe_load((target / "defs.yaml").read_text())["attributes"]
+        assert attributes["name"] == name and attributes["serve_port"] not in (3000, 3001, 3002)
+        checked = dg("check", "defs")
+        assert checked.returncode == 0, checked.stderr[-3000:]
+        listed = dg("list", "defs", "--json")
+        shown = json.loads(listed.stdout)
+        keys = {a["asset_key"] for a in shown["assets"]}
+        assert {"data/qa_pairs", f"{name}/data/qa_pairs", f"{name}/serving/deployment"} <= keys
+        assert f"{name}__drift_retrain" in {s["name"] for s in shown["sensors"]}
+
+        (target / "defs.yaml").write_text((target / "defs.yaml").read_text().replace("serve_port:", "serve_prot:"))
+        broken = dg("check", "defs")
+        assert broken.returncode != 0 and "attributes.serve_prot" in broken.stdout + broken.stderr, broken.stderr[-3000:]
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
