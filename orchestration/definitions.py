@@ -7,10 +7,13 @@ from pathlib import Path
 
 import dagster as dg
 
+import orchestration.defs
 from driftloop.settings import Settings
 from orchestration.lineage import DriftloopLineage, reset_loaded
 from orchestration.profile import Profile, load_profile
 
+# The defs module itself, not pyproject.toml's [tool.dg]: an installed wheel (the image) has
+# no pyproject.toml, and loads the same lineages from its package data.
 PROJECT = Path(__file__).resolve().parent.parent
 
 
@@ -24,5 +27,5 @@ def build_defs(profile: Profile, settings: Settings) -> dg.Definitions:
 def defs() -> dg.Definitions:
     settings = Settings.from_env()
     reset_loaded()
-    lineages = dg.load_from_defs_folder(path_within_project=PROJECT)
+    lineages = dg.ComponentTree.from_module(defs_module=orchestration.defs, project_root=PROJECT).build_defs()
     return dg.Definitions.merge(lineages, dg.Definitions(executor=load_profile(settings).executor))

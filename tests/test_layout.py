@@ -137,3 +137,13 @@ def test_the_image_copies_every_package_it_installs():
     packages = {p.split(".")[0] for p in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]}
     copied = set(re.findall(r"^COPY (\w+) \1$", (REPO / "deploy" / "Dockerfile").read_text(encoding="utf-8"), re.M))
     assert packages - copied == set(), "installed but not copied into the image"
+
+
+def test_the_wheel_ships_every_package_folder():
+    """A folder of modules missing from pyproject's package list is missing from the wheel and
+    the image (which install the project as a wheel), though the checkout runs fine."""
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {p.parent.relative_to(root).as_posix().replace("/", ".") for top in listed if "." not in top
+               for p in (root / top).rglob("*.py") if "__pycache__" not in p.parts}
+    assert folders == listed, f"missing from the wheel: {sorted(folders - listed)}; listed but absent: {sorted(listed - folders)}"

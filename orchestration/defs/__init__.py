@@ -1,0 +1,1 @@
+"""One folder per lineage, each with its defs.yaml (orchestration/lineage.py)."""
