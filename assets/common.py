@@ -158,5 +158,17 @@ def suite_check_results(reports: dict, asset_key: dg.AssetKey, blocking_names: S
     return results
 
 
+def energy_metadata(measured) -> dict:
+    """A step's energy and emissions (driftloop/energy.py) as metadata: the two numbers are
+    plotted over the asset's materializations in the UI; `energy` says how they were measured,
+    or why they could not be."""
+    reading = measured.reading
+    if reading is None:
+        return {"energy": json_meta({"unavailable": measured.error or "not measured"})}
+    return {"energy_kwh": dg.MetadataValue.float(float(f"{reading.kwh:.6g}")),
+            "emissions_kg_co2e": dg.MetadataValue.float(float(f"{reading.kg_co2e:.6g}")),
+            "energy": json_meta({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in reading.to_dict().items()})}
+
+
 def json_meta(value) -> dg.MetadataValue:
     return dg.MetadataValue.json(json.loads(json.dumps(value, default=str)))

@@ -14,9 +14,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, model_validator
 
-from assets.common import GPU_POD, OWNERS, json_meta, load_dataset
+from assets.common import GPU_POD, OWNERS, energy_metadata, json_meta, load_dataset
 from assets.keys import BASE_MODEL, CHAMPION, EVAL_REPORT, LORA_ADAPTER, QA_PAIRS, VECTOR_INDEX
 from driftloop.artifacts import ArtifactError, verify
+from driftloop.energy import measured
 from driftloop.evaluation.gate import DEFAULT_MIN_QUESTIONS, PAIRED_METRICS, GateRules, eval_split_problem
 from driftloop.evaluation.judge import JudgeError, JudgeSettings
 from driftloop.evaluation.lineup import DEFAULT_MAX_QUESTIONS, EvalSettings, Lineup
@@ -152,8 +153,9 @@ def eval_report(
         raise dg.Failure(description=f"evaluation/eval_report: {err}") from err
     try:
         base = models.base_model()
-        outcome = lineup.evaluate(base, models.embedder(), device=resolve_device(models.device),
-                                  precision=models.generator_precision, engine=models.engine(base), run_id=context.run.run_id, log=context.log)
+        with measured() as energy:
+            outcome = lineup.evaluate(base, models.embedder(), device=resolve_device(models.device),
+                                      precision=models.generator_precision, engine=models.engine(base), run_id=context.run.run_id, log=context.log)
     except JudgeError as err:
         raise dg.Failure(description=f"evaluation/eval_report: the judge cannot start: {err}") from err
     (context.log.info if outcome.passed else context.log.warning)(f"promotion gate {outcome.verdict}")
@@ -172,6 +174,7 @@ def eval_report(
         "questions": dg.MetadataValue.int(outcome.result["n_questions"]),
         "partial": dg.MetadataValue.bool(outcome.partial),
         "judge": dg.MetadataValue.text(outcome.judge_note),
+        **energy_metadata(energy),
     }
     for metric in HEADLINE:
         if isinstance(ours.get(metric), float):

@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, model_validator
 
-from assets.common import GPU_POD, OWNERS, json_meta, load_dataset, publish_dataset, write_quarantine
+from assets.common import GPU_POD, OWNERS, energy_metadata, json_meta, load_dataset, publish_dataset, write_quarantine
 from assets.keys import CHUNKS, EMBEDDINGS, QA_PAIRS, SOURCE_DOCUMENTS, VECTOR_INDEX
 from assets.stage import Stage
 from resources.dvc import DvcStore
@@ -15,6 +15,7 @@ from resources.lineage import Lineage
 from resources.vector_store import VectorStore
 from driftloop.artifacts import ArtifactError
 from driftloop.data.records import Rejected, read_jsonl
+from driftloop.energy import measured
 from driftloop.retrieval.chunking import chunk_document, embed_text
 from driftloop.retrieval.index import VectorIndex, choose_spec
 from driftloop.retrieval.quality import relevant_sets, retrieval_metrics
@@ -140,10 +141,11 @@ def embeddings(context: dg.AssetExecutionContext, dvc: DvcStore, models: ModelCa
     def progress(p):
         context.log.info(f"embedded {p.done}/{p.total} chunks, {p.rate:.1f} chunks/s, about {p.eta_s:.0f}s left")
 
-    result, stats = vector_store.store().embed(
-        [r["chunk_id"] for r in rows], [r["content_hash"] for r in rows], [embed_text(r["title"], r["text"]) for r in rows],
-        embedder, models.embedding_batch_size, progress,
-    )
+    with measured() as energy:
+        result, stats = vector_store.store().embed(
+            [r["chunk_id"] for r in rows], [r["content_hash"] for r in rows], [embed_text(r["title"], r["text"]) for r in rows],
+            embedder, models.embedding_batch_size, progress,
+        )
     context.log.info(f"{stats.embedded} chunks embedded, {stats.reused} reused from the cache, in {stats.seconds:.1f}s")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(result.version),
@@ -158,6 +160,7 @@ def embeddings(context: dg.AssetExecutionContext, dvc: DvcStore, models: ModelCa
             "version": dg.MetadataValue.text(result.version),
             "path": dg.MetadataValue.path(str(result.folder)),
             "bytes": dg.MetadataValue.int((result.folder / "vectors.npy").stat().st_size),
+            **energy_metadata(energy),
         },
     )
 

@@ -7,9 +7,10 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field, model_validator
 
-from assets.common import GPU_POD, OWNERS, json_meta, load_dataset
+from assets.common import GPU_POD, OWNERS, energy_metadata, json_meta, load_dataset
 from assets.keys import BASE_MODEL, INSTRUCTION_DATASET, LORA_ADAPTER
 from assets.stage import Stage
+from driftloop.energy import measured
 from driftloop.models.generator import model_summary
 from driftloop.models.hardware import resolve_device
 from driftloop.plots import loss_curve_png, markdown_image
@@ -91,8 +92,9 @@ def lora_adapter(
     dataset = dvc.version("instruction_dataset")
     examples = load_dataset(dvc, "instruction_dataset")
     try:
-        trained = train_adapter(base, dataset.md5, examples, config.model_dump(), model_registry.registry(),
-                                device=resolve_device(models.device), run_id=context.run.run_id, log=context.log)
+        with measured() as energy:
+            trained = train_adapter(base, dataset.md5, examples, config.model_dump(), model_registry.registry(),
+                                    device=resolve_device(models.device), run_id=context.run.run_id, log=context.log)
     except TrainingDataError as err:
         raise dg.Failure(description=f"training/lora_adapter: {err}") from err
     except (NonFiniteLossError, ValueError) as err:
@@ -115,6 +117,7 @@ def lora_adapter(
             "resumed_from_step": dg.MetadataValue.int(result.resumed_from_step),
             "adapter_bytes": dg.MetadataValue.int(trained.adapter_bytes),
             "lineage": json_meta(trained.lineage),
+            **energy_metadata(energy),
         },
     )
 

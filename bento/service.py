@@ -1,5 +1,5 @@
 """The driftloop inference service: RAG answers with cited chunks, an OpenAI-compatible
-chat API, feedback, health and Prometheus metrics.
+chat API, feedback, health and Prometheus metrics (energy per 1,000 requests included).
 
 Two BentoML services: `Models` holds the generator (base model + champion adapter)
 behind a batchable API, so concurrent requests are batched adaptively; `DriftloopRAG`
@@ -9,8 +9,7 @@ DRIFTLOOP_BUNDLE, or the one packed beside this file when built as a bento.
 
 BentoML imports this module only to start the service, and its decorators need the
 service's resources and admission limit when the classes are declared: so the service's
-settings are read here, once, into `SETTINGS` (driftloop/settings.py), and every part of
-the service takes its values from that object.
+settings are read here, once, into `SETTINGS` (driftloop/settings.py), for every part.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ enforce_offline()
 from driftloop.prompts import CONTEXT_CHUNKS, join_contexts, load_prompt  # noqa: E402 - offline switches first
 from driftloop.serving.auth import ApiKeyMiddleware, openai_error  # noqa: E402
 from driftloop.serving.endpoints import embeddings, list_models  # noqa: E402
+from driftloop.serving.energy_metrics import EnergyAccount  # noqa: E402
 from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
 from driftloop.serving.bundle import load_bundle  # noqa: E402
 from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, parse_chat  # noqa: E402
@@ -108,6 +108,7 @@ class Models:
         # threads of its own (no torch runs there), instead of waiting for a whole batch.
         slots = SETTINGS.max_batch if self.generation.engine != "transformers" else 1
         self._reported, self._count = 0, threading.Lock()
+        self.energy = EnergyAccount()
         self.batcher = Batcher(self._generate, self._lane if slots == 1 else ThreadPoolExecutor(slots, thread_name_prefix="slot"),
                                max_batch=1 if slots > 1 else SETTINGS.max_batch, max_queue=SETTINGS.max_queue,
                                max_wait_s=SETTINGS.max_queue_wait_s, window_s=SETTINGS.batch_window_ms / 1000, concurrency=slots,
@@ -166,6 +167,7 @@ class Models:
                                        adapter=requests[0][4])
         batch_size.observe(len(requests))
         with self._count:  # batches may run side by side: count each reused token once
+            self.energy.served(sum(request[4] == "primary" for request in requests))
             total = self.generation.reused_tokens()
             tokens_total.labels(kind="prompt_reused").inc(total - self._reported)
             self._reported = total

@@ -77,6 +77,17 @@ class ServiceSettings(_FromEnv):
     api_key: str = Field(default="", description="key every service endpoint but health and metrics requires")
 
 
+class EnergySettings(_FromEnv):
+    """How energy is measured and turned into emissions, wherever work runs (steps and the service)."""
+
+    carbon_country: str = Field(default="USA", min_length=3, max_length=3, description="ISO 3166 alpha-3 country whose grid intensity "
+                                "CodeCarbon applies")
+    carbon_intensity: float | None = Field(default=None, ge=0, description="grid carbon intensity in g CO2e per kWh, instead of the country's")
+    cpu_power_w: int | None = Field(default=None, gt=0, description="the CPU's power in watts where its counters cannot be read "
+                                    "(default: CodeCarbon's TDP table, else 4 W per thread)")
+    energy_interval_s: float = Field(default=15.0, gt=0, description="seconds between power readings")
+
+
 def variables() -> set[str]:
     """The environment variable behind every field, for the README's configuration table."""
-    return {PREFIX + name.upper() for cls in (Settings, ServiceSettings) for name in cls.model_fields}
+    return {PREFIX + name.upper() for cls in (Settings, ServiceSettings, EnergySettings) for name in cls.model_fields}

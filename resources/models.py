@@ -31,7 +31,7 @@ class ModelCatalog(dg.ConfigurableResource):
 
     def embedder(self) -> Embedder:
         # lru_cache inside load_embedder: every asset in this process shares one model.
-        return load_embedder(self.embedding_model, self.device, self.embedding_precision)
+        return load_embedder(self.embedding_model, self.device, self.embedding_precision, str(self._cache()))
 
     def engine(self, base: BaseModel) -> str:
         """The generator engine on this machine, `auto` resolved."""
@@ -39,6 +39,8 @@ class ModelCatalog(dg.ConfigurableResource):
 
         return resolve_engine(self.generator_engine, resolve_device(self.device), base.path)
 
+    def _cache(self) -> Path:
+        return (Path(self.cache_dir) if self.cache_dir else Layout.from_env().base_models).resolve()
+
     def base_model(self) -> BaseModel:
-        cache = Path(self.cache_dir) if self.cache_dir else Layout.from_env().base_models
-        return resolve_base_model(self.generator_model, cache.resolve())
+        return resolve_base_model(self.generator_model, self._cache())

@@ -152,10 +152,20 @@ def test_two_lineages_materialize_serve_and_drift_independently(tmp_path, monkey
     instance = dg.DagsterInstance.ephemeral()
     runbooks = Lineage(name="runbooks", home=str(Layout.from_env().home / "lineages" / "runbooks"))
     homes = {"default": Layout.from_env(), "runbooks": runbooks.layout()}
+    def default_files() -> dict[str, int]:
+        # The default lineage's home as its own runs left it; its running service's
+        # supervisor logs may grow meanwhile, and named lineages live under lineages/.
+        home = homes["default"].home
+        return {p.relative_to(home).as_posix(): p.stat().st_size for p in home.rglob("*")
+                if p.is_file() and p.relative_to(home).parts[0] != "lineages" and "supervisor" not in p.parts}
+
     try:
-        for job in ("driftloop_pipeline", "runbooks__driftloop_pipeline"):
-            result = repo.get_job(job).execute_in_process(instance=instance, raise_on_error=False)
-            assert result.success, [e.message for e in result.all_events if e.is_failure]
+        result = repo.get_job("driftloop_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        before = default_files()
+        result = repo.get_job("runbooks__driftloop_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        assert default_files() == before, "the runbooks lineage wrote into the default lineage's home"
         assert _materializations(instance, CHAMPION) == 1 == _materializations(instance, runbooks.key(CHAMPION))
 
         champions = {name: ModelRegistry(root=str(layout.registry)).registry().champion().version for name, layout in homes.items()}

@@ -16,7 +16,8 @@ from serving_helpers import KEY, call, make_bundle, serve
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_llama, tiny_embedding_model):
     root = tmp_path_factory.mktemp("serving")
-    with serve(root, make_bundle(root, tiny_llama, tiny_embedding_model)) as running:
+    # Energy read every second, so the metrics test sees readings within its requests.
+    with serve(root, make_bundle(root, tiny_llama, tiny_embedding_model), {"DRIFTLOOP_ENERGY_INTERVAL_S": "1"}) as running:
         yield running
 
 
@@ -223,6 +224,15 @@ def test_concurrent_requests_and_the_redacted_request_log(service):
     assert [r["correction"] for r in feedback] == ["Write to [EMAIL] instead"]
     metrics = call(port, "/metrics", key=None)[1]
     assert "driftloop_guardrail_blocks" in metrics and "driftloop_tokens" in metrics
+    # The model server's energy, and per 1,000 requests, read once a second.
+    deadline, figures = time.monotonic() + 20, {}
+    while time.monotonic() < deadline and not (figures.get("driftloop_energy_kwh_total", 0) > 0
+                                               and figures.get("driftloop_energy_wh_per_1k_requests", 0) > 0):
+        time.sleep(0.5)
+        figures = {line.split()[0].split("{")[0]: float(line.split()[-1]) for line in call(port, "/metrics", key=None)[1].splitlines()
+                   if line.startswith(("driftloop_energy", "driftloop_emissions"))}
+    assert figures.get("driftloop_energy_kwh_total", 0) > 0 and figures.get("driftloop_emissions_kg_co2e_total", 0) > 0, figures
+    assert figures.get("driftloop_energy_wh_per_1k_requests", 0) > 0, figures
 
 
 def test_overload_is_shed_with_429_and_health_stays_green(service):

@@ -38,6 +38,8 @@ def test_adapter_lands_in_the_registry_with_lineage(corpus, dvc_store, tiny_llam
     assert stored.lineage["steps"] == 6 and stored.lineage["tokens_seen"] > 0
     assert json.loads((stored.path / "adapter_config.json").read_text())["r"] == 8
     assert meta["loss_curve"].value.startswith("![training loss](data:image/png;base64,")
+    # The run's energy and emissions, plotted over materializations in the UI.
+    assert meta["energy_kwh"].value > 0 and meta["emissions_kg_co2e"].value > 0 and meta["energy"].value["cpu_method"]
     assert not (registry.registry().root / "checkpoints").exists() or not any((registry.registry().root / "checkpoints").iterdir())
 
 

@@ -66,7 +66,7 @@ def _dtype(name: str):
 
 
 class Embedder:
-    def __init__(self, path: str, device: str, precision: str) -> None:
+    def __init__(self, path: str, device: str, precision: str, cache_dir: str | Path | None = None) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -94,7 +94,8 @@ class Embedder:
         self.openvino: OpenVINOEncoder | None = None
         self.precision = torch_precision
         if try_openvino and openvino_supports(self.model):
-            self.openvino = OpenVINOEncoder(self.model, Layout.from_env().base_models / "openvino", self.fingerprint)
+            # Compiled models go with the caller's converted models (a lineage's own home), else the default home's.
+            self.openvino = OpenVINOEncoder(self.model, Path(cache_dir or Layout.from_env().base_models) / "openvino", self.fingerprint)
             self.precision = "openvino"
         elif precision == "openvino":
             raise ValueError(f"precision 'openvino' needs a mean-pooled BERT-style model; {path} is not one")
@@ -143,8 +144,8 @@ class Embedder:
 
 
 @lru_cache(maxsize=4)
-def load_embedder(name_or_path: str, device: str = "auto", precision: str = "auto") -> Embedder:
-    return Embedder(resolve_embedding_model(name_or_path), device, precision)
+def load_embedder(name_or_path: str, device: str = "auto", precision: str = "auto", cache_dir: str | None = None) -> Embedder:
+    return Embedder(resolve_embedding_model(name_or_path), device, precision, cache_dir)
 
 
 def embedder_settings_json(embedder: Embedder) -> str:
