@@ -81,6 +81,7 @@ def _traffic_metadata(rows: list[dict]) -> dict:
         "dagster/row_count": dg.MetadataValue.int(figures["requests"]),
         "errors": dg.MetadataValue.int(figures["errors"]),
         "blocked": dg.MetadataValue.int(sum(bool(r.get("guardrail")) for r in rows)),
+        "cache_hits": dg.MetadataValue.int(sum(bool((r.get("cache") or {}).get("hit")) for r in rows)),
         "feedback": dg.MetadataValue.int(figures["feedback"]),
         "corrections": dg.MetadataValue.int(sum(bool(r.get("correction")) for r in rows)),
         "mean_rating": dg.MetadataValue.float(round(float(np.mean(rated)), 3) if rated else float("nan")),

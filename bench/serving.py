@@ -8,7 +8,9 @@ documents spread over the default corpus, and a freshly initialised LoRA adapter
 q/k/v/o; B is zero at init, so answers equal the base model's, but the served path runs
 the adapter). `ours-no-reuse` is the same service with the prefix cache off;
 `ours-llamacpp` is the same service with `generator_engine: llamacpp` (the bundle carries
-the adapter exported to llama.cpp's LoRA GGUF; batches of --slots requests).
+the adapter exported to llama.cpp's LoRA GGUF; batches of --slots requests);
+`ours-cache` is `ours` with its semantic cache on (threshold 0.97): each level's questions
+start again at the first, so later levels repeat earlier questions, as live traffic does.
 llama.cpp: its server code (the `xllamacpp` wheel, in process) on the GGUF the base
 model comes from, --slots slots, --threads threads, prompt cache on as it ships,
 behind a threaded front doing the same retrieval (see `serve_llamacpp`).
@@ -26,7 +28,7 @@ Each concurrency level sends --requests requests from that many client threads
 as the client sees it. Any non-200 answer is counted and printed.
 
     .venv/bin/python bench/serving.py [--clients 1 4 16] [--requests 16 32 32] [--max-new-tokens 32] [--docs 60]
-        [--sides llamacpp baseline ours-no-reuse ours ours-llamacpp] [--slots 16] [--threads N]
+        [--sides llamacpp baseline ours-no-reuse ours ours-llamacpp ours-cache] [--slots 16] [--threads N]
 """
 
 import argparse
@@ -52,7 +54,8 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB
 K = 3
 LABELS = {"llamacpp": "llama.cpp server (xllamacpp, prompt cache on)", "baseline": "naive: HTTPServer + pipeline",
           "ours-no-reuse": "driftloop, prefix cache off", "ours": "driftloop (BentoML, event-driven batching, prefix cache)",
-          "ours-llamacpp": "driftloop on its llama.cpp engine (same GGUF, adapter exported, --slots per batch)"}
+          "ours-llamacpp": "driftloop on its llama.cpp engine (same GGUF, adapter exported, --slots per batch)",
+          "ours-cache": "driftloop with its semantic cache on (threshold 0.97)"}
 
 
 def build_bundle_for_bench(work: Path, docs_limit: int, adapter: bool, engines: tuple[str, ...] = ("transformers",)):
@@ -257,6 +260,8 @@ def start(side: str, bundle, work: Path, port: int, args) -> subprocess.Popen:
         env.pop("DRIFTLOOP_API_KEY", None)
         if side == "ours-no-reuse":
             env["DRIFTLOOP_PREFIX_CACHE_MB"] = "0"
+        if side == "ours-cache":
+            env["DRIFTLOOP_SEMANTIC_CACHE_THRESHOLD"] = "0.97"
         if side == "ours-llamacpp":
             env["DRIFTLOOP_MAX_BATCH"] = str(args.slots)  # one batch fills llama.cpp's slots, as the llamacpp side's server has
         command = [str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:DriftloopRAG", "--host", "127.0.0.1", "--port", str(port)]
@@ -324,7 +329,8 @@ def run_level(port: int, questions: list[str], clients: int, n: int, max_new_tok
     ok = [r for r in results if r[0] == 200]
     latencies = np.array([r[2] for r in ok]) if ok else np.array([float("nan")])
     errors = [f"{status}: {str(body)[:300]}" for status, body, _ in results if status != 200]
-    return {"clients": clients, "requests": n, "ok": len(ok), "errors": len(errors), "error_samples": errors[:3], "wall_s": round(wall, 2),
+    hits = [seconds for status, body, seconds in results if status == 200 and isinstance(body, dict) and body.get("cache")]
+    return {"cache_hits": len(hits), "hit_p50_s": round(float(np.percentile(hits, 50)), 4) if hits else None,"clients": clients, "requests": n, "ok": len(ok), "errors": len(errors), "error_samples": errors[:3], "wall_s": round(wall, 2),
             "rps": round(len(ok) / wall, 3), "mean_generate_batch": mean_batch,
             "p50_s": round(float(np.percentile(latencies, 50)), 3), "p99_s": round(float(np.percentile(latencies, 99)), 3),
             "answers": [b["answer"] if s == 200 and isinstance(b.get("answer"), str) else None for s, b, _ in results],
@@ -414,11 +420,13 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print("\n| server | clients | requests | errors | req/s | p50 s | p99 s | mean generate batch |\n|---|---|---|---|---|---|---|---|")
+    print("\n| server | clients | requests | errors | req/s | p50 s | p99 s | mean generate batch | cache hits (p50 s) |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for side, result in sides.items():
         for level in result["levels"]:
+            hits = f"{level['cache_hits']} ({level['hit_p50_s']})" if level["cache_hits"] else "0"
             print(f"| {LABELS[side]} | {level['clients']} | {level['requests']} | {level['errors']} | {level['rps']:.3f} | {level['p50_s']:.2f} | "
-                  f"{level['p99_s']:.2f} | {level['mean_generate_batch'] or 'n/a'} |")
+                  f"{level['p99_s']:.2f} | {level['mean_generate_batch'] or 'n/a'} | {hits} |")
     for side, result in sides.items():
         print(f"{side}: ready after {result['ready_s']} s; warm-up errors: {len(result['warmup_errors'])}")
         for sample in result["warmup_errors"][:3]:

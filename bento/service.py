@@ -15,7 +15,6 @@ settings are read here, once, into `SETTINGS` (driftloop/settings.py), for every
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -26,8 +25,6 @@ from pathlib import Path
 import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from driftloop.offline import enforce_offline
@@ -35,12 +32,15 @@ from driftloop.offline import enforce_offline
 enforce_offline()
 
 from driftloop.prompts import CONTEXT_CHUNKS, join_contexts, load_prompt  # noqa: E402 - offline switches first
-from driftloop.serving.auth import ApiKeyMiddleware, openai_error  # noqa: E402
+from driftloop.serving.auth import ApiKeyMiddleware  # noqa: E402
 from driftloop.serving.endpoints import embeddings, list_models  # noqa: E402
 from driftloop.serving.energy_metrics import EnergyAccount  # noqa: E402
+from driftloop.serving.metrics import batch_size, blocks_total, cache_total, errors_total, latency_hist, tokens_total  # noqa: E402
+from driftloop.serving.openai_chat import chat_completions  # noqa: E402
+from driftloop.serving.semantic_cache import SemanticCache, answer_key, cacheable, served_from  # noqa: E402
 from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
 from driftloop.serving.bundle import load_bundle  # noqa: E402
-from driftloop.serving.chat import ChatError, ChatRequest, Sampling, compose, parse_chat  # noqa: E402
+from driftloop.serving.chat import ChatRequest, Sampling, compose  # noqa: E402
 from driftloop.serving.guardrails import GuardrailSettings, Guardrails, GuardrailViolation  # noqa: E402
 from driftloop.serving.requestlog import RequestLog, default_root, new_request_id  # noqa: E402
 from driftloop.serving.shadow import AdapterShadow, request_id_from  # noqa: E402
@@ -70,13 +70,6 @@ def _resources() -> dict:
     return {"gpu": SETTINGS.serve_gpus} if SETTINGS.serve_gpus else {"cpu": str(SETTINGS.serve_cpus)}
 
 
-latency_hist = bentoml.metrics.Histogram(name="driftloop_request_seconds", documentation="End-to-end latency per endpoint",
-                                         labelnames=["endpoint"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
-tokens_total = bentoml.metrics.Counter(name="driftloop_tokens", documentation="Tokens processed", labelnames=["kind"])
-blocks_total = bentoml.metrics.Counter(name="driftloop_guardrail_blocks", documentation="Requests or answers blocked", labelnames=["reason"])
-batch_size = bentoml.metrics.Histogram(name="driftloop_generate_batch_size", documentation="Requests per generate batch",
-                                       buckets=(1, 2, 4, 8, 16, 32, 64))
-errors_total = bentoml.metrics.Counter(name="driftloop_errors", documentation="Requests that failed", labelnames=["endpoint", "status"])
 
 
 class Overloaded(GuardrailViolation):
@@ -184,71 +177,6 @@ class Models:
         return self.generation.count_tokens(text)
 
 
-async def chat_completions(request: Request):
-    service = bentoml.get_current_service()
-    started = time.perf_counter()
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        errors_total.labels(endpoint="chat", status="400").inc()
-        return openai_error(400, "the request body is not valid JSON")
-    try:
-        chat = parse_chat(body, service.model_names)
-        if chat.stream:
-            # Everything that can refuse the request happens before the stream opens, so a
-            # refusal is an HTTP error, as OpenAI's is.
-            grounded = await service._ground(chat.question, CONTEXT_CHUNKS, chat.max_tokens, "chat", request_id_from(request.headers), chat)
-        else:
-            result = await service.rag(chat.question, k=CONTEXT_CHUNKS, max_new_tokens=chat.max_tokens, endpoint="chat",
-                                       request_id=request_id_from(request.headers), chat=chat)
-    except ChatError as err:
-        errors_total.labels(endpoint="chat", status=str(err.status)).inc()
-        return JSONResponse(err.body(), status_code=err.status)
-    except GuardrailViolation as err:
-        errors_total.labels(endpoint="chat", status=str(err.status)).inc()
-        return openai_error(err.status, err.message, code=err.code)
-    created = int(time.time())
-    if chat.stream:
-        return StreamingResponse(_chat_events(service, grounded, chat, created, started), media_type="text/event-stream")
-    latency_hist.labels(endpoint="chat").observe(time.perf_counter() - started)
-    message = {"role": "assistant", "content": result["answer"]}
-    return JSONResponse({"id": result["request_id"], "object": "chat.completion", "created": created, "model": chat.model,
-                         "choices": [{"index": 0, "message": message, "finish_reason": result["finish_reason"]}], "usage": _usage(result),
-                         "driftloop": {"model_version": result["model_version"], "chunks": result["chunks"]}})
-
-
-def _usage(result: dict) -> dict:
-    return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
-            "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
-
-
-async def _chat_events(service, grounded: dict, chat: ChatRequest, created: int, started: float):
-    """OpenAI's chunk stream: the role, a delta per piece as it is generated, the finish
-    reason, the usage when asked, then [DONE]. A failure mid-stream (the headers are sent)
-    ends it with an error event, as OpenAI's API does."""
-    base = {"id": grounded["request_id"], "object": "chat.completion.chunk", "created": created, "model": chat.model}
-
-    def event(payload: dict) -> str:
-        return f"data: {json.dumps({**base, **payload})}\n\n"
-
-    yield event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-    try:
-        async for piece, result in service.rag_stream(grounded):
-            if result is None:
-                yield event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-    except Exception as err:  # noqa: BLE001 - the client is owed an end to the stream
-        errors_total.labels(endpoint="chat", status="stream").inc()
-        logging.getLogger("driftloop.service").warning("chat stream %s failed: %r", grounded["request_id"], err)
-        yield f"data: {json.dumps({'error': {'message': 'generation failed mid-stream', 'type': 'server_error', 'code': None, 'param': None}})}\n\n"
-        return
-    latency_hist.labels(endpoint="chat").observe(time.perf_counter() - started)
-    yield event({"choices": [{"index": 0, "delta": {}, "finish_reason": result["finish_reason"]}]})
-    if chat.include_usage:
-        # OpenAI's shape: one last chunk with no choices and the request's usage.
-        yield event({"choices": [], "usage": _usage(result)})
-    yield "data: [DONE]\n\n"
-
-
 openai_app = Starlette(routes=[Route("/models", list_models, methods=["GET"]), Route("/chat/completions", chat_completions, methods=["POST"]),
                                 Route("/embeddings", embeddings, methods=["POST"])])
 
@@ -295,6 +223,8 @@ class DriftloopRAG:
         self.shadow = AdapterShadow(version, lambda **asked: self._models("generate", **asked), self.guardrails.check_output,
                                     self.log.request) if version else None
         self.model_names += [version] if version else []
+        threshold = SETTINGS.semantic_cache_threshold
+        self.cache = SemanticCache(threshold, SETTINGS.semantic_cache_entries, SETTINGS.semantic_cache_ttl_s) if threshold else None
         self.started = int(time.time())
 
     async def __is_ready__(self) -> bool:
@@ -358,11 +288,20 @@ class DriftloopRAG:
                     raise
                 errors_total.labels(endpoint=f"models.{method}", status="retried").inc()
 
-    async def _retrieve(self, question: str, k: int) -> list[dict]:
+    async def _retrieve(self, question: str, k: int, vector=None) -> list[dict]:
         def search() -> list[dict]:
-            return self.retrieval.search([question], k)[0]
+            return self.retrieval.search([question], k, vector)[0]
 
         return await asyncio.get_running_loop().run_in_executor(self._lane, search)
+
+    async def _cached(self, question: str, key: tuple | None) -> tuple:
+        """The question's embedding and the cache's answer for it, when the request may be cached."""
+        if key is None:
+            return None, None
+        vector = await asyncio.get_running_loop().run_in_executor(self._lane, self.retrieval.embed, [question])
+        hit = self.cache.get(key, vector[0])
+        cache_total.labels(result="hit" if hit else "miss").inc()
+        return vector, hit
 
     def _template(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -391,17 +330,21 @@ class DriftloopRAG:
             for turn in chat.history if chat else ():
                 if turn["role"] == "user":
                     self.guardrails.check_input(turn["content"], field="history")
-            chunks = await self._retrieve(question, k)
-            prompt, dropped = self._prompt(question, chunks, chat, max_new_tokens)
+            # A chat request naming the shadow's version is answered by the shadow adapter itself, never from the cache.
+            adapter = "shadow" if chat is not None and self.shadow is not None and chat.model == self.shadow.version else "primary"
+            cached = self.cache is not None and cacheable(chat) and adapter == "primary"
+            key = answer_key(self.bundle.spec, self.bundle.model_version, k, max_new_tokens, endpoint) if cached else None
+            vector, hit = await self._cached(question, key)
+            chunks = [] if hit else await self._retrieve(question, k, vector)
+            prompt, dropped = ("", 0) if hit else self._prompt(question, chunks, chat, max_new_tokens)
         except GuardrailViolation as err:
             self._log_blocked(err, request_id, endpoint, question, started, logged)
             raise
         if logged is not None:
             logged["dropped_turns"] = dropped
-        # A chat request naming the shadow's version is answered by the shadow adapter itself.
-        adapter = "shadow" if chat is not None and self.shadow is not None and chat.model == self.shadow.version else "primary"
         return {"request_id": request_id, "started": started, "question": question, "endpoint": endpoint, "chunks": chunks, "prompt": prompt,
-                "max_new_tokens": max_new_tokens, "sampling": None if chat is None else sampling.to_dict(), "logged": logged, "adapter": adapter}
+                "max_new_tokens": max_new_tokens, "sampling": None if chat is None else sampling.to_dict(), "logged": logged, "adapter": adapter,
+                "cache": (key, vector, hit)}
 
     def _log_blocked(self, err: GuardrailViolation, request_id: str, endpoint: str, question: str, started: float, logged: dict | None) -> None:
         if not isinstance(err, Overloaded):
@@ -437,13 +380,25 @@ class DriftloopRAG:
         """One grounded answer. A chat request brings the client's system messages, its
         history and its sampling; the question (its last user turn) is what retrieval searches."""
         grounded = await self._ground(question, k, max_new_tokens, endpoint, request_id, chat)
+        key, vector, hit = grounded["cache"]
+        if hit is not None:
+            result = served_from(hit, grounded["request_id"], time.perf_counter() - grounded["started"])
+            self.log.request(request_id=result["request_id"], endpoint=endpoint, question=question, answer=result["answer"],
+                             model_version=result["model_version"], latency_s=result["latency_s"], prompt_tokens=0, completion_tokens=0,
+                             chunk_ids=[c["chunk_id"] for c in result["chunks"]], scores=[c["score"] for c in result["chunks"]],
+                             role=self.role, chat=grounded["logged"], cache=result["cache"])
+            return result
         try:
             generated = await self._models("generate", prompt=grounded["prompt"], max_new_tokens=max_new_tokens, sampling=grounded["sampling"],
                                            adapter=grounded["adapter"])
         except GuardrailViolation as err:
             self._log_blocked(err, grounded["request_id"], endpoint, question, grounded["started"], grounded["logged"])
             raise
-        return self._finish(grounded, generated["text"], self.guardrails.check_output(generated["text"]), generated)
+        result = self._finish(grounded, generated["text"], self.guardrails.check_output(generated["text"]), generated)
+        if key is not None and not result["guardrail"]:
+            self.cache.put(key, vector[0], {name: result[name] for name in ("answer", "chunks", "model_version", "finish_reason", "guardrail")},
+                           result["request_id"])
+        return result
 
     async def rag_stream(self, grounded: dict) -> AsyncGenerator[tuple[str, dict | None], None]:
         """The answer as the models service generates it: (text, None) for each piece that

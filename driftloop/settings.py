@@ -75,6 +75,10 @@ class ServiceSettings(_FromEnv):
     canary: str = Field(default="", description="the prompt-injection canary (pin it across replicas)")
     role: Literal["primary", "shadow"] = Field(default="primary", description="shadow for a shadow deployment")
     api_key: str = Field(default="", description="key every service endpoint but health and metrics requires")
+    semantic_cache_threshold: float | None = Field(default=None, gt=0, le=1, description="cosine similarity from which a question "
+                                                   "gets a cached answer (0.97 and up: one word can flip a question); unset: no cache")
+    semantic_cache_entries: int = Field(default=10_000, ge=1, description="answers the semantic cache keeps (least recently used out)")
+    semantic_cache_ttl_s: float = Field(default=0.0, ge=0, description="oldest a cached answer may be; 0: no limit")
 
 
 class EnergySettings(_FromEnv):

@@ -99,8 +99,9 @@ class Retrieval:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embedder.encode(list(texts))
 
-    def search(self, questions: Sequence[str], k: int) -> list[list[dict]]:
-        scores, ids = self.index.search(self.embed(questions), k, list(questions))
+    def search(self, questions: Sequence[str], k: int, vectors: np.ndarray | None = None) -> list[list[dict]]:
+        """The top `k` chunks of each question; `vectors`, when the caller embedded them already."""
+        scores, ids = self.index.search(self.embed(questions) if vectors is None else vectors, k, list(questions))
         out = []
         for score_row, id_row in zip(scores, ids, strict=True):
             rows = [(self.index.chunks[int(i)], float(s)) for s, i in zip(score_row, id_row, strict=True) if int(i) >= 0]
