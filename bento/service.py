@@ -224,7 +224,8 @@ class DriftloopRAG:
                                     self.log.request) if version else None
         self.model_names += [version] if version else []
         threshold = SETTINGS.semantic_cache_threshold
-        self.cache = SemanticCache(threshold, SETTINGS.semantic_cache_entries, SETTINGS.semantic_cache_ttl_s) if threshold else None
+        self.cache = (SemanticCache(threshold, SETTINGS.semantic_cache_entries, SETTINGS.semantic_cache_ttl_s, SETTINGS.semantic_cache_match)
+                      if threshold else None)
         self.started = int(time.time())
 
     async def __is_ready__(self) -> bool:
@@ -298,8 +299,9 @@ class DriftloopRAG:
         """The question's embedding and the cache's answer for it, when the request may be cached."""
         if key is None:
             return None, None
-        vector = await asyncio.get_running_loop().run_in_executor(self._lane, self.retrieval.embed, [question])
-        hit = self.cache.get(key, vector[0])
+        hit = self.cache.repeat(key, question)
+        vector = None if hit else await asyncio.get_running_loop().run_in_executor(self._lane, self.retrieval.embed, [question])
+        hit = hit or self.cache.get(key, vector[0], question)
         cache_total.labels(result="hit" if hit else "miss").inc()
         return vector, hit
 
@@ -397,7 +399,7 @@ class DriftloopRAG:
         result = self._finish(grounded, generated["text"], self.guardrails.check_output(generated["text"]), generated)
         if key is not None and not result["guardrail"]:
             self.cache.put(key, vector[0], {name: result[name] for name in ("answer", "chunks", "model_version", "finish_reason", "guardrail")},
-                           result["request_id"])
+                           result["request_id"], question)
         return result
 
     async def rag_stream(self, grounded: dict) -> AsyncGenerator[tuple[str, dict | None], None]:

@@ -13,7 +13,7 @@ import pytest
 
 from driftloop.monitoring.traffic import columns, rate_counts
 from driftloop.serving.chat import ChatRequest, Sampling
-from driftloop.serving.semantic_cache import SemanticCache, answer_key, cacheable, served_from
+from driftloop.serving.semantic_cache import SemanticCache, answer_key, cacheable, content_words, served_from
 from driftloop.settings import ServiceSettings, SettingsError
 
 SPEC = {"index_version": "idx-1", "prompt_version": "rag.v1"}
@@ -39,6 +39,33 @@ def test_a_near_identical_question_gets_the_answer_already_given_under_its_own_k
         assert cache.get(other, unit(1, 0, 0)) is None, other
     served = served_from(hit, "req-2", 0.004)
     assert served["request_id"] == "req-2" and served["completion_tokens"] == 0 and served["cache"]["answered_as"] == "req-1"
+
+
+def test_a_question_about_another_name_never_gets_that_names_answer():
+    """all-MiniLM-L6-v2 scores these two 0.981: by the embedding alone, one would be served
+    the other's answer. Under match="words" (the default) it is answered afresh; a rewording
+    that keeps the words (case, order, punctuation, filler) still hits."""
+    asked = "What does `asyncio.base_events.BaseEventLoop.set_task_factory` do?"
+    other = "What does `asyncio.base_events.BaseEventLoop.get_task_factory` do?"
+    same = "what does asyncio.base_events.BaseEventLoop.set_task_factory do"
+    assert content_words(asked) == content_words(same) != content_words(other)
+    assert content_words("How do I create a virtual environment in Python?") == content_words("In Python, how do I create a virtual environment")
+    vector = unit(1, 0, 0)
+    strict, loose = SemanticCache(threshold=0.97), SemanticCache(threshold=0.97, match="embedding")
+    for cache in (strict, loose):
+        cache.put(("k",), vector, {"answer": "set_task_factory sets ..."}, "req-1", asked)
+    assert strict.get(("k",), vector, other) is None and strict.get(("k",), vector, same).request_id == "req-1"
+    assert loose.get(("k",), vector, other).request_id == "req-1"
+
+
+def test_a_question_asked_again_in_the_same_words_is_found_without_its_embedding():
+    cache = SemanticCache(threshold=0.99, max_entries=1)
+    cache.put(("k",), unit(1, 0, 0), {"answer": "A"}, "req-1", "What does section 3 say?")
+    hit = cache.repeat(("k",), "  what does Section 3 say ")
+    assert hit.request_id == "req-1" and hit.similarity == 1.0
+    assert cache.repeat(("k",), "What does section 4 say?") is None and cache.repeat(("other",), "What does section 3 say?") is None
+    cache.put(("k",), unit(0, 1, 0), {"answer": "B"}, "req-2", "Another question?")  # evicts the first, and its wording with it
+    assert cache.repeat(("k",), "What does section 3 say?") is None and cache.repeat(("k",), "another question").request_id == "req-2"
 
 
 def test_memory_is_bounded_least_recently_used_first_and_by_age(monkeypatch):
@@ -70,10 +97,10 @@ def test_only_deterministic_requests_are_cached():
     assert not cacheable(replace(plain, sampling=Sampling(stop=("\n",))))
 
 
-@pytest.mark.parametrize(("threshold", "entries"), [(0.0, 10), (1.5, 10), (0.9, 0)])
-def test_out_of_range_cache_settings_are_refused(threshold, entries):
+@pytest.mark.parametrize(("threshold", "entries", "match"), [(0.0, 10, "words"), (1.5, 10, "words"), (0.9, 0, "words"), (0.9, 10, "vibes")])
+def test_out_of_range_cache_settings_are_refused(threshold, entries, match):
     with pytest.raises(ValueError, match="semantic cache"):
-        SemanticCache(threshold, entries)
+        SemanticCache(threshold, entries, match=match)
 
 
 def test_a_bad_threshold_in_the_environment_names_its_variable(monkeypatch):
