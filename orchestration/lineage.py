@@ -127,13 +127,14 @@ def lineage_resources(profile: Profile, lineage: Lineage, settings: Settings, ov
         if bad:
             raise LineageError(f"lineage {lineage.label()}: resources.{key} has no field {bad}; {classes[key].__name__} has {sorted(classes[key].model_fields)}")
     defaults: dict[str, dict] = {"deployer": {"port": settings.serve_port}}
-    if lineage.name:
+    if lineage.home:  # every named lineage; the default one when its defs.yaml names a home
         layout = lineage.layout()
         defaults["dvc"] = {"workspace_dir": str(layout.dvc_workspace), "remote_url": layout.dvc_remote}
         defaults["vector_store"] = {"root": str(layout.retrieval)}
         defaults["model_registry"] = {"root": str(layout.registry)}
         defaults["models"] = {"cache_dir": str(layout.base_models)}
         defaults["deployer"]["home"] = str(layout.home)
+    if lineage.name:
         profile = profile.under(lineage.name)
     try:
         bound = profile.bind(RESOURCES, defaults, overrides)
@@ -247,7 +248,8 @@ class LineageScaffolder(dg.Scaffolder):
 
 
 def _ports_in(defs_dir: Path) -> set[int]:
-    taken = {Settings.from_env().serve_port, Settings.from_env().serve_port + 1, Settings.from_env().ui_port}
+    settings = Settings.from_env()
+    taken = {settings.serve_port, settings.serve_port + 1, settings.ui_port}
     for path in defs_dir.rglob("defs.yaml"):
         attributes = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("attributes") or {}
         if isinstance(attributes.get("serve_port"), int):

@@ -128,6 +128,15 @@ def test_a_second_lineage_with_a_taken_name_port_or_home_is_refused(tmp_path):
     build("c/defs.yaml", name="manuals", serve_port=3301)
 
 
+def test_the_default_lineage_given_a_home_keeps_everything_there(tmp_path):
+    reset_loaded()
+    home = tmp_path / "elsewhere"
+    defs = DriftloopLineage(home=str(home)).build("driftloop/defs.yaml", Settings(), local_profile(None))
+    assert Path(defs.resources["dvc"].root) == home / "data" / "workspace"
+    assert Path(defs.resources["model_registry"].local_root()) == home / "artifacts" / "registry"
+    assert defs.resources["deployer"].layout().home == home
+
+
 def _materializations(instance, key) -> int:
     return len(instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=100).records)
 
