@@ -63,8 +63,11 @@ LOAD = textwrap.dedent("""
         dg.Definitions.validate_loadable(built)
         built.get_repository_def().get_all_jobs()
         built.resolve_asset_graph()
-    flagged = [w for w in caught if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, SupersessionWarning))
-               or "dagster" in str(w.message).lower()]
+    # Dagster 1.13's own YAML component loader calls pydantic's parse_obj_as (dagster-io/dagster
+    # issue 33880): Pydantic's warning about Dagster's code, not a Dagster API this project uses.
+    upstream = [w for w in caught if w.category.__name__ == "PydanticDeprecatedSince20" and "/site-packages/dagster/" in w.filename]
+    flagged = [w for w in caught if w not in upstream and (issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, SupersessionWarning))
+               or "dagster" in str(w.message).lower())]
     print("WARNINGS " + json.dumps([f"{w.category.__name__} at {w.filename}:{w.lineno}: {w.message}" for w in flagged]))
 """)
 
