@@ -34,6 +34,7 @@ class EnergyReading:
     seconds: float
     cpu_method: str
     cpu_power_w: float
+    cpu_rated_w: float | None
     country: str
     intensity_g_per_kwh: float
 
@@ -101,7 +102,17 @@ class EnergyMeter:
         return EnergyReading(kwh=kwh, cpu_kwh=float(data.cpu_energy), ram_kwh=float(data.ram_energy), gpu_kwh=float(data.gpu_energy),
                              kg_co2e=kwh * intensity / 1000.0, seconds=time.perf_counter() - self._started,
                              cpu_method=str(getattr(cpu, "_mode", "unknown")), cpu_power_w=float(data.cpu_power or 0.0),
+                             cpu_rated_w=_rated_watts(cpu),
                              country=self.settings.carbon_country, intensity_g_per_kwh=round(intensity, 3))
+
+
+def _rated_watts(cpu) -> float | None:
+    """The full-load power a load-based estimate scales (the stated `DRIFTLOOP_CPU_POWER_W`,
+    else CodeCarbon's TDP table or its per-thread default); None where counters measure."""
+    if cpu is None or getattr(cpu, "_mode", None) not in ("cpu_load", "constant"):
+        return None
+    rated = getattr(cpu, "_tdp", None)
+    return float(rated) if rated else None
 
 
 class Measured:

@@ -56,11 +56,15 @@ def test_a_running_meter_hands_growing_totals_on_without_stopping(no_network):
 def test_the_stated_power_model_and_grid_intensity_set_the_figures(no_network):
     stated = EnergySettings(energy_interval_s=0.5, cpu_power_w=200, carbon_intensity=500.0)
     # Both powers stated: a stated power replaces RAPL and CodeCarbon's TDP table alike, so the
-    # ratio holds on any CPU (an EPYC that CodeCarbon knows at 280 W would beat 200 W unstated).
+    # figures follow it on any CPU (an EPYC that CodeCarbon knows at 280 W would beat 200 W unstated).
     with measured(EnergySettings(energy_interval_s=0.5, cpu_power_w=20)) as low, measured(stated) as forced:
         busy(1.5)
-    # The same work, the same seconds: a 200 W CPU draws about ten times what a 20 W one does.
-    assert forced.reading.cpu_kwh > 5 * low.reading.cpu_kwh
+    assert (low.reading.cpu_method, low.reading.cpu_rated_w) == ("cpu_load", 20.0)
+    assert (forced.reading.cpu_method, forced.reading.cpu_rated_w) == ("cpu_load", 200.0)
+    # The same work, the same seconds, ten times the power. Only the direction is held: each
+    # meter samples this process's CPU time in its own short windows, and on a loaded 2-core CI
+    # runner one window's estimate was seen 4x off (20 W stated, 39 W averaged; 200 W gave 90 W).
+    assert forced.reading.cpu_kwh > low.reading.cpu_kwh > 0
     assert forced.reading.kg_co2e == pytest.approx(forced.reading.kwh * 500.0 / 1000.0)
     assert forced.reading.intensity_g_per_kwh == 500.0
 
