@@ -172,3 +172,15 @@ def energy_metadata(measured) -> dict:
 
 def json_meta(value) -> dg.MetadataValue:
     return dg.MetadataValue.json(json.loads(json.dumps(value, default=str)))
+
+
+def champion_moved(event: dict, key: dg.AssetKey) -> dg.AssetMaterialization:
+    """A registry event that moved the champion alias outside evaluation/champion's own runs (a
+    rollback by hand or by the canary decision) as that asset's materialization, so the asset,
+    its data version and its history in the UI name the champion that serves."""
+    return dg.AssetMaterialization(
+        asset_key=key, description=f"{event['action']} to {event['version']}: {event.get('reason') or 'no reason given'}",
+        tags={"dagster/data_version": event["version"]},
+        metadata={"champion": dg.MetadataValue.text(event["version"]), "previous": dg.MetadataValue.text(str(event["previous"])),
+                  "action": dg.MetadataValue.text(event["action"]), "reason": dg.MetadataValue.text(event.get("reason") or ""),
+                  "by": dg.MetadataValue.text(str(event.get("by"))), "at": dg.MetadataValue.text(str(event.get("at")))})

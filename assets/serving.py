@@ -1,8 +1,10 @@
-"""Serving stage: the champion built into a bento, and that bento deployed.
+"""Serving stage: the champion built into a bento, and that bento deployed, at once or
+first as a canary beside the serving version, and the canary's live decision.
 
 Only the registry's champion alias is ever built, and the alias only moves past the
 promotion gate, so a model that failed its gate cannot reach this stage; a failed
-build or deploy leaves the version that was serving in place.
+build or deploy leaves the version that was serving in place, and a canary that is worse
+live than the version it would replace is rolled back with the alias.
 """
 
 from pathlib import Path
@@ -10,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from assets.common import OWNERS, json_meta
-from assets.keys import BENTO, CHAMPION, DEPLOYMENT, EVAL_REPORT, SHADOW, VECTOR_INDEX
+from assets.common import OWNERS, champion_moved, json_meta
+from assets.keys import BENTO, CANARY, CHAMPION, DEPLOYMENT, EVAL_REPORT, SHADOW, VECTOR_INDEX
 from assets.evaluation import launched_by
 from assets.stage import Stage
 from resources.deployer import Deployer
@@ -84,14 +86,36 @@ def _audit(context: dg.AssetExecutionContext) -> dict:
     return {"run_id": context.run.run_id, "by": launched_by(context.run.tags) or "manual"}
 
 
+class DeploymentConfig(dg.Config):
+    canary_share: float = Field(default=0.0, ge=0.0, lt=1.0, description="The share of live inference traffic a new version first "
+                                "takes beside the serving one, each caller kept on one side; 0 switches all traffic at once.")
+    canary_min_requests: int = Field(default=200, ge=10, description="Requests each side needs before the final canary decision.")
+    canary_alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="The final look's significance level (Bonferroni-corrected).")
+    canary_interim_alpha: float = Field(default=0.001, gt=0.0, lt=1.0, description="The interim looks' level (Haybittle-Peto).")
+    canary_min_rate_increase: float = Field(default=0.02, ge=0.0, le=1.0, description="The smallest rise of a failure, guardrail, "
+                                            "refusal or negative-feedback rate that counts as a regression.")
+    canary_max_p95_ratio: float = Field(default=1.5, ge=1.0, description="The p95 latency ratio (canary / serving) that counts as one.")
+
+    def policy(self) -> dict:
+        from driftloop.monitoring.canary import CanaryPolicy
+
+        try:
+            return CanaryPolicy(share=self.canary_share, min_requests=self.canary_min_requests, alpha=self.canary_alpha,
+                                interim_alpha=self.canary_interim_alpha, min_rate_increase=self.canary_min_rate_increase,
+                                max_p95_ratio=self.canary_max_p95_ratio).to_dict()
+        except ValueError as err:
+            raise dg.Failure(description=f"serving/deployment: {err}") from err
+
+
 # A deploy is idempotent (the same tag already serving is "unchanged"), so a worker
 # killed mid-switch is simply retried; the supervisor keeps the old version serving.
-@stage.asset(key=DEPLOYMENT, deps=[BENTO], group_name="serving", kinds={"bentoml", "kubernetes"}, owners=OWNERS, code_version="2",
+@stage.asset(key=DEPLOYMENT, deps=[BENTO], group_name="serving", kinds={"bentoml", "kubernetes"}, owners=OWNERS, code_version="3",
           tags={"stage": "serving"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=5))
-def deployment(context: dg.AssetExecutionContext, deployer: Deployer, lineage: Lineage) -> dg.MaterializeResult:
+def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig, deployer: Deployer, lineage: Lineage) -> dg.MaterializeResult:
     """Deploy the latest bento where the profile's deployer points. Locally, a supervisor
-    starts it beside the running version, waits until it is ready, switches the stable port
-    to it and stops the old one; for Kubernetes, manifests with GPU requests and a rolling
+    starts it beside the running version, waits until it is ready, and switches the stable
+    port to it and stops the old one, or with `canary_share` sends it that share of traffic
+    until serving/canary decides; for Kubernetes, manifests with GPU requests and a rolling
     update are rendered."""
     from driftloop.serving.deploy import DeployError
 
@@ -99,8 +123,12 @@ def deployment(context: dg.AssetExecutionContext, deployer: Deployer, lineage: L
     # A version a drift retrain put live carries that drift's window, so the drift sensor can
     # tell a shift the retrain did not cure from a new one.
     window = context.run.tags.get("driftloop/drift_window")
+    audit = {**_audit(context), **({"drift_window": window} if window else {})}
     try:
-        done = deployer.target().deploy(meta["tag"], meta["model_version"], {**_audit(context), **({"drift_window": window} if window else {})})
+        if config.canary_share > 0:
+            done = deployer.target().canary(meta["tag"], meta["model_version"], config.policy(), audit)
+        else:
+            done = deployer.target().deploy(meta["tag"], meta["model_version"], audit)
     except DeployError as err:
         raise dg.Failure(description=f"serving/deployment: {err}") from err
     context.log.info(f"{done.tag} ({done.model_version}) {done.action} on {done.url or done.manifests}")
@@ -176,10 +204,80 @@ def shadow(context: dg.AssetExecutionContext, config: ShadowConfig, model_regist
                                           "serving": dg.MetadataValue.text(serving.model_version), "action": dg.MetadataValue.text(action)})
 
 
+class CanaryDecisionConfig(dg.Config):
+    canary: str = Field(default="", description="The canary (bento tag) to decide on; empty: the one running. A different one "
+                        "running, or none, decides nothing.")
+    until: str = Field(default="", description="Evidence up to this time (ISO 8601, UTC); empty: now. The canary sensor pins it, "
+                       "with the proxy's counts, so the run decides exactly what the sensor saw.")
+    sides: dict[str, dict[str, int]] = Field(default_factory=dict, description="The proxy's counts per side at `until`; empty: now.")
+
+
+@stage.asset(key=CANARY, deps=[DEPLOYMENT], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="1",
+             tags={"stage": "serving"})
+def canary(context: dg.AssetExecutionContext, config: CanaryDecisionConfig, deployer: Deployer, model_registry: ModelRegistry,
+           lineage: Lineage) -> dg.MaterializeResult:
+    """The canary's live decision (driftloop.monitoring.canary states the rule): promoted to all
+    traffic when no signal regressed at the final look, rolled back at any look where one did
+    (the champion alias going back with it), otherwise still waiting. The figures, the rule
+    and the outcome are this materialization's metadata and the registry's promotion history."""
+    from datetime import UTC, datetime
+
+    from driftloop.monitoring.canary import CanaryPolicy, decide, evidence
+    from driftloop.registry import PromotionError
+    from driftloop.serving.deploy import DeployError
+
+    target = deployer.target()
+    try:
+        running = (target.serving() or {}).get("canary")
+    except DeployError as err:
+        raise dg.Failure(description=f"serving/canary: {err}") from err
+    if running is None or (config.canary and running["name"] != config.canary):
+        wanted = config.canary or "a canary"
+        return dg.MaterializeResult(metadata={"verdict": dg.MetadataValue.text("none"), "canary": dg.MetadataValue.text(wanted),
+                                              "reason": dg.MetadataValue.text(f"{wanted} is not running; nothing to decide")})
+    until = datetime.fromisoformat(config.until) if config.until else datetime.now(UTC)
+    if config.sides:
+        running = {**running, "sides": config.sides}
+    baseline, candidate, shifts = evidence(lineage.layout().request_log, running, until)
+    decision = decide(CanaryPolicy.from_dict(running.get("policy") or {}), baseline, candidate)
+    outcome, champion_event = "waiting", None
+    if decision.verdict != "wait":
+        promote = decision.verdict == "promote"
+        audit = {**_audit(context), "decision": decision.verdict, "reason": decision.reason}
+        try:
+            target.end_canary(running["name"], promote, audit)
+        except DeployError as err:
+            raise dg.Failure(description=f"serving/canary: the {decision.verdict} of {running['name']} failed: {err}") from err
+        registry = model_registry.registry()
+        record = {"decision": decision.to_dict(), "run_id": context.run.run_id}
+        try:
+            if promote:
+                registry.confirm(running["model_version"], by=_audit(context)["by"], **record)
+                outcome = f"promoted: {running['name']} serves all traffic"
+            else:
+                champion_event = registry.rollback(running["baseline_version"], by=_audit(context)["by"],
+                                                   reason=f"canary {running['model_version']}: {decision.reason}", **record)
+                outcome = f"rolled back: {running['baseline']} serves all traffic; champion {running['baseline_version']}"
+        except PromotionError as err:
+            # The service already changed; the alias had moved on since the canary started.
+            outcome = f"{decision.verdict} done in serving; the registry kept its champion: {err}"
+            context.log.warning(outcome)
+    if champion_event is not None:
+        context.instance.report_runless_asset_event(champion_moved(champion_event, lineage.key(CHAMPION)))
+    context.log.info(f"canary {running['name']}: {decision.verdict} ({decision.reason}); {outcome}")
+    return dg.MaterializeResult(metadata={
+        "verdict": dg.MetadataValue.text(decision.verdict), "canary": dg.MetadataValue.text(running["name"]),
+        "model_version": dg.MetadataValue.text(running["model_version"]), "serving": dg.MetadataValue.text(running["baseline_version"]),
+        "reason": dg.MetadataValue.text(decision.reason), "outcome": dg.MetadataValue.text(outcome),
+        "rule": dg.MetadataValue.text(decision.rule), "look": dg.MetadataValue.text(decision.look),
+        "signals": dg.MetadataValue.md(decision.table()), "sides": json_meta({"serving": decision.baseline, "canary": decision.canary}),
+        "shifts": json_meta(shifts), "until": dg.MetadataValue.text(until.isoformat())})
+
+
 def build(lineage: Lineage | None = None, config: dict[str, dict] | None = None) -> list[dg.AssetsDefinition]:
     built = stage.build(lineage or Lineage(), config)
-    return [built["bento"], built["deployment"], built["shadow"]]
+    return [built["bento"], built["deployment"], built["shadow"], built["canary"]]
 
 
 serving_assets = build()
-bento, deployment, shadow = serving_assets
+bento, deployment, shadow, canary = serving_assets

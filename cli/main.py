@@ -64,6 +64,7 @@ def _record_in_dagster(event: dict) -> None:
     gate promoted. Nothing downstream is automated on it: the deploy is the caller's."""
     from dagster._core.errors import DagsterHomeNotSetError
 
+    from assets.common import champion_moved
     from assets.keys import CHAMPION
 
     try:
@@ -72,12 +73,7 @@ def _record_in_dagster(event: dict) -> None:
         print("rollback: DAGSTER_HOME is not set, so evaluation/champion in Dagster still shows "
               f"{event['previous']}; the registry's history has the rollback", file=sys.stderr)
         return
-    instance.report_runless_asset_event(dg.AssetMaterialization(
-        asset_key=CHAMPION, description=f"rollback to {event['version']}: {event.get('reason') or 'no reason given'}",
-        tags={"dagster/data_version": event["version"]},
-        metadata={"champion": dg.MetadataValue.text(event["version"]), "previous": dg.MetadataValue.text(str(event["previous"])),
-                  "action": dg.MetadataValue.text("rollback"), "reason": dg.MetadataValue.text(event.get("reason") or ""),
-                  "by": dg.MetadataValue.text(str(event.get("by"))), "at": dg.MetadataValue.text(str(event.get("at")))}))
+    instance.report_runless_asset_event(champion_moved(event, CHAMPION))
 
 
 def rollback(to: str | None, reason: str, port: int, deploy=None) -> int:

@@ -4,7 +4,7 @@ they always were (`driftloop_pipeline`), another's carry its name (`runbooks__dr
 
 import dagster as dg
 
-from assets.keys import BENTO, CHAMPION, DEPLOYMENT, DRIFT_REPORT, EVAL_REPORT, INFERENCE_LOG, SHADOW
+from assets.keys import BENTO, CANARY, CHAMPION, DEPLOYMENT, DRIFT_REPORT, EVAL_REPORT, INFERENCE_LOG, SHADOW
 from resources.lineage import Lineage
 
 GROUPS = ("data", "retrieval", "training", "evaluation", "serving", "monitoring")
@@ -22,7 +22,7 @@ def build_jobs(lineage: Lineage | None = None) -> dict[str, dg.JobDefinition]:
 
     # Shadowing a challenger is a choice made per challenger, not a step of every run; the
     # monitoring stage reads live traffic on its own triggers.
-    pipeline = groups(*GROUPS) - assets(SHADOW) - groups("monitoring")
+    pipeline = groups(*GROUPS) - assets(SHADOW, CANARY) - groups("monitoring")
     specs = {
         "driftloop_pipeline": (pipeline, "Materialize the whole lineage on the configured corpus, checks included.", {"driftloop/trigger": "manual"}),
         "data_refresh": (groups("data"), "Ingest, validate and version the datasets only.", None),
@@ -34,6 +34,8 @@ def build_jobs(lineage: Lineage | None = None) -> dict[str, dg.JobDefinition]:
                                  "redeploy.", None),
         "refresh_index": (groups("data", "retrieval") | assets(BENTO, DEPLOYMENT), "New documents: incremental ingest, embeddings and "
                           "index, then the champion redeployed on the new index. No training.", None),
+        "canary_decision": (assets(CANARY), "Decide on the running canary from its live evidence: promote it to all traffic, roll it "
+                            "back, or wait.", None),
         "drift_check": (assets(DRIFT_REPORT), "Drift of the traffic served since the current version went live.", None),
         "inference_log": (assets(INFERENCE_LOG), "One day of the request log, feedback joined in.", None),
     }

@@ -45,6 +45,7 @@ from resources.lineage import Lineage, check_name, lineage_home
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
 from resources.vector_store import VectorStore
+from sensors.canary import canary_sensor
 from sensors.drift import drift_sensors
 from sensors.new_documents import new_documents_sensor
 from sensors.run_failures import run_failure_sensor
@@ -170,7 +171,7 @@ def build_lineage_defs(lineage: Lineage, settings: Settings, profile: Profile, r
         jobs=list(jobs.values()),
         schedules=build_schedules(settings, lineage, jobs),
         sensors=[run_failure_sensor(lineage, None if not lineage.name else list(jobs.values())), *drift_sensors(settings, lineage),
-                 new_documents_sensor(settings, lineage)],
+                 new_documents_sensor(settings, lineage), canary_sensor(settings, lineage)],
         resources=lineage_resources(profile, lineage, settings, resources or {}),
     )
 

@@ -22,6 +22,7 @@ EXPECTED_ASSETS = {
     "serving/bento": "serving",
     "serving/deployment": "serving",
     "serving/shadow": "serving",
+    "serving/canary": "serving",
     "monitoring/inference_log": "monitoring",
     "monitoring/drift_report": "monitoring",
 }
@@ -74,9 +75,11 @@ def test_checks_snapshot():
 
 def test_main_job_selects_the_whole_lineage():
     job = defs.resolve_job_def("driftloop_pipeline")
-    # Shadowing is opted into per challenger, in its own job.
-    assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey.from_user_string(k) for k in EXPECTED_ASSETS if not k.startswith(("monitoring/", "serving/shadow"))}
+    # Shadowing is opted into per challenger, and a canary is decided on its own evidence, each in its own job.
+    assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey.from_user_string(k) for k in EXPECTED_ASSETS
+                                                          if not k.startswith(("monitoring/", "serving/shadow", "serving/canary"))}
     assert set(defs.resolve_job_def("shadow_challenger").asset_layer.executable_asset_keys) == {dg.AssetKey(["serving", "shadow"])}
+    assert set(defs.resolve_job_def("canary_decision").asset_layer.executable_asset_keys) == {dg.AssetKey(["serving", "canary"])}
 
 
 def test_training_declares_a_gpu_for_the_kubernetes_executor():

@@ -372,3 +372,65 @@ def test_shadow_answers_a_copy_of_inference_requests_and_serves_none(sup):
     assert status["active"]["name"] == "challenger-2" and status["shadow"] is None
     with pytest.raises(DeployError, match="a shadow must be another version"):
         sup.client.shadow("challenger-2", sup.command("challenger-2", free_port()), free_port())
+
+
+def test_canary_takes_a_sticky_share_is_promoted_or_rolled_back_and_never_fails_a_request(sup):
+    sup.deploy("stable")
+    port = free_port()
+    started = sup.client.canary("candidate", sup.command("candidate", port), port, share=0.3, model_version="lora-new",
+                                baseline_version="lora-old", policy={"min_requests": 20})
+    assert started["action"] == "canary" and started["baseline"] == "stable"
+    json_body = {"Content-Type": "application/json"}
+
+    def answer(user: str) -> str:
+        status, _, body = sup.request("POST", "/answer", b'{"question": "q"}', {**json_body, "X-Driftloop-User": user})
+        assert status == 200
+        return json.loads(body)["name"]
+
+    sides = {user: answer(user) for user in (f"user-{i}" for i in range(200))}
+    # Each caller stays where the hash put it, and about the share goes to the canary.
+    assert all(answer(user) == side for user, side in list(sides.items())[:40])
+    share = sum(side == "candidate" for side in sides.values()) / len(sides)
+    assert 0.2 < share < 0.4, share
+    # Only inference calls are split: reads and feedback belong to the serving version.
+    assert all(sup.request("GET", "/who", headers={"X-Driftloop-User": u})[2] == b"stable" for u, s in sides.items() if s == "candidate")
+    canary = sup.client.status()["canary"]
+    assert canary["model_version"] == "lora-new" and canary["policy"] == {"min_requests": 20}
+    assert canary["sides"]["canary"]["requests"] + canary["sides"]["baseline"]["requests"] == 240
+    assert canary["sides"]["canary"]["failures"] == 0
+
+    # A canary that dies costs its callers nothing: the serving version answers, the failure is counted.
+    os.killpg(canary["pid"], signal.SIGKILL)
+    assert _wait_gone(canary["pid"])
+    on_canary = [u for u, s in sides.items() if s == "candidate"][:5]
+    assert [answer(u) for u in on_canary] == ["stable"] * 5
+    assert sup.client.status()["canary"]["sides"]["canary"]["failures"] == 5
+    with pytest.raises(DeployError, match="not running"):
+        sup.client.end_canary("candidate", promote=True)
+    assert sup.client.status()["canary"] is None and sup.client.status()["active"]["name"] == "stable"
+
+    # A rollback stops the canary; a promotion switches everything to it and stops the old version.
+    port = free_port()
+    sup.client.canary("bad", sup.command("bad", port), port, share=0.5, model_version="lora-bad", baseline_version="lora-old")
+    bad_pid = sup.client.status()["canary"]["pid"]
+    with pytest.raises(DeployError, match="no canary other"):
+        sup.client.end_canary("other", promote=True)
+    assert sup.client.end_canary("bad", promote=False)["action"] == "rolled_back"
+    assert _wait_gone(bad_pid) and all(answer(u) == "stable" for u in list(sides)[:20])
+    port = free_port()
+    sup.client.canary("good", sup.command("good", port), port, share=0.5, model_version="lora-good", baseline_version="lora-old")
+    stable_pid = sup.client.status()["active"]["pid"]
+    # A restarted supervisor adopts the canary with its route and counts.
+    answer("user-1")
+    time.sleep(1.5)  # the counts are written to state.json once a second
+    sup.client.process.kill()
+    sup.client.process.wait(timeout=10)
+    sup.client = sup.start()
+    adopted = sup.client.status()["canary"]
+    assert adopted["name"] == "good" and adopted["adopted"] and adopted["share"] == 0.5
+    assert sum(side["requests"] for side in adopted["sides"].values()) == 1
+    promoted = sup.client.end_canary("good", promote=True)
+    assert promoted["action"] == "promoted" and promoted["previous"] == "stable"
+    assert _wait_gone(stable_pid) and {answer(u) for u in list(sides)[:20]} == {"good"}
+    actions = [e["action"] for e in sup.client.status()["history"]]
+    assert actions.count("canary") == 3 and "canary_rolled_back" in actions and actions[-1] == "canary_promoted"

@@ -119,8 +119,9 @@ class AdapterRegistry:
             return self._record({"action": "promote", "version": version, "previous": current.version if current else None,
                                  "metrics": metrics, "data_versions": data_versions, "gate": gate, "run_id": run_id, "by": by})
 
-    def rollback(self, to: str | None = None, by: str | None = None, reason: str = "") -> dict:
-        """Make an earlier champion the champion again: `to`, or the one before the current."""
+    def rollback(self, to: str | None = None, by: str | None = None, reason: str = "", **extra) -> dict:
+        """Make an earlier champion the champion again: `to`, or the one before the current;
+        `extra` (a canary decision, a run id) is kept with the event."""
         with self._locked():
             current = self.champion()
             earlier = [e["version"] for e in self.history() if e["action"] in ("promote", "rollback")]
@@ -133,7 +134,16 @@ class AdapterRegistry:
                 raise PromotionError(f"{to} was never champion; rollback goes only to an earlier champion ({sorted(set(earlier))})")
             self.get(to)
             return self._record({"action": "rollback", "version": to, "previous": current.version if current else None,
-                                 "reason": reason, "by": by})
+                                 "reason": reason, "by": by, **extra})
+
+    def confirm(self, version: str, by: str | None = None, **extra) -> dict:
+        """Record that the champion `version` passed its live trial (the canary); the alias stays."""
+        with self._locked():
+            current = self.champion()
+            if current is None or current.version != version:
+                raise PromotionError(f"{version} is not the champion ({current.version if current else 'none'}); only the champion "
+                                     "on trial can be confirmed")
+            return self._record({"action": "canary_promote", "version": version, "by": by, **extra})
 
 
 def _who() -> str:

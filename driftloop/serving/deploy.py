@@ -2,14 +2,16 @@
 
 Two targets: this machine, where the supervisor starts the new version beside the running
 one, waits for it to be ready and switches the stable port (the old one keeps serving when
-anything fails); and Kubernetes, where manifests with GPU requests and a rolling update are
-rendered for `kubectl apply` or a GitOps repository. Every deploy, failed deploy, shadow
-and shadow stop is one line of `Layout.deployments`. No Dagster here: the deployer
+anything fails), or first gives it a canary's share of traffic until the canary decision
+promotes or rolls it back; and Kubernetes, where manifests with GPU requests and a rolling
+update are rendered for `kubectl apply` or a GitOps repository. Every deploy, failed
+deploy, canary start and end, shadow and shadow stop is one line of `Layout.deployments`. No Dagster here: the deployer
 resource (resources/deployer.py) binds a target, the serving assets call it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ from driftloop.serving.supervisor.processes import free_port
 __all__ = ["DeployError", "Deployed", "LocalTarget", "KubernetesTarget", "record_deployment"]
 
 NO_SHADOW_ON_KUBERNETES = "shadow mode runs beside the local supervisor; on Kubernetes, deploy the challenger as a release of its own"
+NO_CANARY_ON_KUBERNETES = ("canary releases run on the local supervisor; on Kubernetes, split traffic with the cluster's ingress "
+                           "or service mesh (canary_share 0 renders the plain rolling update)")
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,69 @@ class LocalTarget:
         record_deployment(self.layout, {"target": "local", "action": "shadow_stopped", "tag": outcome.get("previous"), **audit})
         return outcome["action"]
 
+    def serving(self) -> dict | None:
+        """The supervisor's status (active, canary, shadow), or None when nothing runs."""
+        client = SupervisorClient(self.control_url)
+        return client.status() if client.alive() else None
+
+    def canary(self, tag: str, model_version: str, policy: dict, audit: dict) -> Deployed:
+        """Start `tag` beside the serving version with `policy["share"]` of inference traffic;
+        a plain deploy when nothing serves yet (there is nothing to compare with)."""
+        status = self.serving()
+        active = (status or {}).get("active")
+        if not active:
+            return self.deploy(tag, model_version, audit)
+        if active["name"] == tag:
+            return Deployed(tag, model_version, "unchanged", "local", url=f"http://127.0.0.1:{self.port}", active=active)
+        baseline_version = self.version_of(active["name"])
+        if baseline_version == model_version:
+            # The same adapter (a refreshed index): the request log could not tell the sides apart.
+            return self.deploy(tag, model_version, audit)
+        if baseline_version is None:
+            raise DeployError(f"the serving version {active['name']} is not in {self.layout.deployments}; a canary needs the "
+                              "version it is compared with (deploy without a canary once)")
+        port = free_port()
+        base = {"target": "local", "tag": tag, "model_version": model_version, "baseline": active["name"],
+                "baseline_version": baseline_version, **audit}
+        try:
+            outcome = SupervisorClient(self.control_url).canary(
+                tag, serve_command(tag, port), port, share=policy["share"], model_version=model_version, baseline_version=baseline_version,
+                policy=policy, env=serve_env(self.layout.home), cwd=str(self.layout.home), ready_timeout_s=self.ready_timeout_s)
+        except DeployError as err:
+            record_deployment(self.layout, {**base, "action": "failed", "error": str(err)[:2000]})
+            raise DeployError(f"{tag} did not start as a canary; the previous version keeps serving: {err}") from err
+        record_deployment(self.layout, {**base, **outcome, "policy": policy})
+        return Deployed(tag, model_version, outcome["action"], "local", url=f"http://127.0.0.1:{self.port}", previous=active["name"],
+                        active=active)
+
+    def end_canary(self, name: str, promote: bool, audit: dict) -> dict:
+        """Promote the running canary `name` to all traffic, or roll it back; recorded either way.
+        A promotion is recorded as the deploy that put the version live."""
+        status = self.serving() or {}
+        canary = status.get("canary") or {}
+        outcome = self.require_running().end_canary(name, promote)
+        record = {"target": "local", "tag": name, "model_version": canary.get("model_version"), **audit, **outcome}
+        if promote:
+            record.update(action="deployed", via="canary", previous=canary.get("baseline"))
+        else:
+            record.update(action="canary_rolled_back")
+        record_deployment(self.layout, record)
+        return outcome
+
+    def version_of(self, tag: str) -> str | None:
+        """The model version the audit trail records for bento `tag`."""
+        found = None
+        try:
+            lines = self.layout.deployments.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return None
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("tag") == tag and record.get("model_version"):
+                    found = record["model_version"]
+        return found
+
 
 @dataclass(frozen=True)
 class KubernetesTarget:
@@ -130,3 +197,12 @@ class KubernetesTarget:
 
     def stop_shadow(self, audit: dict) -> NoReturn:
         raise DeployError(NO_SHADOW_ON_KUBERNETES)
+
+    def serving(self) -> None:
+        return None
+
+    def canary(self, tag: str, model_version: str, policy: dict, audit: dict) -> NoReturn:
+        raise DeployError(NO_CANARY_ON_KUBERNETES)
+
+    def end_canary(self, name: str, promote: bool, audit: dict) -> NoReturn:
+        raise DeployError(NO_CANARY_ON_KUBERNETES)

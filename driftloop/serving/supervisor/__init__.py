@@ -10,7 +10,9 @@ stable port never see a failed request.
 
 The control API listens on loopback only (POST /deploy, GET /status, POST /shutdown,
 POST and DELETE /shadow: a backend that gets a copy of every inference request and
-serves none, see driftloop.serving.shadow).
+serves none, see driftloop.serving.shadow; POST /canary, POST /canary/promote and DELETE
+/canary: a backend that serves a sticky share of inference requests, see
+driftloop.serving.canary).
 DIR holds state.json (the active backend, so a restarted supervisor adopts it instead
 of taking the model down), events.jsonl (the supervisor's process events, see daemon;
 the audit trail of deploys that monitoring reads is the serving asset's
@@ -22,7 +24,7 @@ The modules, by job:
 - spec: DeploySpec, a validated deploy request;
 - backend: Backend, one running backend process (spawn, readiness, stop);
 - proxy: the reverse proxy on the stable port;
-- daemon: the Supervisor (state, adoption, deploy, switch, drain, shadow);
+- daemon: the Supervisor (state, adoption, deploy, switch, drain, shadow, canary);
 - control: the control API's routes;
 - client: SupervisorClient and ensure_supervisor, for callers;
 - __main__: the command line that ensure_supervisor starts.

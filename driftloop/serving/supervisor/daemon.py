@@ -4,8 +4,9 @@ previous supervisor left running, and deploys, switches, drains and stops backen
 Its state dir holds state.json (the active backend, rewritten atomically so a crash never
 leaves half a file that would stop the next supervisor from adopting it), events.jsonl
 (one line per process event: deployed, unchanged, failed, adopted, exited, stopped,
-shadowing, shadow_stopped; the last HISTORY_LIMIT are reloaded on start and shown by
-/status), logs/<name>.log and supervisor.lock.
+shadowing, shadow_stopped, canary, canary_promoted, canary_rolled_back, canary_ended; the
+last HISTORY_LIMIT are reloaded on start and shown by /status), logs/<name>.log and
+supervisor.lock. state.json also holds the running canary, its share and its counts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driftloop.atomic import write_json
+from driftloop.serving.canary import CanaryRoute
 from driftloop.serving.shadow import ShadowMirror
 from driftloop.serving.supervisor.backend import Backend, now
 from driftloop.serving.supervisor.control import control_app
@@ -73,6 +75,7 @@ class Supervisor:
         self.started_at = now()
         self.active: Backend | None = None
         self.shadow = ShadowMirror()
+        self.canary: CanaryRoute | None = None
         self.draining: list[Backend] = []
         self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)
         self.closing = False
@@ -156,8 +159,9 @@ class Supervisor:
         for task in list(self._deploy_tasks):
             task.cancel()
         await asyncio.gather(*self._deploy_tasks, return_exceptions=True)
-        backends = [b for b in [self.active, self.shadow.backend, *self.draining] if b is not None]
+        backends = [b for b in [self.active, self.shadow.backend, self.canary and self.canary.backend, *self.draining] if b]
         self.shadow.backend = None
+        self.canary = None
         # Requests already proxied get a short chance to finish before their backend goes away.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(b.idle.wait() for b in backends)), EXIT_DRAIN_S)
@@ -174,10 +178,11 @@ class Supervisor:
     # ---- state -----------------------------------------------------------------------
 
     def status(self) -> dict:
-        backends = [b for b in [self.active, *self.draining] if b is not None]
+        backends = [b for b in [self.active, self.canary and self.canary.backend, *self.draining] if b]
         return {
             "active": self.active.describe() if self.active else None,
             "shadow": self.shadow.describe(),
+            "canary": self.canary.describe() if self.canary else None,
             "in_flight": sum(b.in_flight for b in backends),
             "draining": [{"name": b.name, "pid": b.pid, "in_flight": b.in_flight} for b in self.draining],
             "history": list(self.history),
@@ -190,6 +195,7 @@ class Supervisor:
     def _write_state(self) -> None:
         write_json(self.state_path, {
             "active": self.active.record() if self.active else None,
+            "canary": self.canary.record() if self.canary else None,
             "updated_at": now(),
             "supervisor_pid": os.getpid(),
         }, indent=2)
@@ -210,14 +216,36 @@ class Supervisor:
 
     async def _adopt(self) -> None:
         try:
-            recorded = json.loads(self.state_path.read_text()).get("active")
+            state = json.loads(self.state_path.read_text())
         except FileNotFoundError:
             return
-        except (OSError, ValueError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable %s: %s", self.state_path, exc)
             return
-        if not recorded:
+        if not isinstance(state, dict):
+            log.warning("ignoring %s: not a JSON object", self.state_path)
             return
+        self.active = await self._adopt_backend(state.get("active"), "active")
+        recorded = state.get("canary")
+        canary = await self._adopt_backend(recorded, "canary") if self.active is not None else None
+        if canary is not None:
+            try:
+                self.canary = CanaryRoute.restore(canary, recorded)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("stopping canary %s: its routing in %s is malformed: %s", canary.name, self.state_path, exc)
+                await canary.stop(self.stop_grace_s)
+        elif recorded and self.active is None:
+            log.warning("recorded canary %s is not adopted: nothing serves beside it", recorded.get("name"))
+        self._write_state()
+        for role, backend in (("active", self.active), ("canary", self.canary and self.canary.backend)):
+            if backend is not None:
+                self._record("adopted", backend.name, None, pid=backend.pid, port=backend.port, role=role)
+                log.info("adopted running %s backend %s (pid %d, port %d)", role, backend.name, backend.pid, backend.port)
+
+    async def _adopt_backend(self, recorded: Any, role: str) -> Backend | None:
+        """The backend a previous supervisor recorded, if it still runs and answers ready."""
+        if not recorded:
+            return None
         try:
             backend = Backend(
                 name=recorded["name"], port=int(recorded["port"]), pid=int(recorded["pid"]),
@@ -225,43 +253,43 @@ class Supervisor:
                 ready_path=recorded.get("ready_path") or "/readyz", start_ticks=recorded.get("start_ticks"),
                 log_path=recorded.get("log"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring malformed active backend in %s: %s", self.state_path, exc)
-            return
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("ignoring malformed %s backend in %s: %s", role, self.state_path, exc)
+            return None
         verified = backend.start_ticks is not None and process_start_ticks(backend.pid) == backend.start_ticks
         if not backend.alive():
-            log.info("recorded backend %s (pid %d) is gone; starting with no model", backend.name, backend.pid)
-            self._write_state()
-            return
+            log.info("recorded %s backend %s (pid %d) is gone", role, backend.name, backend.pid)
+            return None
         deadline = time.monotonic() + ADOPT_PROBE_S
         while not await backend.ready(self._probe_session):
             if time.monotonic() >= deadline or not backend.alive():
                 if verified and backend.alive():
                     # Our own orphan (same pid and start time) that no longer serves: left
                     # running it would hold its port forever with nobody to stop it.
-                    log.warning("recorded backend %s (pid %d) is not ready; stopping it", backend.name, backend.pid)
+                    log.warning("recorded %s backend %s (pid %d) is not ready; stopping it", role, backend.name, backend.pid)
                     await backend.stop(self.stop_grace_s)
                 else:
-                    log.warning("recorded backend %s (pid %d) is not ready and cannot be proven ours; leaving it alone",
-                                backend.name, backend.pid)
-                self._write_state()
-                return
+                    log.warning("recorded %s backend %s (pid %d) is not ready and cannot be proven ours; leaving it alone",
+                                role, backend.name, backend.pid)
+                return None
             await asyncio.sleep(0.25)
-        self.active = backend
-        self._write_state()
-        self._record("adopted", backend.name, None, pid=backend.pid, port=backend.port)
-        log.info("adopted running backend %s (pid %d, port %d)", backend.name, backend.pid, backend.port)
+        return backend
 
     async def _monitor(self) -> None:
+        counted = None
         while True:
             await asyncio.sleep(1.0)
-            backend = self.active
-            if backend is not None and not backend.exit_reported and not backend.alive():
-                backend.exit_reported = True
-                reason = backend.exit_description()
-                log.error("active backend %s (pid %d) %s; requests get 502 until the next deploy",
-                          backend.name, backend.pid, reason)
-                self._record("exited", backend.name, None, reason=reason)
+            if self.canary is not None and self.canary.record()["sides"] != counted:
+                # The canary's counts survive a supervisor crash, less the last second's.
+                counted = self.canary.record()["sides"]
+                self._write_state()
+            for role, backend in (("active", self.active), ("canary", self.canary and self.canary.backend)):
+                if backend is not None and not backend.exit_reported and not backend.alive():
+                    backend.exit_reported = True
+                    reason = backend.exit_description()
+                    log.error("%s backend %s (pid %d) %s; %s", role, backend.name, backend.pid, reason,
+                              "requests get 502 until the next deploy" if role == "active" else "the serving version answers its share")
+                    self._record("exited", backend.name, None, reason=reason, role=role)
 
     # ---- deploy ----------------------------------------------------------------------
 
@@ -320,9 +348,20 @@ class Supervisor:
             if current is not None and current.port == spec.port and current.alive():
                 return self._fail(spec, 409, f"{spec.name} cannot use port {spec.port}: the active backend {current.name} "
                                   "serves there, and a zero-downtime switch needs both running at once", started)
-            backend, ready_s = await self._start(spec, started)
-            if backend is None:
-                return ready_s
+            canary = self.canary
+            if canary is not None and canary.backend.name == spec.name and canary.backend.alive():
+                backend, ready_s = canary.backend, 0.0
+            else:
+                backend, ready_s = await self._start(spec, started)
+                if backend is None:
+                    return ready_s
+            if canary is not None:
+                # A deploy ends any canary: its version is now everything, or nothing.
+                self.canary = None
+                if canary.backend is not backend:
+                    await self._stop_quietly(canary.backend)
+                self._record("canary_ended", canary.backend.name, canary.baseline, outcome="promoted" if canary.backend is backend
+                             else f"replaced by {spec.name}", sides={k: v.to_dict() for k, v in canary.sides.items()})
 
             previous = self.active
             # One assignment on the event loop: every request proxied from here on goes to the
@@ -388,3 +427,64 @@ class Supervisor:
             self._record("shadow_stopped", backend.name, None, mirrored=self.shadow.sent, dropped=self.shadow.dropped,
                          failed=self.shadow.failed)
             return 200, {"action": "shadow_stopped", "shadow": None, "previous": backend.name}
+
+    async def _stop_quietly(self, backend: Backend, drain_s: float = 30.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(backend.idle.wait(), drain_s)
+        await backend.stop(self.stop_grace_s)
+
+    async def set_canary(self, spec: DeploySpec, route: dict) -> tuple[int, dict]:
+        """Start `spec` beside the active backend and send it `route["share"]` of inference traffic."""
+        started = time.monotonic()
+        async with self._deploy_lock:
+            if self.closing:
+                return 503, {"error": "the supervisor is shutting down"}
+            current = self.canary
+            if current is not None and current.backend.name == spec.name and current.backend.alive():
+                return 200, {"action": "unchanged", "canary": spec.name, "share": current.share}
+            if self.active is None or not self.active.alive():
+                return self._fail(spec, 409, f"{spec.name} cannot be a canary: nothing serves beside it; deploy it instead", started)
+            if self.active.name == spec.name:
+                return self._fail(spec, 409, f"{spec.name} is the active backend; a canary must be another version", started)
+            backend, ready_s = await self._start(spec, started)
+            if backend is None:
+                return ready_s
+            self.canary = CanaryRoute(backend=backend, started_at=now(), baseline=self.active.name, **route)
+            self._write_state()
+            if current is not None:
+                await self._stop_quietly(current.backend)
+                self._record("canary_ended", current.backend.name, current.baseline, outcome=f"replaced by {spec.name}")
+            self._record("canary", spec.name, self.active.name, pid=backend.pid, port=backend.port, ready_s=ready_s, share=route["share"])
+            log.info("canary %s takes %.0f%% of inference traffic beside %s", spec.name, 100 * route["share"], self.active.name)
+            return 200, {"action": "canary", "canary": spec.name, "baseline": self.active.name, "share": route["share"],
+                         "ready_s": ready_s, "pid": backend.pid, "port": backend.port, "started_at": self.canary.started_at}
+
+    async def end_canary(self, promote: bool, name: str | None = None) -> tuple[int, dict]:
+        """Promote the canary to all traffic (the old active drains and stops), or roll it back
+        (the canary drains and stops). `name`, when given, must be the running canary's."""
+        async with self._deploy_lock:
+            canary = self.canary
+            if canary is None or (name and canary.backend.name != name):
+                return 409, {"error": f"no canary {name or ''} is running".replace("  ", " "),
+                             "canary": canary.backend.name if canary else None, "active": self.active.name if self.active else None}
+            sides = {k: v.to_dict() for k, v in canary.sides.items()}
+            self.canary = None
+            if not promote:
+                self._write_state()
+                await self._stop_quietly(canary.backend)
+                self._record("canary_rolled_back", canary.backend.name, canary.baseline, sides=sides)
+                log.info("canary %s rolled back; %s serves everything", canary.backend.name, canary.baseline)
+                return 200, {"action": "rolled_back", "canary": canary.backend.name, "active": canary.baseline, "sides": sides}
+            if not canary.backend.alive():
+                self._write_state()
+                self._record("canary_rolled_back", canary.backend.name, canary.baseline, sides=sides, reason="exited before promotion")
+                return 409, {"error": f"canary {canary.backend.name} is not running; it cannot be promoted", "active": canary.baseline}
+            previous, self.active = self.active, canary.backend
+            self._write_state()
+            if previous is not None:
+                self.draining.append(previous)
+                await self._stop_quietly(previous)
+                self.draining.remove(previous)
+            self._record("canary_promoted", canary.backend.name, canary.baseline, sides=sides)
+            log.info("canary %s promoted to all traffic (was %s)", canary.backend.name, canary.baseline)
+            return 200, {"action": "promoted", "active": canary.backend.name, "previous": canary.baseline, "sides": sides}

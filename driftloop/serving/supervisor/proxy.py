@@ -1,6 +1,6 @@
 """The reverse proxy on the stable port: every request goes to the supervisor's active
-backend (and, for inference calls, a copy to its shadow), the answer streams back as the
-backend produces it."""
+backend, or for inference calls to the canary when one takes that caller's share (and a
+copy to the shadow when one runs); the answer streams back as the backend produces it."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ HOP_BY_HOP = frozenset({
 # written onto a connection the backend is closing; aiohttp retries that only for idempotent
 # methods, and inference calls are POSTs.
 UPSTREAM_KEEPALIVE_S = 2.0
+UNREACHED_HEADER = "X-Driftloop-Unreachable"
 
 
 def upstream_session() -> aiohttp.ClientSession:
@@ -87,15 +88,38 @@ def proxy_app(supervisor: Supervisor) -> web.Application:
             if request_id_from(headers) is None:
                 headers[REQUEST_ID_HEADER] = new_request_id()
             supervisor.shadow.submit(supervisor.session, request.raw_path, headers.copy(), body)
+        canary = supervisor.canary
+        side = None
+        if canary is not None and canary.wants(request.method, request.path):
+            side = "canary" if canary.takes(request.headers, request.remote) else "baseline"
+            if side == "canary":
+                backend = canary.backend
         backend.acquire()
         try:
-            return await forward(supervisor.session, request, backend, body, headers)
+            response = await forward(supervisor.session, request, backend, body, headers)
         finally:
             backend.release()
+        if side is not None:
+            canary.count(side, response.status)
+            if side == "canary" and unreached(response) and supervisor.active is not None:
+                # Nothing reached the client yet: the serving version answers instead, and
+                # the canary's failure stays counted against it.
+                fallback = supervisor.active
+                fallback.acquire()
+                try:
+                    return await forward(supervisor.session, request, fallback, body, headers)
+                finally:
+                    fallback.release()
+        return response
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", relay)
     return app
+
+
+def unreached(response: web.StreamResponse) -> bool:
+    """An answer the proxy made up because the backend could not be reached (nothing sent yet)."""
+    return response.status == 502 and not response.prepared and UNREACHED_HEADER in response.headers
 
 
 async def forward(session: aiohttp.ClientSession, request: web.Request, backend: Backend, body: bytes,
@@ -111,7 +135,7 @@ async def forward(session: aiohttp.ClientSession, request: web.Request, backend:
         detail = str(exc) or type(exc).__name__
         log.warning("backend %s (127.0.0.1:%d) unreachable: %s", backend.name, backend.port, detail)
         error = f"backend {backend.name} at 127.0.0.1:{backend.port} cannot be reached: {detail}"
-        return web.json_response({"error": error, "backend": backend.name}, status=502)
+        return web.json_response({"error": error, "backend": backend.name}, status=502, headers={UNREACHED_HEADER: backend.name})
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     named_by_connection = _named_by_connection(upstream.headers)
     for key, value in upstream.headers.items():
