@@ -87,45 +87,39 @@ class SupervisorClient:
             raise DeployError(body.get("error") or f"deploy of {name} answered HTTP {status}: {body}")
         return body
 
+    def _start_beside(self, role: str, name: str, command: list[str], port: int, ready_path: str, env: dict[str, str] | None,
+                      cwd: str | os.PathLike | None, ready_timeout_s: float, **route) -> dict:
+        payload = {"name": name, "command": [os.fspath(arg) for arg in command], "port": port, "ready_path": ready_path,
+                   "env": dict(env or {}), "cwd": str(cwd) if cwd is not None else None, "ready_timeout_s": ready_timeout_s, **route}
+        return self._checked("POST", f"/{role}", payload, f"starting {role} {name}", timeout=ready_timeout_s + 120)
+
+    def _checked(self, method: str, path: str, payload: dict | None, what: str, timeout: float) -> dict:
+        try:
+            status, body = self._call(method, path, payload, timeout=timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DeployError(f"lost the supervisor at {self.control_url} while {what}: {exc}") from exc
+        if status != 200:
+            raise DeployError(body.get("error") or f"{what} answered HTTP {status}: {body}")
+        return body
+
     def shadow(self, name: str, command: list[str], port: int, ready_path: str = "/readyz", env: dict[str, str] | None = None,
                cwd: str | os.PathLike | None = None, ready_timeout_s: float = 300) -> dict:
         """Start `command` as the shadow backend; it answers copies of live requests and serves none."""
-        payload = {"name": name, "command": [os.fspath(arg) for arg in command], "port": port, "ready_path": ready_path,
-                   "env": dict(env or {}), "cwd": str(cwd) if cwd is not None else None, "ready_timeout_s": ready_timeout_s}
-        try:
-            status, body = self._call("POST", "/shadow", payload, timeout=ready_timeout_s + 120)
-        except (OSError, http.client.HTTPException) as exc:
-            raise DeployError(f"lost the supervisor at {self.control_url} while starting shadow {name}: {exc}") from exc
-        if status != 200:
-            raise DeployError(body.get("error") or f"shadow {name} answered HTTP {status}: {body}")
-        return body
+        return self._start_beside("shadow", name, command, port, ready_path, env, cwd, ready_timeout_s)
 
     def canary(self, name: str, command: list[str], port: int, *, share: float, model_version: str, baseline_version: str,
                policy: dict | None = None, ready_path: str = "/readyz", env: dict[str, str] | None = None,
                cwd: str | os.PathLike | None = None, ready_timeout_s: float = 300) -> dict:
         """Start `command` beside the active backend and send it `share` of inference traffic,
         each caller kept on one side (driftloop.serving.canary)."""
-        payload = {"name": name, "command": [os.fspath(arg) for arg in command], "port": port, "ready_path": ready_path,
-                   "env": dict(env or {}), "cwd": str(cwd) if cwd is not None else None, "ready_timeout_s": ready_timeout_s,
-                   "share": share, "model_version": model_version, "baseline_version": baseline_version, "policy": policy or {}}
-        try:
-            status, body = self._call("POST", "/canary", payload, timeout=ready_timeout_s + 120)
-        except (OSError, http.client.HTTPException) as exc:
-            raise DeployError(f"lost the supervisor at {self.control_url} while starting canary {name}: {exc}") from exc
-        if status != 200:
-            raise DeployError(body.get("error") or f"canary {name} answered HTTP {status}: {body}")
-        return body
+        return self._start_beside("canary", name, command, port, ready_path, env, cwd, ready_timeout_s, share=share,
+                                  model_version=model_version, baseline_version=baseline_version, policy=policy or {})
 
     def end_canary(self, name: str, promote: bool) -> dict:
         """Promote canary `name` to all traffic, or roll it back; refused unless `name` is the running canary."""
         query = "?" + urllib.parse.urlencode({"name": name})
-        try:
-            status, body = self._call("POST" if promote else "DELETE", ("/canary/promote" if promote else "/canary") + query, timeout=180)
-        except (OSError, http.client.HTTPException) as exc:
-            raise DeployError(f"lost the supervisor at {self.control_url} while ending canary {name}: {exc}") from exc
-        if status != 200:
-            raise DeployError(body.get("error") or f"ending canary {name} answered HTTP {status}: {body}")
-        return body
+        return self._checked("POST" if promote else "DELETE", ("/canary/promote" if promote else "/canary") + query, None,
+                             f"ending canary {name}", timeout=180)
 
     def stop_shadow(self) -> dict:
         status, body = self._call("DELETE", "/shadow", timeout=120)
