@@ -7,6 +7,7 @@ retrain per drift window.
 """
 
 import json
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def _traffic_metadata(rows: list[dict]) -> dict:
         "errors": dg.MetadataValue.int(figures["errors"]),
         "blocked": dg.MetadataValue.int(sum(bool(r.get("guardrail")) for r in rows)),
         "cache_hits": dg.MetadataValue.int(sum(bool((r.get("cache") or {}).get("hit")) for r in rows)),
+        # The router's path per answered request (rag where no router ran).
+        "routes": json_meta(dict(Counter((r.get("route") or {}).get("path", "rag") for r in rows if r.get("status") == 200))),
         "feedback": dg.MetadataValue.int(figures["feedback"]),
         "corrections": dg.MetadataValue.int(sum(bool(r.get("correction")) for r in rows)),
         "mean_rating": dg.MetadataValue.float(round(float(np.mean(rated)), 3) if rated else float("nan")),

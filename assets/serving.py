@@ -12,11 +12,12 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from assets.common import OWNERS, champion_moved, json_meta
-from assets.keys import BENTO, CANARY, CHAMPION, DEPLOYMENT, EVAL_REPORT, SHADOW, VECTOR_INDEX
+from assets.common import OWNERS, champion_moved, json_meta, load_dataset
+from assets.keys import BENTO, CANARY, CHAMPION, DEPLOYMENT, EVAL_REPORT, QA_PAIRS, ROUTER, SHADOW, VECTOR_INDEX
 from assets.evaluation import launched_by
 from assets.stage import Stage
 from resources.deployer import Deployer
+from resources.dvc import DvcStore
 from resources.lineage import Lineage
 from resources.models import ModelCatalog
 from resources.registry import ModelRegistry
@@ -37,13 +38,82 @@ class BentoConfig(dg.Config):
                                    "classifier beside the patterns; off, the patterns alone decide and chunks are not screened.")
 
 
-@stage.asset(key=BENTO, deps=[CHAMPION, VECTOR_INDEX], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="1",
+class RouterConfig(dg.Config):
+    enabled: bool = Field(default=True, description="Train and serve the router; off, every request gets a full RAG answer.")
+    k: int = Field(default=3, ge=1, le=20, description="Chunks the router reads (the service's default k).")
+    scope_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="Below this in-scope probability a question is refused.")
+    extractive_threshold: float = Field(default=0.7, gt=0.0, lt=1.0, description="From this probability the top chunk's passage answers.")
+    max_train_questions: int = Field(default=2000, ge=20, description="Training questions used at most (the rest add little).")
+    min_in_scope_kept: float = Field(default=0.95, ge=0.0, le=1.0, description="Gate: held-out corpus questions not refused.")
+    min_out_of_scope_caught: float = Field(default=0.8, ge=0.0, le=1.0, description="Gate: held-out written questions refused.")
+    min_extractive_f1: float = Field(default=0.5, ge=0.0, le=1.0, description="Gate: mean token F1 of extractive answers.")
+
+
+@stage.asset(key=ROUTER, deps=[QA_PAIRS, VECTOR_INDEX], group_name="serving", kinds={"scikitlearn"}, owners=OWNERS, code_version="1",
+             tags={"stage": "serving"})
+def router(context: dg.AssetExecutionContext, config: RouterConfig, dvc: DvcStore, models: ModelCatalog, vector_store: VectorStore,
+           lineage: Lineage) -> dg.MaterializeResult:
+    """The classic-ML router in front of the LLM (driftloop.routing): out of scope, an
+    extractive passage, or full RAG, per request. Trained on the training split's questions
+    and driftloop's written out-of-scope questions over the promoted index, evaluated on the
+    held-out split and held-out written questions; only a router that clears its gate is
+    built into the bento."""
+    from driftloop.retrieval.index import VectorIndex
+    from driftloop.routing import evaluate_router, retrieve, train_router, written_out_of_scope
+
+    if not config.enabled:
+        return dg.MaterializeResult(metadata={"passed": dg.MetadataValue.bool(False), "reason": dg.MetadataValue.text("disabled")})
+    rows = load_dataset(dvc, "qa_pairs")
+    train = [r for r in rows if r["split"] == "train"][: config.max_train_questions]
+    held = [r for r in rows if r["split"] == "eval"]
+    if len(train) < 20 or not held:
+        raise dg.Failure(description=f"serving/router: {len(train)} training and {len(held)} held-out questions in data/qa_pairs; "
+                                     "it needs at least 20 and 1")
+    embedder = models.embedder()
+    index = VectorIndex(vector_store.store().current_index_folder())
+
+    def seen(questions: list[str]):
+        return retrieve(embedder, index, questions, config.k)
+
+    try:
+        trained, counts = train_router(seen([r["question"] for r in train]), [r["answer"] for r in train],
+                                       seen(written_out_of_scope("train")), models.embedding_model, config.k,
+                                       config.scope_threshold, config.extractive_threshold)
+    except ValueError as err:
+        raise dg.Failure(description=f"serving/router: {err}") from err
+    figures = evaluate_router(trained, seen([r["question"] for r in held]), [r["answer"] for r in held], seen(written_out_of_scope("eval")))
+    floors = {"in_scope_kept": config.min_in_scope_kept, "out_of_scope_caught": config.min_out_of_scope_caught,
+              "extractive_f1": config.min_extractive_f1}
+    # No extractive answer at all is no failure: those questions are generated as before.
+    failures = [f"{name} {figures[name]} < {floor}" for name, floor in floors.items() if figures[name] is not None and figures[name] < floor]
+    trained.trained_on = {**counts, "index_version": index.version}
+    final = trained.save(lineage.layout().routers / trained.to_dict()["version"])
+    context.log.info(f"router {trained.version}: {'passed' if not failures else 'failed'} {figures}")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(trained.version),
+        metadata={"passed": dg.MetadataValue.bool(not failures), "router_version": dg.MetadataValue.text(trained.version),
+                  "path": dg.MetadataValue.path(str(final)), "index_version": dg.MetadataValue.text(index.version),
+                  "gate": dg.MetadataValue.text("passed" if not failures else "; ".join(failures)), "figures": json_meta(figures),
+                  "trained_on": json_meta(counts), "floors": json_meta(floors)},
+    )
+
+
+def served_router(context: dg.AssetExecutionContext, lineage: Lineage, index_version: str) -> Path | None:
+    """The latest router, when it passed its gate and was trained on the index being served."""
+    event = context.instance.get_latest_materialization_event(lineage.key(ROUTER))
+    meta = {k: v.value for k, v in event.asset_materialization.metadata.items()} if event and event.asset_materialization else {}
+    if not meta.get("passed") or meta.get("index_version") != index_version:
+        return None
+    return Path(meta["path"]) if Path(meta["path"]).is_file() else None
+
+
+@stage.asset(key=BENTO, deps=[CHAMPION, VECTOR_INDEX, ROUTER], group_name="serving", kinds={"bentoml"}, owners=OWNERS, code_version="1",
           tags={"stage": "serving"})
 def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelCatalog, vector_store: VectorStore,
           model_registry: ModelRegistry, lineage: Lineage) -> dg.MaterializeResult:
     """`bentoml build` of the service with the champion adapter, the promoted index and the
     prompt sealed in, offline, tagged by content hash (never `latest`)."""
-    from driftloop.artifacts import ArtifactError
+    from driftloop.artifacts import ArtifactError, verify
     from driftloop.serving.bento import BuildError, build_bento
     from driftloop.serving.bundle import build_bundle
 
@@ -52,10 +122,12 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
     if champion is None:
         raise dg.Failure(description="serving/bento: there is no champion; only a model that passed its promotion gate is ever built")
     base = models.base_model()
+    index_folder = vector_store.store().current_index_folder()
+    routed = served_router(context, lineage, verify(index_folder)["version"])
     try:
-        bundle = build_bundle(lineage.layout().bundles,
+        bundle = build_bundle(lineage.layout().bundles, router=routed,
                               base_model={"name": base.name, "path": base.path, "version": base.version}, adapter=champion.path,
-                              adapter_version=champion.version, index_folder=vector_store.store().current_index_folder(),
+                              adapter_version=champion.version, index_folder=index_folder,
                               embedding_model=models.embedding_model, prompt_version=config.prompt_version,
                               settings={"embedding_precision": models.embedding_precision, "generator_precision": models.generator_precision,
                                         "generator_engine": models.engine(base),
@@ -71,7 +143,7 @@ def bento(context: dg.AssetExecutionContext, config: BentoConfig, models: ModelC
         data_version=dg.DataVersion(bundle.version),
         metadata={"tag": dg.MetadataValue.text(tag), "model_version": dg.MetadataValue.text(bundle.model_version),
                   "index_version": dg.MetadataValue.text(bundle.spec["index_version"]), "bundle": dg.MetadataValue.path(str(bundle.folder)),
-                  "gpus": dg.MetadataValue.int(config.gpus)},
+                  "gpus": dg.MetadataValue.int(config.gpus), "router": dg.MetadataValue.text(bundle.spec.get("router_version") or "none")},
     )
 
 
@@ -276,8 +348,8 @@ def canary(context: dg.AssetExecutionContext, config: CanaryDecisionConfig, depl
 
 def build(lineage: Lineage | None = None, config: dict[str, dict] | None = None) -> list[dg.AssetsDefinition]:
     built = stage.build(lineage or Lineage(), config)
-    return [built["bento"], built["deployment"], built["shadow"], built["canary"]]
+    return [built["router"], built["bento"], built["deployment"], built["shadow"], built["canary"]]
 
 
 serving_assets = build()
-bento, deployment, shadow, canary = serving_assets
+router, bento, deployment, shadow, canary = serving_assets

@@ -35,7 +35,8 @@ from driftloop.prompts import CONTEXT_CHUNKS, join_contexts, load_prompt  # noqa
 from driftloop.serving.auth import ApiKeyMiddleware  # noqa: E402
 from driftloop.serving.endpoints import embeddings, list_models  # noqa: E402
 from driftloop.serving.energy_metrics import EnergyAccount  # noqa: E402
-from driftloop.serving.metrics import batch_size, blocks_total, cache_total, errors_total, latency_hist, tokens_total  # noqa: E402
+from driftloop.routing import OUT_OF_SCOPE_REPLY, Router  # noqa: E402
+from driftloop.serving.metrics import batch_size, blocks_total, cache_total, errors_total, latency_hist, routes_total, tokens_total  # noqa: E402
 from driftloop.serving.openai_chat import chat_completions  # noqa: E402
 from driftloop.serving.semantic_cache import SemanticCache, answer_key, cacheable, served_from  # noqa: E402
 from driftloop.serving.batcher import Batcher, QueueFull  # noqa: E402
@@ -226,6 +227,7 @@ class DriftloopRAG:
         threshold = SETTINGS.semantic_cache_threshold
         self.cache = (SemanticCache(threshold, SETTINGS.semantic_cache_entries, SETTINGS.semantic_cache_ttl_s, SETTINGS.semantic_cache_match)
                       if threshold else None)
+        self.router = Router.load(self.bundle.folder) if SETTINGS.route == "on" else None
         self.started = int(time.time())
 
     async def __is_ready__(self) -> bool:
@@ -337,8 +339,13 @@ class DriftloopRAG:
             cached = self.cache is not None and cacheable(chat) and adapter == "primary"
             key = answer_key(self.bundle.spec, self.bundle.model_version, k, max_new_tokens, endpoint) if cached else None
             vector, hit = await self._cached(question, key)
+            routed = self.router is not None and cacheable(chat) and adapter == "primary" and not hit
+            if routed and vector is None:
+                vector = await asyncio.get_running_loop().run_in_executor(self._lane, self.retrieval.embed, [question])
             chunks = [] if hit else await self._retrieve(question, k, vector)
-            prompt, dropped = ("", 0) if hit else self._prompt(question, chunks, chat, max_new_tokens)
+            route = self.router.route(question, vector[0], chunks) if routed else None
+            generated = route is None or route.path == "rag"
+            prompt, dropped = self._prompt(question, chunks, chat, max_new_tokens) if generated and not hit else ("", 0)
         except GuardrailViolation as err:
             self._log_blocked(err, request_id, endpoint, question, started, logged)
             raise
@@ -346,7 +353,7 @@ class DriftloopRAG:
             logged["dropped_turns"] = dropped
         return {"request_id": request_id, "started": started, "question": question, "endpoint": endpoint, "chunks": chunks, "prompt": prompt,
                 "max_new_tokens": max_new_tokens, "sampling": None if chat is None else sampling.to_dict(), "logged": logged, "adapter": adapter,
-                "cache": (key, vector, hit)}
+                "cache": (key, vector, hit), "route": route}
 
     def _log_blocked(self, err: GuardrailViolation, request_id: str, endpoint: str, question: str, started: float, logged: dict | None) -> None:
         if not isinstance(err, Overloaded):
@@ -370,12 +377,14 @@ class DriftloopRAG:
         self.log.request(request_id=grounded["request_id"], endpoint=grounded["endpoint"], question=grounded["question"], answer=answer,
                          model_version=version, latency_s=latency, prompt_tokens=generated["prompt_tokens"],
                          completion_tokens=generated["completion_tokens"], chunk_ids=[c["chunk_id"] for c in chunks],
-                         scores=[c["score"] for c in chunks], guardrail=reason, role=self.role, chat=grounded["logged"])
-        if self.shadow is not None and primary:
+                         scores=[c["score"] for c in chunks], guardrail=reason, role=self.role, chat=grounded["logged"],
+                         route=grounded["route"].to_dict() if grounded.get("route") else None)
+        if self.shadow is not None and primary and grounded["prompt"]:
             self.shadow.submit(grounded)
         return {"request_id": grounded["request_id"], "answer": answer, "chunks": chunks, "model_version": version,
                 "prompt_tokens": generated["prompt_tokens"], "completion_tokens": generated["completion_tokens"],
-                "latency_s": latency, "finish_reason": "content_filter" if reason else finish, "guardrail": reason}
+                "latency_s": latency, "finish_reason": "content_filter" if reason else finish, "guardrail": reason,
+                "route": grounded["route"].path if grounded.get("route") else "rag"}
 
     async def rag(self, question: str, k: int, max_new_tokens: int, endpoint: str, request_id: str | None = None,
                   chat: ChatRequest | None = None) -> dict:
@@ -383,6 +392,15 @@ class DriftloopRAG:
         history and its sampling; the question (its last user turn) is what retrieval searches."""
         grounded = await self._ground(question, k, max_new_tokens, endpoint, request_id, chat)
         key, vector, hit = grounded["cache"]
+        route = grounded["route"]
+        if route is not None:
+            routes_total.labels(path=route.path).inc()
+        if route is not None and route.path != "rag":
+            # No generation: the top chunk's passage, or the polite refusal citing nothing.
+            text = route.passage if route.path == "extractive" else OUT_OF_SCOPE_REPLY
+            grounded["chunks"] = grounded["chunks"][:1] if route.path == "extractive" else []
+            return self._finish(grounded, text, self.guardrails.check_output(text), {"text": text, "prompt_tokens": 0,
+                                                                                    "completion_tokens": 0, "stopped": True})
         if hit is not None:
             result = served_from(hit, grounded["request_id"], time.perf_counter() - grounded["started"])
             self.log.request(request_id=result["request_id"], endpoint=endpoint, question=question, answer=result["answer"],

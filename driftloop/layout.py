@@ -75,6 +75,10 @@ class Layout:
         return self.artifacts / "serving"
 
     @property
+    def routers(self) -> Path:
+        return self.serving / "routers"
+
+    @property
     def bundles(self) -> Path:
         return self.serving / "bundles"
 

@@ -79,6 +79,8 @@ class ServiceSettings(_FromEnv):
                                                    "gets a cached answer (0.97 and up: one word can flip a question); unset: no cache")
     semantic_cache_entries: int = Field(default=10_000, ge=1, description="answers the semantic cache keeps (least recently used out)")
     semantic_cache_ttl_s: float = Field(default=0.0, ge=0, description="oldest a cached answer may be; 0: no limit")
+    route: Literal["on", "off"] = Field(default="on", description="on: the bundle's router (when it has one) answers out-of-scope and "
+                                        "extractive questions without generation; off: every request is generated")
     semantic_cache_match: Literal["words", "embedding"] = Field(default="words", description="words: a hit also needs the same content "
                                                                 "words (names, numbers); embedding: the similarity alone")
 

@@ -23,6 +23,7 @@ EXPECTED_ASSETS = {
     "serving/deployment": "serving",
     "serving/shadow": "serving",
     "serving/canary": "serving",
+    "serving/router": "serving",
     "monitoring/inference_log": "monitoring",
     "monitoring/drift_report": "monitoring",
 }

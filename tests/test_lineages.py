@@ -54,9 +54,9 @@ def test_each_lineage_has_its_own_keys_jobs_sensors_resources_and_folders(tmp_pa
     defs = two_lineages(tmp_path)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert "data/qa_pairs" in keys and "runbooks/data/qa_pairs" in keys and len(keys) == 32
+    assert "data/qa_pairs" in keys and "runbooks/data/qa_pairs" in keys and len(keys) == 34
     named = {k for k in keys if k.startswith("runbooks/")}
-    assert len(named) == 16 and {f"runbooks/{k}" for k in keys - named} == named
+    assert len(named) == 17 and {f"runbooks/{k}" for k in keys - named} == named
     # Every dependency of a runbooks asset is a runbooks asset.
     for key in graph.get_all_asset_keys():
         if key.path[0] == "runbooks":

@@ -20,8 +20,9 @@ The rule, stated in every decision:
 - the final look, once both sides have `min_requests`: any regression rolls back, none
   promotes. There is exactly one final look per canary.
 
-Answers from the semantic cache measured no model, so they count only toward requests
-(as the drift report does). Other distribution shifts (answer length, retrieval scores)
+A semantic-cache hit is the first answer again, so it counts only toward requests (as in
+the drift report); the router's extracts and refusals count toward the refusal rate but
+not latency, which they did not spend on a model. Other distribution shifts (answer length, retrieval scores)
 are reported beside the decision and do not make it: a new version is expected to answer
 differently, and what matters is whether it answers worse.
 """
@@ -34,6 +35,7 @@ import numpy as np
 from scipy import stats as sps
 
 from driftloop.evaluation.metrics import REFUSAL
+from driftloop.monitoring.traffic import generated
 
 RATE_SIGNALS = ("failure_rate", "guardrail_rate", "refusal_rate", "negative_feedback_rate")
 SIGNALS = (*RATE_SIGNALS, "latency_p95")
@@ -90,6 +92,7 @@ class Side:
     failures: int
     answered: int = 0
     guardrail: int = 0
+    judged: int = 0
     refusals: int = 0
     rated: int = 0
     negative: int = 0
@@ -97,7 +100,7 @@ class Side:
 
     def rates(self) -> dict[str, tuple[int, int]]:
         return {"failure_rate": (self.failures, self.requests), "guardrail_rate": (self.guardrail, self.answered),
-                "refusal_rate": (self.refusals, self.answered - self.guardrail), "negative_feedback_rate": (self.negative, self.rated)}
+                "refusal_rate": (self.refusals, self.judged), "negative_feedback_rate": (self.negative, self.rated)}
 
     def p95(self) -> float | None:
         return float(np.percentile(self.latencies, 95)) if self.latencies else None
@@ -122,8 +125,10 @@ def side_from(rows: list[dict], proxy: dict) -> Side:
             side.negative += row["rating"] <= NEGATIVE_RATING
         if blocked or row.get("status") != 200 or (row.get("cache") or {}).get("hit"):
             continue
+        # The router's refusals count: a version whose router turns everyone away is worse.
+        side.judged += 1
         side.refusals += bool(REFUSAL.search(row.get("answer") or ""))
-        if row.get("latency_s") is not None:
+        if generated(row) and row.get("latency_s") is not None:
             side.latencies.append(float(row["latency_s"]))
     return side
 

@@ -89,8 +89,9 @@ def columns(rows: list[dict]) -> dict[str, list[float]]:
     """The numeric serving signals of answered requests. An answer from the semantic cache
     is a real question but not a new answer: its length, retrieval scores and tokens are the
     first answer's, counted already, and its latency measured no model, so only its question
-    counts (a model that turned slow would otherwise hide behind cache hits)."""
-    ok = [r for r in rows if r.get("status") == 200 and not _cache_hit(r)]
+    counts (a model that turned slow would otherwise hide behind cache hits). The router's
+    extracts and refusals generated nothing either and are counted the same way."""
+    ok = [r for r in rows if r.get("status") == 200 and generated(r)]
     return {
         "prompt_chars": [float(r.get("question_chars") or len(r.get("question", ""))) for r in rows],
         "answer_chars": [float(r.get("answer_chars") or 0) for r in ok],
@@ -101,12 +102,13 @@ def columns(rows: list[dict]) -> dict[str, list[float]]:
     }
 
 
-def _cache_hit(row: dict) -> bool:
-    return bool((row.get("cache") or {}).get("hit"))
+def generated(row: dict) -> bool:
+    """Whether a model generated the answer: not a semantic-cache hit, nor the router's extract or refusal."""
+    return not (row.get("cache") or {}).get("hit") and (row.get("route") or {}).get("path", "rag") == "rag"
 
 
 def rate_counts(rows: list[dict]) -> dict[str, tuple[int, int]]:
-    ok = [r for r in rows if r.get("status") == 200 and not _cache_hit(r)]  # a cached answer's refusal is counted once, as columns() does
+    ok = [r for r in rows if r.get("status") == 200 and generated(r)]  # a cached answer's refusal is counted once, as columns() does
     return {
         "guardrail_rate": (sum(bool(r.get("guardrail")) for r in rows), len(rows)),
         "refusal_rate": (sum(bool(REFUSAL.search(r.get("answer") or "")) for r in ok), len(ok)),

@@ -83,7 +83,7 @@ def serve_env(home: Path, extra: dict | None = None) -> dict:
     keep = ("DRIFTLOOP_API_KEY", "DRIFTLOOP_PRICE_PER_1K_PROMPT", "DRIFTLOOP_PRICE_PER_1K_COMPLETION", "DRIFTLOOP_SERVE_DEVICE",
             "DRIFTLOOP_CARBON_COUNTRY", "DRIFTLOOP_CARBON_INTENSITY", "DRIFTLOOP_CPU_POWER_W", "DRIFTLOOP_ENERGY_INTERVAL_S",
             "DRIFTLOOP_SEMANTIC_CACHE_THRESHOLD", "DRIFTLOOP_SEMANTIC_CACHE_ENTRIES", "DRIFTLOOP_SEMANTIC_CACHE_TTL_S",
-            "DRIFTLOOP_SEMANTIC_CACHE_MATCH")
+            "DRIFTLOOP_SEMANTIC_CACHE_MATCH", "DRIFTLOOP_ROUTE")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     return {**env, "BENTOML_HOME": str(bentoml_home(home)), "DRIFTLOOP_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **(extra or {})}
 

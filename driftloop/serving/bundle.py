@@ -57,9 +57,10 @@ def _tree_hash(folder: Path) -> str:
 
 def build_bundle(root: Path, *, base_model: dict, adapter: Path | None, adapter_version: str | None, index_folder: Path,
                  embedding_model: str, prompt_version: str, settings: dict | None = None, shadow_adapter: Path | None = None,
-                 shadow_version: str | None = None) -> Bundle:
+                 shadow_version: str | None = None, router: Path | None = None) -> Bundle:
     """Seal a bundle under `root/<bundle_version>` (reused when it already exists);
-    `shadow_adapter`, when given, is served beside the champion as a per-request adapter."""
+    `shadow_adapter`, when given, is served beside the champion as a per-request adapter;
+    `router`, a router.json (driftloop.routing) trained on this index, routes its requests."""
     verify(index_folder)
     for folder in (adapter, shadow_adapter):
         if folder is not None:
@@ -73,6 +74,10 @@ def build_bundle(root: Path, *, base_model: dict, adapter: Path | None, adapter_
         if shadow_adapter is not None:
             shutil.copytree(shadow_adapter, staging / "shadow_adapter")
         shutil.copytree(index_folder, staging / "index")
+        router_version = None
+        if router is not None:
+            shutil.copy2(router, staging / "router.json")
+            router_version = json.loads(Path(router).read_text(encoding="utf-8"))["version"]
         if (settings or {}).get("generator_engine") == "llamacpp":
             _export_for_llamacpp(staging, Path(base_model["path"]))
         spec = {
@@ -86,6 +91,8 @@ def build_bundle(root: Path, *, base_model: dict, adapter: Path | None, adapter_
         }
         if shadow_version:
             spec["shadow_version"] = shadow_version
+        if router_version:
+            spec["router_version"] = router_version
         content = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + _tree_hash(staging).encode()).hexdigest()[:16]
         spec["bundle_version"] = content
         (staging / SERVING_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")

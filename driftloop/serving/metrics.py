@@ -10,3 +10,4 @@ batch_size = bentoml.metrics.Histogram(name="driftloop_generate_batch_size", doc
                                        buckets=(1, 2, 4, 8, 16, 32, 64))
 errors_total = bentoml.metrics.Counter(name="driftloop_errors", documentation="Requests that failed", labelnames=["endpoint", "status"])
 cache_total = bentoml.metrics.Counter(name="driftloop_semantic_cache", documentation="Semantic cache lookups", labelnames=["result"])
+routes_total = bentoml.metrics.Counter(name="driftloop_routes", documentation="Requests by the router's path", labelnames=["path"])

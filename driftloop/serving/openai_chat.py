@@ -49,7 +49,7 @@ async def chat_completions(request: Request):
     return JSONResponse({"id": result["request_id"], "object": "chat.completion", "created": created, "model": chat.model,
                          "choices": [{"index": 0, "message": message, "finish_reason": result["finish_reason"]}], "usage": _usage(result),
                          "driftloop": {"model_version": result["model_version"], "chunks": result["chunks"],
-                                       **({"cache": result["cache"]} if "cache" in result else {})}})
+                                       "route": result.get("route", "rag"), **({"cache": result["cache"]} if "cache" in result else {})}})
 
 
 def _usage(result: dict) -> dict:

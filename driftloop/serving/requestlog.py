@@ -55,10 +55,11 @@ class RequestLog:
     def request(self, *, request_id: str, endpoint: str, question: str, answer: str, model_version: str, latency_s: float,
                 prompt_tokens: int, completion_tokens: int, chunk_ids: list[str], scores: list[float] | None = None,
                 status: int = 200, guardrail: str | None = None, client: str | None = None, role: str = "primary",
-                chat: dict | None = None, cache: dict | None = None) -> dict:
+                chat: dict | None = None, cache: dict | None = None, route: dict | None = None) -> dict:
         """One served request; `chat` holds what an OpenAI chat request added to the question
         (client system messages, history, sampling), redacted like the question; `cache`, for
-        an answer the semantic cache gave, its similarity and the request first answered."""
+        an answer the semantic cache gave, its similarity and the request first answered; `route`,
+        the router's path and probabilities."""
         if chat:
             chat = {**chat, "system": [redact(text) for text in chat.get("system", [])],
                     "history": [{"role": turn["role"], "content": redact(turn["content"])} for turn in chat.get("history", [])]}
@@ -68,7 +69,7 @@ class RequestLog:
             "latency_s": round(latency_s, 4), "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "cost": self.cost(prompt_tokens, completion_tokens), "chunk_ids": chunk_ids, "retrieval_scores": scores or [],
             "question_chars": len(question), "answer_chars": len(answer), "client": client, "role": role,
-            **({"chat": chat} if chat else {}), **({"cache": cache} if cache else {}),
+            **({"chat": chat} if chat else {}), **({"cache": cache} if cache else {}), **({"route": route} if route else {}),
         })
 
     def feedback(self, *, request_id: str, rating: int, correction: str | None = None, comment: str | None = None) -> dict:
