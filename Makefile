@@ -12,7 +12,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAGAS_DO_NOT_TRACK=true \
        BENTOML_DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-.PHONY: install check demo drift-demo pipeline serve rollback test closed-loop test-fast test-avx2 reliability ui lock clean corpora corpora-assemble injection-classifier pii-classifier guardrail-figures
+.PHONY: install check demo drift-demo pipeline serve rollback test closed-loop canary test-fast test-avx2 reliability ui lock clean corpora corpora-assemble injection-classifier pii-classifier guardrail-figures
 
 install: $(STAMP)
 
@@ -60,11 +60,17 @@ check: install $(DAGSTER_HOME)/dagster.yaml
 test: check
 	DRIFTLOOP_PG_BIN=$${DRIFTLOOP_PG_BIN:-$$(.ci/postgres-bin || true)} $(BIN)/python -m pytest -q --durations=25 -m "not scenario"
 
-# The closed loop end to end (tests/test_closed_loop.py, `make drift-demo` reduced): about
-# 7 minutes on 2 cores, so it runs here and before a change to sensors, serving or the
-# gate lands, not inside CI's 30 minutes.
+# The long end-to-end scenarios: the closed loop (tests/test_closed_loop.py, `make
+# drift-demo` reduced, about 7 minutes on 2 cores) and the canary releases below. They run
+# here and before a change to sensors, serving or the gate lands, not inside CI's 30 minutes.
 closed-loop: install
 	$(BIN)/python -m pytest -q -m scenario
+
+# Canary releases on real BentoML services (tests/test_canary.py, about 80 s on 2 cores): a
+# release that blocks every question is rolled back by the sensor's run with no request
+# failing, and a good one is promoted.
+canary: install
+	$(BIN)/python -m pytest -q -m scenario tests/test_canary.py
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration"

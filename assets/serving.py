@@ -41,9 +41,10 @@ class BentoConfig(dg.Config):
 class RouterConfig(dg.Config):
     enabled: bool = Field(default=True, description="Train and serve the router; off, every request gets a full RAG answer.")
     k: int = Field(default=3, ge=1, le=20, description="Chunks the router reads (the service's default k).")
-    scope_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="Below this in-scope probability a question is refused.")
+    scope_threshold: float = Field(default=0.25, gt=0.0, lt=1.0, description="Below this in-scope probability a question is refused "
+                                   "(low: turning away a user's real question costs more than generating for a stray one).")
     extractive_threshold: float = Field(default=0.7, gt=0.0, lt=1.0, description="From this probability the top chunk's passage answers.")
-    max_train_questions: int = Field(default=2000, ge=20, description="Training questions used at most (the rest add little).")
+    max_train_questions: int = Field(default=1000, ge=20, description="Training questions used at most (the rest add little).")
     min_in_scope_kept: float = Field(default=0.95, ge=0.0, le=1.0, description="Gate: held-out corpus questions not refused.")
     min_out_of_scope_caught: float = Field(default=0.8, ge=0.0, le=1.0, description="Gate: held-out written questions refused.")
     min_extractive_f1: float = Field(default=0.5, ge=0.0, le=1.0, description="Gate: mean token F1 of extractive answers.")

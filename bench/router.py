@@ -1,7 +1,8 @@
 """The router in front of the LLM on a mixed replay: how much is answered without
 generation, at what quality, in how much time, against the same service unrouted.
 
-Corpus: --docs documents spread over the default corpus (Python's docs), chunked and
+Corpus: --docs documents spread over the default corpus (Python's docs) or a folder
+(--source, for instance a shape of bench/corpora), chunked and
 indexed as the pipeline does (all-MiniLM-L6-v2, FAISS + BM25, k=3); questions derived as
 data/qa_pairs derives them, split by document. The router is trained as `serving/router`
 trains it (training split, driftloop's written out-of-scope questions) and held out as it
@@ -16,7 +17,7 @@ replay, after a warm-up batch. Quality: token F1 and ROUGE-L against the referen
 on in-scope questions; on out-of-scope questions, the share declined (the router's reply,
 or a generated refusal).
 
-    .venv/bin/python bench/router.py [--docs 400] [--in-scope 100] [--max-new-tokens 64]
+    .venv/bin/python bench/router.py [--docs 400] [--in-scope 100] [--max-new-tokens 64] [--source DIR]
 """
 
 import argparse
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=400)
     parser.add_argument("--in-scope", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--source", default="", help="a folder of documents (bench/corpora/build/<shape>) instead of Python's docs")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-router")
     args = parser.parse_args()
 
@@ -61,7 +63,14 @@ def main() -> None:
 
     print(f"machine: {machine()}")
     embedder = load_embedder("all-MiniLM-L6-v2", "cpu", "auto")
-    docs, chunks = corpus_chunks(embedder.tokenizer)
+    if args.source:
+        from driftloop.data.corpus import ingest
+        from driftloop.retrieval.chunking import chunk_document
+
+        docs = [d.to_row() for d in ingest(args.source).documents]
+        chunks = [c.to_row() for d in docs for c in chunk_document(d, embedder.tokenizer)[0]]
+    else:
+        docs, chunks = corpus_chunks(embedder.tokenizer)
     kept_docs = docs[:: max(1, len(docs) // args.docs)][: args.docs]
     kept = {d["doc_id"] for d in kept_docs}
     chunks = [c for c in chunks if c["doc_id"] in kept]

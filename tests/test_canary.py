@@ -92,6 +92,7 @@ def test_evidence_splits_the_request_log_by_version_with_feedback_and_cache_hits
     assert set(shifts) == {"answer_chars", "completion_tokens", "top_retrieval_score"}
 
 
+@pytest.mark.scenario  # `make canary`; the supervisor's side runs in CI (tests/test_supervisor.py)
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_bad_canary_is_rolled_back_unattended_and_a_good_one_is_promoted(tmp_path, monkeypatch, tiny_llama, tiny_embedding_model):

@@ -22,7 +22,7 @@ def test_daemon_killed_during_sensor_evaluation_starts_one_retrain_per_drift_win
 
 
 def test_state_survives_a_restart_and_the_interrupted_run_is_retried(tmp_path):
-    figures = record_figures("storage_restart_ci", restart_storage(tmp_path, run_seconds=40))
+    figures = record_figures("storage_restart_ci", restart_storage(tmp_path, run_seconds=12))
     assert figures["runs_read_back"] >= figures["runs_before"] >= 3, figures
     assert figures["cursor_after"] == figures["cursor_before"] and figures["cursor_before"].get("fired"), figures
     assert figures["materializations_read_back"]["monitoring/drift_report"] >= 1, figures

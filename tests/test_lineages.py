@@ -32,6 +32,8 @@ TINY_ASSETS = {
                                "min_semantic_similarity": 0.0, "max_empty_rate": 1.0, "max_toxic_rate": 1.0, "max_pii_rate": 1.0,
                                "no_regression": ["perplexity"], "relative_tolerance": 0.5},
     "monitoring/drift_report": {"min_queries": 30, "permutations": 200, "reference_queries": 200},
+    # A random two-layer embedder routes at random; the router is tested in test_router.py.
+    "serving/router": {"enabled": False},
 }
 
 

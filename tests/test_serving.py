@@ -264,7 +264,8 @@ def test_overload_is_shed_with_429_and_health_stays_green(service):
 
 def test_bento_build_deploy_and_redeploy_under_load(service, tiny_llama, tiny_embedding_model):
     """`bentoml build` tags by content; the supervisor switches the stable port from one
-    bento to another while clients keep calling, and no request fails."""
+    bento to another while clients keep calling, and no request fails. Both run their
+    semantic cache: once the switch is done, no answer the old version cached is served."""
     import threading
 
     from driftloop.serving.bento import build_bento, serve_command, serve_env
@@ -283,16 +284,24 @@ def test_bento_build_deploy_and_redeploy_under_load(service, tiny_llama, tiny_em
 
     port = free_port()
     supervisor = ensure_supervisor(port, free_port(), root / "supervisor")
-    env = serve_env(root, {"DRIFTLOOP_API_KEY": KEY})
+    env = serve_env(root, {"DRIFTLOOP_API_KEY": KEY, "DRIFTLOOP_SEMANTIC_CACHE_THRESHOLD": "0.97"})
     try:
         backend = free_port()
         assert supervisor.deploy(tag, serve_command(tag, backend), backend, env=env, cwd=str(root))["action"] == "deployed"
         seen, failures, stop = [], [], threading.Event()
 
+        hits: list[tuple[float, str]] = []
+
         def client():
             while not stop.is_set():
                 status, body = call(port, "/answer", {"question": "What does section 1 say?", "max_new_tokens": 4})
-                (seen.append(json.loads(body)["model_version"]) if status == 200 else failures.append((status, body[:200])))
+                if status != 200:
+                    failures.append((status, body[:200]))
+                    continue
+                answer = json.loads(body)
+                seen.append(answer["model_version"])
+                if (answer.get("cache") or {}).get("hit"):
+                    hits.append((time.monotonic(), answer["model_version"]))
 
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
@@ -300,13 +309,19 @@ def test_bento_build_deploy_and_redeploy_under_load(service, tiny_llama, tiny_em
         time.sleep(2)
         backend = free_port()
         outcome = supervisor.deploy(other, serve_command(other, backend), backend, env=env, cwd=str(root))
-        time.sleep(2)
+        switched = time.monotonic()
+        # Long enough for the new version to answer the question once and then from its cache.
+        while not any(v == base_only.model_version for _, v in hits) and time.monotonic() < switched + 60:
+            time.sleep(0.2)
         stop.set()
         for t in threads:
             t.join()
         assert outcome["action"] == "deployed" and outcome["previous"] == tag
         assert not failures, failures[:3]
         assert seen[0] == bundle.model_version and seen[-1] == base_only.model_version, (len(seen), set(seen))
+        # Each version answered the repeated question from its own cache; none after the switch was the old one's.
+        assert {v for _, v in hits} == {bundle.model_version, base_only.model_version}, (seen.count(base_only.model_version), hits[-3:])
+        assert all(v == base_only.model_version for at, v in hits if at > switched), hits
         assert supervisor.deploy(other, serve_command(other, backend), backend, env=env, cwd=str(root))["action"] == "unchanged"
     finally:
         supervisor.shutdown()

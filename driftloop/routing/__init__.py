@@ -255,7 +255,7 @@ def retrieve(embedder, index, questions: Sequence[str], k: int) -> Retrieved:
 
 
 def train_router(in_scope: Retrieved, answers: Sequence[str], out_of_scope: Retrieved, embedding_model: str, k: int,
-                 scope_threshold: float = 0.5, extractive_threshold: float = 0.7) -> tuple[Router, dict]:
+                 scope_threshold: float = 0.25, extractive_threshold: float = 0.7) -> tuple[Router, dict]:
     """Both models from the lineage's training questions (with their reference answers) and
     the written out-of-scope questions; also what training saw."""
     floor = float(np.quantile([c[0]["score"] if c else 0.0 for c in in_scope.chunks], 0.1)) if in_scope.chunks else 0.0
