@@ -323,7 +323,11 @@ def canary(context: dg.AssetExecutionContext, config: CanaryDecisionConfig, depl
             raise dg.Failure(description=f"serving/canary: the {decision.verdict} of {running['name']} failed: {err}") from err
         registry = model_registry.registry()
         record = {"decision": decision.to_dict(), "run_id": context.run.run_id}
+        current = registry.champion()
         try:
+            if current is None or current.version != running["model_version"]:
+                # A newer champion (or a rollback by hand) since the canary started: never undone here.
+                raise PromotionError(f"the champion is {current.version if current else 'none'}, not the canary's {running['model_version']}")
             if promote:
                 registry.confirm(running["model_version"], by=_audit(context)["by"], **record)
                 outcome = f"promoted: {running['name']} serves all traffic"

@@ -342,8 +342,10 @@ class DriftloopRAG:
             routed = self.router is not None and cacheable(chat) and adapter == "primary" and not hit
             if routed and vector is None:
                 vector = await asyncio.get_running_loop().run_in_executor(self._lane, self.retrieval.embed, [question])
-            chunks = [] if hit else await self._retrieve(question, k, vector)
+            # The router reads as many chunks as it was trained on, whatever k the client asked for.
+            chunks = [] if hit else await self._retrieve(question, max(k, self.router.k) if routed else k, vector)
             route = self.router.route(question, vector[0], chunks) if routed else None
+            chunks = chunks[:k]
             generated = route is None or route.path == "rag"
             prompt, dropped = self._prompt(question, chunks, chat, max_new_tokens) if generated and not hit else ("", 0)
         except GuardrailViolation as err:
