@@ -93,16 +93,17 @@ class CanaryRoute:
     def count(self, side: str, status: int) -> None:
         self.sides[side].count(status)
 
-    def describe(self) -> dict:
-        return {**self.backend.describe(), "share": self.share, "started_at": self.started_at, "model_version": self.model_version,
-                "baseline": self.baseline, "baseline_version": self.baseline_version, "policy": self.policy,
+    def _route(self) -> dict:
+        return {"share": self.share, "started_at": self.started_at, "model_version": self.model_version, "baseline": self.baseline,
+                "baseline_version": self.baseline_version, "policy": self.policy,
                 "sides": {name: side.to_dict() for name, side in self.sides.items()}}
+
+    def describe(self) -> dict:
+        return {**self.backend.describe(), **self._route()}
 
     def record(self) -> dict:
         """What state.json keeps, so a restarted supervisor adopts the canary with its counts."""
-        return {**self.backend.record(), "share": self.share, "started_at": self.started_at, "model_version": self.model_version,
-                "baseline": self.baseline, "baseline_version": self.baseline_version, "policy": self.policy,
-                "sides": {name: side.to_dict() for name, side in self.sides.items()}}
+        return {**self.backend.record(), **self._route()}
 
     @classmethod
     def restore(cls, backend: Any, recorded: dict) -> CanaryRoute:

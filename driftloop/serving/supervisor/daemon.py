@@ -279,9 +279,10 @@ class Supervisor:
         counted = None
         while True:
             await asyncio.sleep(1.0)
-            if self.canary is not None and self.canary.record()["sides"] != counted:
+            sides = self.canary.record()["sides"] if self.canary is not None else None
+            if sides is not None and sides != counted:
                 # The canary's counts survive a supervisor crash, less the last second's.
-                counted = self.canary.record()["sides"]
+                counted = sides
                 self._write_state()
             for role, backend in (("active", self.active), ("canary", self.canary and self.canary.backend)):
                 if backend is not None and not backend.exit_reported and not backend.alive():
